@@ -1,0 +1,51 @@
+"""KFP component: evaluate the model on the test split."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+
+from invmon.images import DEFAULT_IMAGES
+
+
+@dsl.component(base_image=DEFAULT_IMAGES.for_stage("evaluate"), install_kfp_package=False)
+def evaluate(
+    model: Input[Model],
+    shards: Input[Dataset],
+    metrics: Output[Metrics],
+    confusion: Output[ClassificationMetrics],
+    report: Output[HTML],
+    device: str = "auto",
+) -> NamedTuple("Outputs", [("accuracy", float), ("rmse", float)]):
+    """Test-split accuracy, RMSE, off-by-one accuracy, per-class scores and confusion matrix.
+
+    Args:
+        model: The trained model folder.
+        shards: The preprocessed dataset (its test split is used).
+        metrics: Scalar metrics with the majority-class baseline beside them.
+        confusion: The confusion matrix the Kubeflow UI draws.
+        report: HTML report with a confusion-matrix picture and per-class scores.
+        device: auto, cpu or cuda.
+    """
+    import os
+    import shutil
+    import tempfile
+    from collections import namedtuple
+
+    from invmon import evaluate as stage
+
+    out = tempfile.mkdtemp()
+    result = stage.evaluate(model.path, shards.path, out, device=device)
+    for name in (
+        "accuracy",
+        "rmse",
+        "mae",
+        "off_by_one_accuracy",
+        "baseline_accuracy",
+        "baseline_rmse",
+    ):
+        metrics.log_metric(name, round(float(getattr(result, name)), 4))
+    confusion.log_confusion_matrix([str(c) for c in result.classes], result.confusion_matrix)
+    shutil.copyfile(os.path.join(out, stage.REPORT_FILE), report.path)
+    outputs = namedtuple("Outputs", ["accuracy", "rmse"])
+    return outputs(result.accuracy, result.rmse)

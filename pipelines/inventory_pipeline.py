@@ -1,0 +1,175 @@
+"""The inventory-monitoring pipeline: ingest -> arrange -> preprocess -> tune -> train -> evaluate
+-> deploy.
+
+:func:`build_pipeline` returns the ``@dsl.pipeline`` function for a set of cluster settings (image
+registry and tag, GPU node pool); ``invmon compile`` compiles it to the YAML a Kubeflow cluster
+runs, and ``invmon run`` runs the very same function locally through ``kfp.local``.
+"""
+
+from dataclasses import dataclass, field
+
+from kfp import dsl, kubernetes
+
+from invmon.components import arrange, deploy, evaluate, ingest, preprocess, train, tune
+from invmon.images import DEFAULT_IMAGES, ImageSet
+
+PIPELINE_NAME = "inventory-monitoring"
+
+
+@dataclass(frozen=True)
+class Toleration:
+    """A Kubernetes toleration for the GPU node pool's taint."""
+
+    key: str = "nvidia.com/gpu"
+    operator: str = "Exists"
+    value: str | None = None
+    effect: str | None = "NoSchedule"
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """Compile-time settings: where images come from and where GPU stages are scheduled."""
+
+    images: ImageSet = DEFAULT_IMAGES
+    accelerator: str = "nvidia.com/gpu"
+    gpus: int = 1
+    gpu_node_selector: dict[str, str] = field(
+        default_factory=lambda: {"nvidia.com/gpu.present": "true"}
+    )
+    gpu_tolerations: tuple[Toleration, ...] = (Toleration(),)
+    run_as_user: int = 1000
+
+
+def _configure(task, stage: str, settings: ClusterSettings, gpu: bool = False):
+    """Point a task at its stage's image, run it as non-root, and put GPU stages on the GPU pool."""
+    task.set_container_image(settings.images.for_stage(stage))
+    task.set_display_name(stage)
+    kubernetes.set_security_context(task, run_as_user=settings.run_as_user, run_as_non_root=True)
+    if gpu:
+        task.set_accelerator_type(settings.accelerator).set_accelerator_limit(settings.gpus)
+        for key, value in settings.gpu_node_selector.items():
+            kubernetes.add_node_selector(task, label_key=key, label_value=value)
+        for tol in settings.gpu_tolerations:
+            kubernetes.add_toleration(
+                task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect
+            )
+    return task
+
+
+def build_pipeline(settings: ClusterSettings | None = None):
+    """Return the pipeline function, wired for ``settings`` (defaults: project images, 1 GPU)."""
+    settings = settings or ClusterSettings()
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description="Count the items in Amazon Bin Image Dataset photos: ingest from S3, arrange, "
+        "preprocess, tune, train a ResNet50, evaluate and deploy to KServe.",
+    )
+    def inventory_monitoring(
+        source: str = "s3://aft-vbi-pds",
+        endpoint_url: str = "",
+        anonymous: bool = True,
+        file_list: str = "",
+        limit: int = 0,
+        classes: str = "0-5",
+        split: str = "0.8,0.1,0.1",
+        seed: int = 0,
+        image_size: int = 224,
+        trials: int = 4,
+        algorithm: str = "tpe",
+        max_trial_epochs: int = 10,
+        train_epochs: int = 0,
+        weights: str = "none",
+        deploy_target: str = "kserve",
+        model_name: str = "bin-counter",
+        namespace: str = "",
+    ):
+        """Train and deploy a bin item counter.
+
+        Args:
+            source: s3://BUCKET[/PREFIX] with bin-images/ and metadata/ (ABID: s3://aft-vbi-pds).
+            endpoint_url: S3-compatible endpoint URL; empty for AWS S3.
+            anonymous: Read the bucket with unsigned requests (true for the public ABID bucket).
+            file_list: Path or s3:// URI of a file_list.json selecting bins; empty for all bins.
+            limit: Use at most this many bins (0 = all).
+            classes: Item counts to learn, as a range (0-5) or list (1,2,3,4,5).
+            split: Train, validation and test fractions.
+            seed: Seed of the split, the search and training.
+            image_size: Side of the square model input, in pixels.
+            trials: Hyperparameter-search trials.
+            algorithm: Search algorithm: random, tpe or grid.
+            max_trial_epochs: Most epochs a search trial trains.
+            train_epochs: Epochs of the final training (0 = the number the search chose).
+            weights: ResNet50 start: none, imagenet, or a path or s3:// URI of weights.
+            deploy_target: kserve (InferenceService) or local (ModelServer on loopback).
+            model_name: Name of the InferenceService and of the served model.
+            namespace: Namespace of the InferenceService (empty: the pipeline's namespace).
+        """
+        ingest_task = _configure(
+            ingest(
+                source=source,
+                endpoint_url=endpoint_url,
+                anonymous=anonymous,
+                file_list=file_list,
+                limit=limit,
+            ),
+            "ingest",
+            settings,
+        )
+        arrange_task = _configure(
+            arrange(raw=ingest_task.outputs["raw"], classes=classes, split=split, seed=seed),
+            "arrange",
+            settings,
+        )
+        preprocess_task = _configure(
+            preprocess(arranged=arrange_task.outputs["arranged"], image_size=image_size),
+            "preprocess",
+            settings,
+        )
+        tune_task = _configure(
+            tune(
+                shards=preprocess_task.outputs["shards"],
+                trials=trials,
+                algorithm=algorithm,
+                max_epochs=max_trial_epochs,
+                seed=seed,
+            ),
+            "tune",
+            settings,
+            gpu=True,
+        )
+        train_task = _configure(
+            train(
+                shards=preprocess_task.outputs["shards"],
+                search=tune_task.outputs["search"],
+                epochs=train_epochs,
+                weights=weights,
+                seed=seed,
+            ),
+            "train",
+            settings,
+            gpu=True,
+        )
+        evaluate_task = _configure(
+            evaluate(model=train_task.outputs["model"], shards=preprocess_task.outputs["shards"]),
+            "evaluate",
+            settings,
+        )
+        deploy_task = _configure(
+            deploy(
+                model=train_task.outputs["model"],
+                arranged=arrange_task.outputs["arranged"],
+                target=deploy_target,
+                name=model_name,
+                namespace=namespace,
+                serving_image=settings.images.image("serve"),
+            ),
+            "deploy",
+            settings,
+        )
+        deploy_task.after(evaluate_task)
+
+    return inventory_monitoring
+
+
+inventory_monitoring = build_pipeline()

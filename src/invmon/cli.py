@@ -1,0 +1,586 @@
+"""The ``invmon`` command: one subcommand per pipeline stage, plus synth, serve, compile and run.
+
+Every subcommand is a thin shell over the stage's function: it parses typed options, calls the
+function, and prints a short result. Bad values end with a one-line error that names them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+PROG = "invmon"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``invmon train: error: argument --lr: ...``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _print_json(data: dict) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# -- stages ----------------------------------------------------------------------------------
+
+
+def _add_s3_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint URL (MinIO, moto, ...)")
+    p.add_argument(
+        "--anonymous",
+        action="store_true",
+        help="send unsigned requests (public buckets such as aft-vbi-pds)",
+    )
+
+
+def cmd_synth(args) -> None:
+    from invmon.synth import synthesize
+
+    report = synthesize(
+        args.out,
+        args.count,
+        seed=args.seed,
+        max_items=args.max_items,
+        endpoint_url=args.endpoint_url,
+        anonymous=args.anonymous,
+    )
+    print(f"wrote {report.bins} bins to {report.destination}; counts {report.counts}")
+
+
+def _synth_parser(sub) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write synthetic bins in ABID's layout and schema",
+        description="Write synthetic bin photos and metadata exactly in ABID's "
+        "layout, to a folder or s3://BUCKET/PREFIX.",
+    )
+    p.add_argument("--out", required=True, help="folder or s3://BUCKET/PREFIX")
+    p.add_argument("--count", type=_positive_int, required=True, help="number of bins")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--max-items", type=_non_negative_int, default=5, help="most items in one bin (default 5)"
+    )
+    _add_s3_options(p)
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_ingest(args) -> None:
+    from invmon.ingest import ingest
+
+    report = ingest(
+        args.source,
+        args.out,
+        endpoint_url=args.endpoint_url,
+        anonymous=args.anonymous,
+        file_list=args.file_list,
+        limit=args.limit,
+        workers=args.workers,
+    )
+    print(
+        f"ingest: {report.copied} copied, {report.skipped_present} already present, "
+        f"{len(report.failed)} failed, {len(report.refused_keys)} keys refused "
+        f"({report.objects} objects in {report.seconds:.1f}s) -> {args.out}"
+    )
+
+
+def _ingest_parser(sub) -> None:
+    p = sub.add_parser(
+        "ingest",
+        help="copy bin images and metadata from S3",
+        description="Copy bin-images/ and metadata/ from S3 into a folder, many "
+        "requests at once; a re-run resumes.",
+    )
+    p.add_argument("--source", required=True, help="s3://BUCKET[/PREFIX]")
+    p.add_argument("--out", required=True, help="output folder")
+    _add_s3_options(p)
+    p.add_argument("--file-list", help="the original project's file_list.json (path or s3://)")
+    p.add_argument("--limit", type=_positive_int, help="copy at most this many bins")
+    p.add_argument(
+        "--workers", type=_positive_int, default=32, help="requests in flight (default 32)"
+    )
+    p.set_defaults(func=cmd_ingest)
+
+
+def cmd_arrange(args) -> None:
+    from invmon.arrange import arrange, summarize
+
+    print(summarize(arrange(args.raw, args.out, args.classes, args.split, args.seed)))
+
+
+def _arrange_parser(sub) -> None:
+    p = sub.add_parser(
+        "arrange",
+        help="label bins by count and split train/val/test",
+        description="Label each bin with EXPECTED_QUANTITY and write "
+        "<split>/<count>/<id>.jpg plus manifest.csv.",
+    )
+    p.add_argument("--raw", required=True, help="folder in the bucket's layout (from ingest)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--classes",
+        default="0-5",
+        help="counts to keep: a range or list (default 0-5; 1-5 as the original)",
+    )
+    p.add_argument(
+        "--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.set_defaults(func=cmd_arrange)
+
+
+def cmd_preprocess(args) -> None:
+    from invmon.preprocess import preprocess
+
+    report = preprocess(
+        args.data,
+        args.out,
+        image_size=args.image_size,
+        shard_size=args.shard_size,
+        workers=args.workers,
+    )
+    print(
+        f"preprocess: {report.images} images at {report.image_size}px in "
+        f"{sum(report.shards.values())} shards, {len(report.skipped)} skipped -> {args.out}"
+    )
+
+
+def _preprocess_parser(sub) -> None:
+    p = sub.add_parser(
+        "preprocess",
+        help="decode and resize once into training shards",
+        description="Decode and resize every arranged image once into uint8 "
+        "shards that the trainer reads without decoding JPEG.",
+    )
+    p.add_argument("--data", required=True, help="arranged folder (from arrange)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=224,
+        help="side of the square model input in pixels (default 224)",
+    )
+    p.add_argument(
+        "--shard-size", type=_positive_int, default=4096, help="images per shard (default 4096)"
+    )
+    p.add_argument("--workers", type=_positive_int, help="decoding processes (default: all cores)")
+    p.set_defaults(func=cmd_preprocess)
+
+
+def cmd_tune(args) -> None:
+    from invmon.train import TrainConfig
+    from invmon.tune import SearchSpec, default_parameters, tune
+
+    spec = SearchSpec(
+        parameters=default_parameters(args.max_epochs),
+        algorithm=args.algorithm,
+        max_trials=args.trials,
+    )
+    result = tune(
+        args.data,
+        args.out,
+        spec=spec,
+        base=TrainConfig(device=args.device, seed=args.seed),
+        backend=args.backend,
+        seed=args.seed,
+    )
+    print(f"best {spec.objective_metric}={result.best_value:.4f} with {result.best_parameters}")
+
+
+def _tune_parser(sub) -> None:
+    from invmon.tune import ALGORITHMS, BACKENDS
+
+    p = sub.add_parser(
+        "tune",
+        help="search learning rate, batch size and epochs",
+        description="Katib-style hyperparameter search; each trial runs the "
+        "training loop. Writes best.json and trials.csv.",
+    )
+    p.add_argument("--data", required=True, help="preprocessed folder (from preprocess)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--trials", type=_positive_int, default=4, help="number of trials (default 4)")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="tpe", help="default tpe")
+    p.add_argument("--backend", choices=BACKENDS, default="local", help="default local")
+    p.add_argument(
+        "--max-epochs",
+        type=_positive_int,
+        default=10,
+        help="most epochs a trial trains (default 10)",
+    )
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_train(args) -> None:
+    from invmon.train import TrainConfig, fit, read_params
+
+    params = read_params(args.params) if args.params else {}
+    # Options given on the command line win over the search's choice.
+    for name in ("lr", "batch_size", "epochs"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    config = TrainConfig(
+        weights=args.weights,
+        device=args.device,
+        precision=args.precision,
+        schedule=args.schedule,
+        seed=args.seed,
+        **params,
+    )
+    result = fit(args.data, config, out=args.out)
+    print(
+        f"trained {len(result.history)} epochs; val accuracy {result.history[-1].accuracy:.4f}"
+        f" -> {args.out}"
+    )
+
+
+def _train_parser(sub) -> None:
+    from invmon.device import DEVICES, PRECISIONS
+    from invmon.train import SCHEDULES
+
+    p = sub.add_parser(
+        "train",
+        help="train the ResNet50 counting model",
+        description="Train ResNet50 with the original two-layer head (Adam). "
+        "Prints Katib-style name=value metric lines each epoch.",
+    )
+    p.add_argument("--data", required=True, help="preprocessed folder (from preprocess)")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--lr", type=_positive_float, help="learning rate (default 2e-3)")
+    p.add_argument("--batch-size", type=_positive_int, help="batch size (default 32)")
+    p.add_argument("--epochs", type=_positive_int, help="epochs (default 10)")
+    p.add_argument("--params", help="best.json from tune; explicit options override it")
+    p.add_argument(
+        "--weights",
+        default="none",
+        help="backbone start: none, imagenet, a path or an s3:// URI (default none)",
+    )
+    p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default auto)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto uses bf16 where the device runs it natively",
+    )
+    p.add_argument(
+        "--schedule",
+        choices=SCHEDULES,
+        default="cosine",
+        help="learning-rate schedule (default cosine with warmup)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_evaluate(args) -> None:
+    from invmon.evaluate import evaluate
+
+    e = evaluate(args.model, args.data, args.out, device=args.device)
+    print(
+        f"test accuracy {e.accuracy:.4f} (baseline {e.baseline_accuracy:.4f}), RMSE "
+        f"{e.rmse:.4f} (baseline {e.baseline_rmse:.4f}), off-by-one {e.off_by_one_accuracy:.4f}"
+        f" on {e.images} bins -> {args.out}"
+    )
+
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a model on the test split",
+        description="Accuracy, RMSE, off-by-one accuracy, per-class scores and "
+        "the confusion matrix, beside the majority-class baseline.",
+    )
+    p.add_argument("--model", required=True, help="model folder (from train)")
+    p.add_argument("--data", required=True, help="preprocessed folder (from preprocess)")
+    p.add_argument("--out", required=True, help="output folder for metrics and report")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_deploy(args) -> None:
+    from invmon import deploy
+    from invmon.images import DEFAULT_IMAGES
+
+    if args.local:
+        sample = args.sample or _synthetic_sample()
+        _print_json(deploy.deploy_local(args.model_uri, sample, name=args.name).to_dict())
+        return
+    spec = deploy.ServiceSpec(
+        name=args.name,
+        namespace=args.namespace,
+        model_uri=args.model_uri,
+        image=args.image or DEFAULT_IMAGES.image("serve"),
+        service_account=args.service_account,
+        deployment_mode=args.deployment_mode,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        gpus=args.gpus,
+    )
+    manifest = deploy.render_inference_service(spec)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(manifest, sort_keys=False), end="")
+        return
+    print(
+        f"InferenceService {spec.namespace}/{spec.name} {deploy.apply_inference_service(manifest)}"
+    )
+
+
+def _synthetic_sample() -> str:
+    import tempfile
+
+    from invmon.synth import make_bin
+
+    _, jpeg, _, _ = make_bin(seed=0, number=1, max_items=5)
+    path = Path(tempfile.mkdtemp()) / "sample.jpg"
+    path.write_bytes(jpeg)
+    return str(path)
+
+
+def _deploy_parser(sub) -> None:
+    from invmon.deploy import DEPLOYMENT_MODES
+
+    p = sub.add_parser(
+        "deploy",
+        help="render/apply the KServe InferenceService",
+        description="Render and apply a KServe InferenceService for the model "
+        "(--dry-run prints it), or with --local serve a model folder on loopback "
+        "and check real requests against it.",
+    )
+    p.add_argument(
+        "--model-uri",
+        required=True,
+        help="s3:// URI of the model folder (with --local: a local model folder)",
+    )
+    p.add_argument("--name", default="bin-counter", help="service and model name")
+    p.add_argument("--namespace", default="kubeflow-user", help="Kubernetes namespace")
+    p.add_argument("--image", help="predictor image (default: the project's serving image)")
+    p.add_argument(
+        "--service-account",
+        default="invmon-s3",
+        help="ServiceAccount whose Secret carries KServe's S3 settings",
+    )
+    p.add_argument("--deployment-mode", choices=DEPLOYMENT_MODES, default="Standard")
+    p.add_argument("--min-replicas", type=_non_negative_int, default=1)
+    p.add_argument("--max-replicas", type=_positive_int, default=2)
+    p.add_argument("--gpus", type=_non_negative_int, default=0, help="GPUs per replica")
+    p.add_argument("--dry-run", action="store_true", help="print the manifest, apply nothing")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="serve --model-uri (a folder) on loopback and send real requests",
+    )
+    p.add_argument("--sample", help="image to send with --local (default: a synthetic bin)")
+    p.set_defaults(func=cmd_deploy)
+
+
+def cmd_serve(args) -> None:
+    from invmon.serve import serve
+
+    serve(args.model, port=args.port, name=args.name, device=args.device)
+
+
+def _serve_parser(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a model folder with KServe until stopped",
+        description="Serve a model folder with KServe's ModelServer (V1 and V2 "
+        "REST) until interrupted.",
+    )
+    p.add_argument("--model", required=True, help="model folder (from train)")
+    p.add_argument("--port", type=_positive_int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument("--name", default="bin-counter", help="model name in URLs")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.set_defaults(func=cmd_serve)
+
+
+# -- pipeline --------------------------------------------------------------------------------
+
+
+def cmd_compile(args) -> None:
+    from invmon.compiler import compile_pipeline, settings_from
+
+    settings = settings_from(
+        args.registry, args.tag, args.gpu_node_selector, args.gpu_toleration, args.gpus
+    )
+    path = compile_pipeline(args.output, settings)
+    print(f"wrote {path}")
+
+
+def _compile_parser(sub) -> None:
+    from invmon.compiler import DEFAULT_OUTPUT
+    from invmon.images import DEFAULT_REGISTRY, DEFAULT_TAG
+
+    p = sub.add_parser(
+        "compile",
+        help="compile the pipeline to Kubeflow IR YAML",
+        description="Compile the pipeline for a Kubeflow cluster (upload the YAML "
+        "in the UI or submit it with kfp run create).",
+    )
+    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"default {DEFAULT_OUTPUT}")
+    p.add_argument("--registry", default=DEFAULT_REGISTRY, help="image registry")
+    p.add_argument("--tag", default=DEFAULT_TAG, help="image tag")
+    p.add_argument(
+        "--gpu-node-selector",
+        type=_key_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="node label of the GPU pool (repeatable; default nvidia.com/gpu.present=true)",
+    )
+    p.add_argument(
+        "--gpu-toleration",
+        action="append",
+        metavar="KEY[=VALUE]:EFFECT",
+        help="taint of the GPU pool to tolerate (repeatable; default nvidia.com/gpu:NoSchedule)",
+    )
+    p.add_argument("--gpus", type=_positive_int, default=1, help="GPUs for train and tune")
+    p.set_defaults(func=cmd_compile)
+
+
+def cmd_run(args) -> None:
+    from invmon.run import RunOptions, format_summary, run_pipeline
+
+    options = RunOptions(
+        source=args.source,
+        endpoint_url=args.endpoint_url,
+        anonymous=args.anonymous,
+        file_list=args.file_list,
+        limit=args.limit,
+        classes=args.classes,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        trials=args.trials,
+        algorithm=args.algorithm,
+        weights=args.weights,
+        seed=args.seed,
+        out=args.out,
+        synth_bins=args.synth_bins,
+    )
+    print(format_summary(run_pipeline(options)))
+
+
+def _run_parser(sub) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the whole pipeline locally (kfp.local)",
+        description="Run the pipeline on this machine through kfp.local. Without "
+        "--source, an embedded S3 server holds synthetic bins.",
+    )
+    p.add_argument("--source", help="s3://BUCKET[/PREFIX] (default: embedded synthetic bucket)")
+    _add_s3_options(p)
+    p.add_argument("--file-list", help="file_list.json selecting bins")
+    p.add_argument("--limit", type=_non_negative_int, default=0, help="most bins (0 = all)")
+    p.add_argument("--classes", default="0-5", help="counts to learn (default 0-5)")
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        help="model input size (default 64 embedded, 224 otherwise)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help="final training epochs (default 10 embedded, the search's otherwise)",
+    )
+    p.add_argument("--trials", type=_positive_int, help="search trials (default 3 embedded, 4)")
+    p.add_argument("--algorithm", default="tpe", choices=("random", "tpe", "grid"))
+    p.add_argument("--weights", default="none", help="none, imagenet, a path or an s3:// URI")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument(
+        "--synth-bins",
+        type=_positive_int,
+        default=3600,
+        help="synthetic bins in the embedded bucket (default 3600)",
+    )
+    p.add_argument("--out", default="runs", help="where runs are kept (default runs/)")
+    p.set_defaults(func=cmd_run)
+
+
+_PARSERS: list[Callable] = [
+    _synth_parser,
+    _ingest_parser,
+    _arrange_parser,
+    _preprocess_parser,
+    _tune_parser,
+    _train_parser,
+    _evaluate_parser,
+    _deploy_parser,
+    _serve_parser,
+    _compile_parser,
+    _run_parser,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``invmon`` parser with every subcommand."""
+    parser = _Parser(
+        prog=PROG,
+        description="Count items in warehouse bin photos: a Kubeflow "
+        "pipeline from S3 to a KServe predictor.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    for add in _PARSERS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``invmon`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except (RuntimeError, TimeoutError) as err:
+        print(f"{PROG} {args.command}: failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,222 @@
+"""Serve a model folder with KServe's ModelServer, and talk to a running server.
+
+``python -m invmon.serve --model_dir DIR`` is the serving image's entry point. Its parser extends
+KServe's own (``--http_port``, ``--model_name``, ``--enable_grpc``, ...) instead of redefining
+those flags. :class:`LocalServer` runs the same entry point in a subprocess on loopback, which is
+how a local pipeline run "deploys" and how the tests send real HTTP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+
+from invmon.predictor import DEFAULT_MODEL_NAME, Limits
+
+log = logging.getLogger(__name__)
+
+
+def build_model(model_dir: str, name: str = DEFAULT_MODEL_NAME, device="auto", limits=None):
+    """Create and load the predictor for ``model_dir``."""
+    from invmon.predictor import BinCounterModel
+
+    model = BinCounterModel(name, model_dir, device=device, limits=limits)
+    model.load()
+    return model
+
+
+def _quiet_framework_warnings() -> None:
+    # KServe 0.21 still returns ORJSONResponse, which FastAPI warns about on every request.
+    warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
+
+
+def serve(
+    model_dir: str,
+    port: int = 8080,
+    name: str = DEFAULT_MODEL_NAME,
+    device: str = "auto",
+    limits: Limits | None = None,
+) -> None:
+    """Serve ``model_dir`` over HTTP (V1 and V2) until interrupted. gRPC stays off."""
+    import kserve
+
+    _quiet_framework_warnings()
+    model = build_model(model_dir, name, device, limits)
+    kserve.ModelServer(http_port=port, enable_grpc=False, workers=1).start([model])
+
+
+def _parser() -> argparse.ArgumentParser:
+    from kserve.model_server import parser as kserve_parser
+
+    parser = argparse.ArgumentParser(
+        description="Serve an inventory-monitoring model folder with KServe.",
+        parents=[kserve_parser],
+    )
+    parser.add_argument("--model_dir", required=True, help="model folder written by invmon train")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--max_images",
+        type=int,
+        default=Limits.max_images,
+        help="most images accepted in one request",
+    )
+    parser.add_argument(
+        "--max_image_bytes",
+        type=int,
+        default=Limits.max_image_bytes,
+        help="largest encoded image accepted, in bytes",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the serving image."""
+    import kserve
+
+    _quiet_framework_warnings()
+    args = _parser().parse_args(argv)
+    limits = Limits(max_images=args.max_images, max_image_bytes=args.max_image_bytes)
+    model = build_model(args.model_dir, args.model_name, args.device, limits)
+    kserve.ModelServer(
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        enable_grpc=args.enable_grpc,
+        workers=args.workers,
+    ).start([model])
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LocalServer:
+    """The predictor served by a ModelServer subprocess on loopback, for as long as the context.
+
+    ``url`` is the server's base URL. Readiness is KServe's: the model's ready endpoint answers 200
+    only after the model folder loaded.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        name: str = DEFAULT_MODEL_NAME,
+        port: int | None = None,
+        startup_timeout: float = 120.0,
+        extra_args: list[str] | None = None,
+    ):
+        self.model_dir, self.name = str(model_dir), name
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.startup_timeout = startup_timeout
+        self.extra_args = extra_args or []
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> LocalServer:
+        command = [
+            sys.executable,
+            "-m",
+            "invmon.serve",
+            "--model_dir",
+            self.model_dir,
+            "--model_name",
+            self.name,
+            "--http_port",
+            str(self.port),
+            "--enable_grpc",
+            "false",
+            "--configure_logging",
+            "false",
+            *self.extra_args,
+        ]
+        self.process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        ready = f"{self.url}/v2/models/{self.name}/ready"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"model server exited with code {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(ready, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.25)
+        raise TimeoutError(f"model server not ready after {self.startup_timeout:.0f}s at {ready}")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL if it lingers)."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def post_json(url: str, body: dict, timeout: float = 60.0) -> tuple[int, dict]:
+    """POST a JSON body; return (HTTP status, decoded JSON answer) for success and error alike."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        text = err.read()
+        try:
+            return err.code, json.loads(text or b"{}")
+        except json.JSONDecodeError:
+            return err.code, {"error": text.decode(errors="replace")}
+
+
+def v1_request(images: list[bytes]) -> dict:
+    """A V1 predict body for encoded images."""
+    return {"instances": [{"image": {"b64": base64.b64encode(b).decode()}} for b in images]}
+
+
+def v2_request(images: list[bytes], request_id: str | None = None) -> dict:
+    """A V2 (Open Inference Protocol) JSON body carrying encoded images as base64 BYTES."""
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [len(images)],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(b).decode() for b in images],
+            }
+        ]
+    }
+    if request_id:
+        body["id"] = request_id
+    return body
+
+
+if __name__ == "__main__":
+    main()
