@@ -105,7 +105,7 @@ def render_inference_service(spec: ServiceSpec) -> dict:
     }
     if spec.node_selector:
         predictor["nodeSelector"] = dict(spec.node_selector)
-    return {
+    manifest = {
         "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
         "kind": "InferenceService",
         "metadata": {
@@ -116,6 +116,17 @@ def render_inference_service(spec: ServiceSpec) -> dict:
         },
         "spec": {"predictor": predictor},
     }
+    check_inference_service(manifest)
+    return manifest
+
+
+def check_inference_service(manifest: dict):
+    """Read ``manifest`` into kserve's typed V1beta1InferenceService; raise on any unknown field."""
+    from kserve import V1beta1InferenceService
+
+    from invmon.k8s import to_typed
+
+    return to_typed(manifest, V1beta1InferenceService)
 
 
 def apply_inference_service(manifest: dict, api=None) -> str:
