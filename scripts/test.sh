@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up .venv/ and run every check CI runs: ruff (lint and format) and pytest.
+# Tests that need the real ABID sample run when ABID_SAMPLE_DIR names it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/python -m pytest "$@"

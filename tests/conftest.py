@@ -1,0 +1,99 @@
+"""Shared fixtures: a real S3 server on loopback, small synthetic datasets and a tiny trained model.
+
+Everything is built once per session by the project's own code (synth -> arrange -> preprocess ->
+train), so the fixtures also exercise the stages they feed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from invmon.arrange import arrange
+from invmon.preprocess import preprocess
+from invmon.s3 import embedded_s3_server, make_client
+from invmon.synth import synthesize
+from invmon.train import TrainConfig, fit
+
+TINY_IMAGE_SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def s3_url():
+    """URL of a moto S3 server on 127.0.0.1 (real HTTP), shared by the session."""
+    with embedded_s3_server() as url:
+        yield url
+
+
+def make_public_bucket(url: str, name: str | None = None) -> str:
+    """Create a bucket on the test server that anonymous clients may read, like aft-vbi-pds."""
+    name = name or f"bins-{uuid.uuid4().hex[:10]}"
+    client = make_client(url, anonymous=True)
+    client.create_bucket(Bucket=name)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": ["s3:GetObject", "s3:HeadObject", "s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*"],
+            }
+        ],
+    }
+    client.put_bucket_policy(Bucket=name, Policy=json.dumps(policy))
+    return name
+
+
+@pytest.fixture
+def public_bucket(s3_url):
+    """A fresh, anonymously readable bucket on the test server."""
+    return make_public_bucket(s3_url)
+
+
+@pytest.fixture(scope="session")
+def raw_dir(tmp_path_factory) -> Path:
+    """120 synthetic bins (counts 0-5) in ABID's layout."""
+    out = tmp_path_factory.mktemp("raw")
+    synthesize(str(out), 120, seed=3, max_items=5, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def arranged_dir(raw_dir, tmp_path_factory) -> Path:
+    """The synthetic bins arranged into train/val/test class folders."""
+    out = tmp_path_factory.mktemp("arranged")
+    arrange(raw_dir, out, classes="0-5", split="0.7,0.15,0.15", seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shards_dir(arranged_dir, tmp_path_factory) -> Path:
+    """The arranged bins preprocessed into shards at a tiny image size."""
+    out = tmp_path_factory.mktemp("shards")
+    preprocess(arranged_dir, out, image_size=TINY_IMAGE_SIZE, shard_size=40, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def model_dir(shards_dir, tmp_path_factory) -> Path:
+    """A model trained for one epoch on the tiny shards (enough to test loading and serving)."""
+    out = tmp_path_factory.mktemp("model")
+    fit(shards_dir, TrainConfig(epochs=1, batch_size=16, device="cpu"), out=out, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sample_dir() -> Path:
+    """The real ABID sample named by ABID_SAMPLE_DIR; tests using it are skipped without it."""
+    value = os.environ.get("ABID_SAMPLE_DIR")
+    if not value:
+        pytest.skip("ABID_SAMPLE_DIR is not set")
+    path = Path(value)
+    if not (path / "bin-images").is_dir() or not (path / "metadata").is_dir():
+        pytest.fail(f"ABID_SAMPLE_DIR={value} has no bin-images/ and metadata/ folders")
+    return path

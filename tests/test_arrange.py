@@ -1,0 +1,83 @@
+"""Arrange: labels from EXPECTED_QUANTITY, class folders, a stratified seeded split."""
+
+import json
+import shutil
+
+import pytest
+
+from invmon.arrange import SPLITS, arrange, parse_classes, parse_split, read_manifest
+
+
+def test_layout_manifest_and_counts(arranged_dir, raw_dir):
+    rows = read_manifest(arranged_dir)
+    assert len(rows) == 120
+    for bin_id, count, split in rows:
+        image = arranged_dir / split / str(count) / f"{bin_id}.jpg"
+        assert image.read_bytes() == (raw_dir / "bin-images" / f"{bin_id}.jpg").read_bytes()
+        document = json.loads((raw_dir / "metadata" / f"{bin_id}.json").read_text())
+        assert document["EXPECTED_QUANTITY"] == count
+    assert len({r[0] for r in rows}) == len(rows)  # no bin in two splits
+    dataset = json.loads((arranged_dir / "dataset.json").read_text())
+    assert dataset["classes"] == [0, 1, 2, 3, 4, 5] and dataset["kept"] == 120
+
+
+def test_split_is_stratified_by_count(arranged_dir):
+    rows = read_manifest(arranged_dir)
+    for count in range(6):
+        in_class = [r for r in rows if r[1] == count]
+        test = sum(r[2] == "test" for r in in_class)
+        assert abs(test - 0.15 * len(in_class)) <= 1
+
+
+def test_same_seed_same_split_different_seed_different_split(raw_dir, tmp_path):
+    arrange(raw_dir, tmp_path / "a", seed=1)
+    arrange(raw_dir, tmp_path / "b", seed=1)
+    arrange(raw_dir, tmp_path / "c", seed=2)
+    assert read_manifest(tmp_path / "a") == read_manifest(tmp_path / "b")
+    assert read_manifest(tmp_path / "a") != read_manifest(tmp_path / "c")
+
+
+def test_drops_are_counted_by_reason(raw_dir, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(raw_dir, raw)
+    (raw / "metadata" / "00001.json").unlink()  # image without metadata
+    (raw / "bin-images" / "00002.jpg").unlink()  # metadata without image
+    (raw / "metadata" / "00003.json").write_text("{broken")
+    report = arrange(raw, tmp_path / "out", classes="1-3")
+    assert report.dropped["image without metadata"] == 1
+    assert report.dropped["metadata without image"] == 1
+    assert report.dropped["invalid metadata"] == 1
+    assert report.dropped["count outside classes"] > 0
+    assert report.kept + sum(report.dropped.values()) == 120
+    assert set(report.counts["train"]) == {1, 2, 3}
+    assert {p.name for p in (tmp_path / "out" / "train").iterdir()} <= {"1", "2", "3"}
+
+
+def test_rerun_replaces_the_previous_layout(raw_dir, tmp_path):
+    arrange(raw_dir, tmp_path, classes="0-5")
+    arrange(raw_dir, tmp_path, classes="1-2")
+    folders = {p.name for s in SPLITS for p in (tmp_path / s).iterdir()}
+    assert folders == {"1", "2"}
+
+
+def test_nothing_usable_is_an_error(tmp_path):
+    (tmp_path / "raw" / "metadata").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no usable bins"):
+        arrange(tmp_path / "raw", tmp_path / "out")
+
+
+@pytest.mark.parametrize(("text", "expected"), [("0-5", [0, 1, 2, 3, 4, 5]), ("1,3,2", [1, 2, 3])])
+def test_parse_classes(text, expected):
+    assert parse_classes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["5", "a-b", "-1-3", "3-1", ""])
+def test_bad_classes_are_named(text):
+    with pytest.raises(ValueError, match="--classes"):
+        parse_classes(text)
+
+
+@pytest.mark.parametrize("text", ["0.8,0.2", "0.5,0.5,0.5", "x,y,z", "0,0.5,0.5", "1,0,0"])
+def test_bad_split_is_named(text):
+    with pytest.raises(ValueError, match="--split"):
+        parse_split(text)

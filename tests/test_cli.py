@@ -1,0 +1,92 @@
+"""The invmon command line: --help everywhere, one-line errors naming the bad value."""
+
+import subprocess
+import sys
+
+import pytest
+
+from invmon.cli import build_parser, main
+
+COMMANDS = [
+    "synth",
+    "ingest",
+    "arrange",
+    "preprocess",
+    "tune",
+    "train",
+    "evaluate",
+    "deploy",
+    "serve",
+    "compile",
+    "run",
+]
+
+
+def _invmon(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "invmon.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_every_stage_has_a_subcommand():
+    choices = build_parser()._subparsers._group_actions[0].choices
+    assert set(COMMANDS) <= set(choices)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: invmon " + command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["train", "--data", "d", "--out", "o", "--lr", "fast"], "--lr"),
+        (["ingest", "--source", "s3://b", "--out", "o", "--workers", "0"], "--workers"),
+        (["tune", "--data", "d", "--out", "o", "--algorithm", "magic"], "--algorithm"),
+        (["synth", "--out", "o"], "--count"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
+def test_wrong_argument_gets_one_line_error(args, named):
+    result = _invmon(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and named in lines[0], result.stderr
+
+
+def test_bad_value_found_by_the_stage_is_one_line_too(tmp_path):
+    result = _invmon(
+        "arrange", "--raw", str(tmp_path), "--out", str(tmp_path / "o"), "--classes", "five"
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--classes" in lines[0]
+
+
+def test_stages_chain_from_the_command_line(tmp_path):
+    for args in (
+        ["synth", "--out", str(tmp_path / "raw"), "--count", "30", "--seed", "4"],
+        ["arrange", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "arr")],
+        [
+            "preprocess",
+            "--data",
+            str(tmp_path / "arr"),
+            "--out",
+            str(tmp_path / "sh"),
+            "--image-size",
+            "32",
+        ],
+    ):
+        result = _invmon(*args)
+        assert result.returncode == 0, result.stderr
+    assert (tmp_path / "sh" / "index.json").is_file()
+
+
+def test_deploy_dry_run_prints_the_manifest(capsys):
+    assert main(["deploy", "--model-uri", "s3://models/m", "--name", "counter", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "kind: InferenceService" in out and "s3://models/m" in out

@@ -1,0 +1,97 @@
+"""The compiled pipeline: loadable by kfp, GPU stages on the GPU pool, images from images/."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp import components
+
+from invmon.compiler import compile_pipeline, parse_toleration, settings_from
+from invmon.images import IMAGE_NAMES, ImageSet
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "pipelines" / "inventory_pipeline.yaml"
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> Path:
+    return compile_pipeline(tmp_path_factory.mktemp("compiled") / "pipeline.yaml")
+
+
+def _documents(path: Path) -> tuple[dict, dict]:
+    spec, platform = yaml.safe_load_all(path.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+
+def test_loads_with_kfps_own_loader(compiled):
+    pipeline = components.load_component_from_file(str(compiled))
+    assert pipeline.name == "inventory-monitoring"
+    assert {"source", "classes", "image_size", "trials"} <= set(pipeline.component_spec.inputs)
+
+
+def test_committed_copy_is_current(compiled):
+    assert COMMITTED.read_text() == compiled.read_text(), (
+        "pipelines/inventory_pipeline.yaml is stale: run "
+        "`invmon compile --output pipelines/inventory_pipeline.yaml`"
+    )
+
+
+def test_train_and_tune_ask_for_a_gpu_on_the_gpu_pool(compiled):
+    spec, platform = _documents(compiled)
+    executors = spec["deploymentSpec"]["executors"]
+    for stage in ("train", "tune"):
+        resources = executors[f"exec-{stage}"]["container"]["resources"]
+        assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert resources["accelerator"]["resourceCount"] == "1"
+        assert platform[f"exec-{stage}"]["nodeSelector"]["labels"] == {
+            "nvidia.com/gpu.present": "true"
+        }
+        assert platform[f"exec-{stage}"]["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    assert "accelerator" not in executors["exec-ingest"]["container"].get("resources", {})
+
+
+def test_every_task_runs_as_non_root(compiled):
+    spec, platform = _documents(compiled)
+    for name in spec["deploymentSpec"]["executors"]:
+        assert platform[name]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_every_image_has_a_dockerfile(compiled):
+    spec, _ = _documents(compiled)
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    dockerfiles = {ImageSet().image(n): ROOT / "images" / n / "Dockerfile" for n in IMAGE_NAMES}
+    assert images <= set(dockerfiles)
+    for image in images:
+        assert dockerfiles[image].is_file(), image
+
+
+def test_registry_tag_and_gpu_pool_are_configurable(tmp_path):
+    settings = settings_from(
+        "registry.local:5000/ml", "2.0", [("pool", "a100")], ["gpu=true:NoSchedule"], gpus=2
+    )
+    spec, platform = _documents(compile_pipeline(tmp_path / "p.yaml", settings))
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert all(
+        i.startswith("registry.local:5000/ml/invmon-") and i.endswith(":2.0") for i in images
+    )
+    assert platform["exec-train"]["nodeSelector"]["labels"] == {"pool": "a100"}
+    assert platform["exec-train"]["tolerations"] == [
+        {"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+    ]
+    train = spec["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]
+    assert train["accelerator"]["resourceCount"] == "2"
+
+
+def test_components_only_import_the_package_in_their_body(compiled):
+    spec, _ = _documents(compiled)
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        body = executor["container"]["command"][-1]
+        assert "from invmon" in body, name
+        assert "pip install" not in " ".join(executor["container"]["command"]), name
+
+
+def test_bad_toleration_is_named():
+    with pytest.raises(ValueError, match="--gpu-toleration"):
+        parse_toleration("gpu:Sometimes")

@@ -1,0 +1,87 @@
+"""Preprocess and the shared transform: decode once, resize, shard."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from invmon.arrange import read_manifest
+from invmon.data import DatasetIndex
+from invmon.preprocess import preprocess
+from invmon.synth import make_bin
+from invmon.transforms import InvalidImage, Preprocessing, normalize, prepare
+
+
+def _jpeg(width=480, height=330, colour=(200, 180, 90)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def test_prepare_gives_square_uint8_chw():
+    array = prepare(_jpeg(), 64)
+    assert array.shape == (3, 64, 64) and array.dtype == np.uint8
+    assert abs(int(array[0].mean()) - 200) <= 3
+
+
+def test_prepare_reads_png_too():
+    buffer = io.BytesIO()
+    Image.new("RGBA", (50, 40), (10, 20, 30, 255)).save(buffer, "PNG")
+    assert prepare(buffer.getvalue(), 16).shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"not an image at all", "not a recognised image"),
+        (make_bin(1, 1, 5)[1][:10_000], "could not be decoded"),
+    ],
+)
+def test_prepare_refuses_bad_bytes(data, message):
+    with pytest.raises(InvalidImage, match=message):
+        prepare(data, 32)
+
+
+def test_prepare_refuses_images_over_the_pixel_limit():
+    with pytest.raises(InvalidImage, match="over the limit"):
+        prepare(_jpeg(400, 300), 32, max_pixels=100_000)
+
+
+def test_normalize_uses_imagenet_statistics():
+    batch = torch.full((2, 3, 4, 4), 255, dtype=torch.uint8)
+    out = normalize(batch, Preprocessing(image_size=16))
+    assert torch.allclose(out[0, 0], torch.full((4, 4), (1 - 0.485) / 0.229))
+    with pytest.raises(ValueError, match="uint8"):
+        normalize(batch.float(), Preprocessing())
+
+
+def test_shards_hold_every_arranged_image_once(shards_dir, arranged_dir):
+    index = DatasetIndex.read(shards_dir)
+    manifest = (arranged_dir / "manifest.csv").read_text().splitlines()[1:]
+    assert sum(index.splits[s]["images"] for s in ("train", "val", "test")) == len(manifest)
+    train = index.split("train")
+    assert len(train.images) == -(-len(train) // 40)  # 40 images per shard
+    assert all(len(shard) == 40 for shard in train.images[:-1])
+    first = train.gather(np.array([0]))[0]
+    bin_id = train.ids[0]
+    count = train.counts[0]
+    source = (arranged_dir / "train" / str(count) / f"{bin_id}.jpg").read_bytes()
+    assert np.array_equal(first, prepare(source, 32))
+
+
+def test_a_bad_image_is_skipped_and_named(arranged_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "arranged"
+    shutil.copytree(arranged_dir, data)
+    victim = next((data / "train").glob("*/*.jpg"))
+    victim.write_bytes(b"\xff\xd8 truncated")
+    report = preprocess(data, tmp_path / "out", image_size=32, workers=1)
+    assert report.skipped.keys() == {victim.stem}
+    index = json.loads((tmp_path / "out" / "index.json").read_text())
+    in_manifest = sum(1 for r in read_manifest(data) if r[2] == "train")
+    assert index["splits"]["train"]["images"] == in_manifest - 1
