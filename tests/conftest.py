@@ -6,7 +6,6 @@ train), so the fixtures also exercise the stages they feed.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 
 from invmon.arrange import arrange
 from invmon.preprocess import preprocess
-from invmon.s3 import embedded_s3_server, make_client
+from invmon.s3 import embedded_s3_server, make_client, make_public_bucket
 from invmon.synth import synthesize
 from invmon.train import TrainConfig, fit
 
@@ -29,30 +28,17 @@ def s3_url():
         yield url
 
 
-def make_public_bucket(url: str, name: str | None = None) -> str:
+def public_bucket_on(url: str) -> str:
     """Create a bucket on the test server that anonymous clients may read, like aft-vbi-pds."""
-    name = name or f"bins-{uuid.uuid4().hex[:10]}"
-    client = make_client(url, anonymous=True)
-    client.create_bucket(Bucket=name)
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Effect": "Allow",
-                "Principal": "*",
-                "Action": ["s3:GetObject", "s3:HeadObject", "s3:ListBucket"],
-                "Resource": [f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*"],
-            }
-        ],
-    }
-    client.put_bucket_policy(Bucket=name, Policy=json.dumps(policy))
+    name = f"bins-{uuid.uuid4().hex[:10]}"
+    make_public_bucket(make_client(url, anonymous=True), name)
     return name
 
 
 @pytest.fixture
 def public_bucket(s3_url):
     """A fresh, anonymously readable bucket on the test server."""
-    return make_public_bucket(s3_url)
+    return public_bucket_on(s3_url)
 
 
 @pytest.fixture(scope="session")

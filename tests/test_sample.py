@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from conftest import make_public_bucket
+from conftest import public_bucket_on
 
 from invmon.arrange import arrange, read_manifest
 from invmon.ingest import ingest
@@ -12,7 +12,7 @@ from invmon.s3 import make_client
 
 @pytest.mark.sample
 def test_real_sample_lands_in_the_folder_of_its_expected_quantity(sample_dir, s3_url, tmp_path):
-    bucket = make_public_bucket(s3_url)
+    bucket = public_bucket_on(s3_url)
     client = make_client(s3_url, anonymous=True)
     for folder in ("bin-images", "metadata"):
         for path in (sample_dir / folder).iterdir():

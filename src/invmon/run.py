@@ -16,7 +16,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from invmon.s3 import embedded_s3_server, make_client
+from invmon.s3 import embedded_s3_server, make_client, make_public_bucket
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +87,7 @@ def seed_demo_bucket(endpoint_url: str, bins: int, seed: int) -> str:
     """Create the demo bucket on the embedded server, readable anonymously, and fill it."""
     from invmon.synth import synthesize
 
-    client = make_client(endpoint_url, anonymous=True)
-    client.create_bucket(Bucket=DEMO_BUCKET)
-    # Anonymous reads, like the public ABID bucket. moto checks HEAD as "s3:HeadObject".
-    actions = ["s3:GetObject", "s3:HeadObject", "s3:ListBucket"]
-    resources = [f"arn:aws:s3:::{DEMO_BUCKET}", f"arn:aws:s3:::{DEMO_BUCKET}/*"]
-    policy = {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow", "Principal": "*", "Action": actions, "Resource": resources}
-        ],
-    }
-    client.put_bucket_policy(Bucket=DEMO_BUCKET, Policy=json.dumps(policy))
+    make_public_bucket(make_client(endpoint_url, anonymous=True), DEMO_BUCKET)
     synthesize(f"s3://{DEMO_BUCKET}", bins, seed=seed, endpoint_url=endpoint_url, anonymous=True)
     return f"s3://{DEMO_BUCKET}"
 

@@ -8,6 +8,7 @@ how the public ABID bucket is read.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import socket
 from collections.abc import Iterator
@@ -78,6 +79,27 @@ def make_client(
         region_name=region or session.region_name or "us-east-1",
         config=config,
     )
+
+
+def make_public_bucket(client, bucket: str) -> None:
+    """Create ``bucket`` readable by anonymous clients, like the public ABID bucket.
+
+    Used on loopback test and demo servers only. moto checks HEAD requests as ``s3:HeadObject``,
+    which real AWS policies do not name.
+    """
+    client.create_bucket(Bucket=bucket)
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": "*",
+                "Action": ["s3:GetObject", "s3:HeadObject", "s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+            }
+        ],
+    }
+    client.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
 
 
 def _free_port() -> int:
