@@ -38,12 +38,14 @@ class ClusterSettings:
     )
     gpu_tolerations: tuple[Toleration, ...] = (Toleration(),)
     run_as_user: int = 1000
+    caching: bool = True
 
 
 def _configure(task, stage: str, settings: ClusterSettings, gpu: bool = False):
     """Point a task at its stage's image, run it as non-root, and put GPU stages on the GPU pool."""
     task.set_container_image(settings.images.for_stage(stage))
     task.set_display_name(stage)
+    task.set_caching_options(settings.caching)
     kubernetes.set_security_context(task, run_as_user=settings.run_as_user, run_as_non_root=True)
     if gpu:
         task.set_accelerator_type(settings.accelerator).set_accelerator_limit(settings.gpus)

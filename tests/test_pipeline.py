@@ -95,3 +95,29 @@ def test_components_only_import_the_package_in_their_body(compiled):
 def test_bad_toleration_is_named():
     with pytest.raises(ValueError, match="--gpu-toleration"):
         parse_toleration("gpu:Sometimes")
+
+
+CREDENTIAL_PATTERNS = [
+    r"AKIA[0-9A-Z]{16}",  # AWS access key id
+    r"(?i)aws_secret_access_key\s*[:=]",
+    r"(?i)(password|secret_key|token)\s*[:=]\s*\S{8,}",
+]
+
+
+def test_compiled_pipeline_carries_no_credentials(compiled):
+    import re
+
+    text = compiled.read_text()
+    for pattern in CREDENTIAL_PATTERNS:
+        assert not re.search(pattern, text), pattern
+
+
+def test_caching_is_on_by_default_and_can_be_compiled_off(compiled, tmp_path):
+    spec, _ = _documents(compiled)
+    assert all(t["cachingOptions"]["enableCache"] for t in spec["root"]["dag"]["tasks"].values())
+    off = compile_pipeline(tmp_path / "p.yaml", settings_from("r", "t", caching=False))
+    spec, _ = _documents(off)
+    assert not any(
+        t.get("cachingOptions", {}).get("enableCache")
+        for t in spec["root"]["dag"]["tasks"].values()
+    )

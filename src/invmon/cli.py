@@ -433,26 +433,15 @@ def _serve_parser(sub) -> None:
 
 
 def cmd_compile(args) -> None:
-    from invmon.compiler import compile_pipeline, settings_from
+    from invmon.compiler import compile_pipeline
 
-    settings = settings_from(
-        args.registry, args.tag, args.gpu_node_selector, args.gpu_toleration, args.gpus
-    )
-    path = compile_pipeline(args.output, settings)
-    print(f"wrote {path}")
+    print(f"wrote {compile_pipeline(args.output, _cluster_settings(args))}")
 
 
-def _compile_parser(sub) -> None:
-    from invmon.compiler import DEFAULT_OUTPUT
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    """Compile-time settings shared by compile and submit."""
     from invmon.images import DEFAULT_REGISTRY, DEFAULT_TAG
 
-    p = sub.add_parser(
-        "compile",
-        help="compile the pipeline to Kubeflow IR YAML",
-        description="Compile the pipeline for a Kubeflow cluster (upload the YAML "
-        "in the UI or submit it with kfp run create).",
-    )
-    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"default {DEFAULT_OUTPUT}")
     p.add_argument("--registry", default=DEFAULT_REGISTRY, help="image registry")
     p.add_argument("--tag", default=DEFAULT_TAG, help="image tag")
     p.add_argument(
@@ -469,7 +458,84 @@ def _compile_parser(sub) -> None:
         help="taint of the GPU pool to tolerate (repeatable; default nvidia.com/gpu:NoSchedule)",
     )
     p.add_argument("--gpus", type=_positive_int, default=1, help="GPUs for train and tune")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="compile every task with caching off (clusters cache by default)",
+    )
+
+
+def _cluster_settings(args):
+    from invmon.compiler import settings_from
+
+    return settings_from(
+        args.registry,
+        args.tag,
+        args.gpu_node_selector,
+        args.gpu_toleration,
+        args.gpus,
+        caching=not args.no_cache,
+    )
+
+
+def _compile_parser(sub) -> None:
+    from invmon.compiler import DEFAULT_OUTPUT
+
+    p = sub.add_parser(
+        "compile",
+        help="compile the pipeline to Kubeflow IR YAML",
+        description="Compile the pipeline for a Kubeflow cluster (upload the YAML "
+        "in the UI or submit it with kfp run create).",
+    )
+    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"default {DEFAULT_OUTPUT}")
+    _add_cluster_options(p)
     p.set_defaults(func=cmd_compile)
+
+
+def cmd_submit(args) -> None:
+    from invmon.submit import submit
+
+    run = submit(
+        args.host,
+        params=args.param,
+        experiment=args.experiment,
+        run_name=args.run_name,
+        namespace=args.namespace,
+        service_account=args.service_account or None,
+        enable_caching=False if args.no_cache else None,
+        settings=_cluster_settings(args),
+        token_env=args.token_env,
+    )
+    print(f"started run {run.run_id} in experiment {run.experiment!r}: {run.url}")
+
+
+def _submit_parser(sub) -> None:
+    from invmon.submit import DEFAULT_EXPERIMENT, DEFAULT_SERVICE_ACCOUNT
+
+    p = sub.add_parser(
+        "submit",
+        help="compile and start a run on a Kubeflow Pipelines server",
+        description="Compile the pipeline and start a run of it through kfp.Client.",
+    )
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://HOST/pipeline")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment to run in")
+    p.add_argument("--run-name", help="run name shown in the UI")
+    p.add_argument("--namespace", help="profile namespace (multi-user Kubeflow)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="pipeline parameter (repeatable), e.g. --param classes=1-5",
+    )
+    p.add_argument(
+        "--service-account",
+        default=DEFAULT_SERVICE_ACCOUNT,
+        help=f"service account the run's pods use (default {DEFAULT_SERVICE_ACCOUNT})",
+    )
+    p.add_argument("--token-env", metavar="VAR", help="environment variable holding a bearer token")
+    _add_cluster_options(p)
+    p.set_defaults(func=cmd_submit)
 
 
 def cmd_run(args) -> None:
@@ -541,6 +607,7 @@ _PARSERS: list[Callable] = [
     _deploy_parser,
     _serve_parser,
     _compile_parser,
+    _submit_parser,
     _run_parser,
 ]
 

@@ -37,6 +37,7 @@ def settings_from(
     node_selector: list[tuple[str, str]] | None = None,
     tolerations: list[str] | None = None,
     gpus: int = 1,
+    caching: bool = True,
 ):
     """Build ClusterSettings from command-line values; None keeps each default."""
     from invmon.pipelines import ClusterSettings
@@ -45,6 +46,7 @@ def settings_from(
     return ClusterSettings(
         images=ImageSet(registry=registry, tag=tag),
         gpus=gpus,
+        caching=caching,
         gpu_node_selector=dict(node_selector) if node_selector else defaults.gpu_node_selector,
         gpu_tolerations=tuple(parse_toleration(t) for t in tolerations)
         if tolerations

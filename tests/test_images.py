@@ -1,0 +1,46 @@
+"""images/: one Dockerfile per image; hadolint-clean, pinned bases, non-root final stage."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from invmon.images import IMAGE_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKERFILES = [ROOT / "images" / name / "Dockerfile" for name in IMAGE_NAMES]
+
+
+def _hadolint() -> str:
+    found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(found).is_file():
+        pytest.fail("hadolint is not installed (it is a dev dependency: bash scripts/setup.sh)")
+    return found
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IMAGE_NAMES)
+def test_hadolint_passes(dockerfile):
+    result = subprocess.run([_hadolint(), str(dockerfile)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IMAGE_NAMES)
+def test_final_stage_runs_as_non_root(dockerfile):
+    lines = dockerfile.read_text().splitlines()
+    final_from = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
+    users = [line.split()[1] for line in lines[final_from:] if line.startswith("USER ")]
+    assert users, f"{dockerfile}: the final stage sets no USER"
+    assert users[-1].split(":")[0] not in ("root", "0")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=IMAGE_NAMES)
+def test_base_images_are_pinned_and_multi_stage(dockerfile):
+    text = dockerfile.read_text()
+    bases = re.findall(r"^ARG \w+_IMAGE=(\S+)", text, flags=re.M)
+    assert bases and all(re.search(r":\d+\.\d+\.\d+", b) or "@sha256:" in b for b in bases)
+    assert len(re.findall(r"^FROM ", text, flags=re.M)) >= 2
+    final = text[text.rindex("\nFROM ") :]
+    assert "pip install" not in final and "apt-get" not in final  # no build tools or caches

@@ -1,0 +1,139 @@
+"""invmon submit: typed parameters and a run created through the real kfp.Client over HTTP.
+
+No Kubeflow Pipelines API server can run here, so the client talks to FakeKfpApiServer, a small
+HTTP server on loopback that answers the three endpoints a submission uses and records them.
+"""
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from invmon.compiler import settings_from
+from invmon.submit import parse_params, submit
+
+
+class FakeKfpApiServer:
+    """A fake KFP v2beta1 REST API: healthz, experiments, runs. Records what it was sent."""
+
+    def __init__(self):
+        self.requests: list[tuple[str, str, dict]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                fake.requests.append(("GET", self.path, {}))
+                if self.path.startswith("/apis/v2beta1/healthz"):
+                    self._answer({"multi_user": False})
+                elif self.path.startswith("/apis/v2beta1/experiments"):
+                    self._answer({"experiments": [], "total_size": 0})
+                else:
+                    self.send_error(404)
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length", 0))
+                body = json.loads(self.rfile.read(length) or b"{}")
+                fake.requests.append(("POST", self.path, body))
+                if self.path == "/apis/v2beta1/experiments":
+                    self._answer({"experiment_id": "exp-1", "display_name": body["display_name"]})
+                elif self.path.startswith("/apis/v2beta1/runs"):
+                    self._answer(
+                        {
+                            "run_id": "run-42",
+                            "display_name": body["display_name"],
+                            "experiment_id": body["experiment_id"],
+                        }
+                    )
+                else:
+                    self.send_error(404)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def posted(self, path: str) -> dict:
+        return next(body for method, p, body in self.requests if method == "POST" and p == path)
+
+    def close(self):
+        self.server.shutdown()
+
+
+@pytest.fixture
+def kfp_api():
+    server = FakeKfpApiServer()
+    yield server
+    server.close()
+
+
+def test_submit_creates_an_experiment_and_a_run_with_typed_parameters(kfp_api):
+    run = submit(
+        kfp_api.url,
+        params=["classes=1-5", "trials=8", "anonymous=false"],
+        experiment="audit",
+        enable_caching=False,
+        settings=settings_from("registry.example/ml", "9.9"),
+    )
+    assert run.run_id == "run-42" and run.url.endswith("/#/runs/details/run-42")
+    assert kfp_api.posted("/apis/v2beta1/experiments")["display_name"] == "audit"
+    body = kfp_api.posted("/apis/v2beta1/runs")
+    assert body["experiment_id"] == "exp-1"
+    assert body["service_account"] == "invmon-pipeline"
+    assert body["runtime_config"]["parameters"] == {
+        "classes": "1-5",
+        "trials": 8,
+        "anonymous": False,
+    }
+    # With kubernetes settings, kfp sends the pipeline and platform specs side by side.
+    spec = body["pipeline_spec"]["pipeline_spec"]
+    platform = body["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]
+    assert spec["pipelineInfo"]["name"] == "inventory-monitoring"
+    assert "nodeSelector" in platform["deploymentSpec"]["executors"]["exec-train"]
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert all(i.startswith("registry.example/ml/") and i.endswith(":9.9") for i in images)
+    caching = {
+        t.get("cachingOptions", {}).get("enableCache", False)
+        for t in spec["root"]["dag"]["tasks"].values()
+    }
+    assert caching == {False}
+
+
+def test_caching_stays_on_by_default(kfp_api):
+    submit(kfp_api.url)
+    spec = kfp_api.posted("/apis/v2beta1/runs")["pipeline_spec"]["pipeline_spec"]
+    tasks = spec["root"]["dag"]["tasks"]
+    assert all(t["cachingOptions"]["enableCache"] for t in tasks.values())
+
+
+TYPES = {"trials": "NUMBER_INTEGER", "anonymous": "BOOLEAN", "source": "STRING"}
+
+
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [
+        (["trails=3"], "not a pipeline parameter"),
+        (["trials=many"], "expected a integer"),
+        (["anonymous=maybe"], "true or false"),
+        (["source"], "NAME=VALUE"),
+    ],
+)
+def test_bad_parameters_are_named(pairs, message):
+    with pytest.raises(ValueError, match=message):
+        parse_params(pairs, TYPES)
+
+
+def test_token_must_come_from_a_set_variable(kfp_api, monkeypatch):
+    monkeypatch.delenv("KFP_TEST_TOKEN", raising=False)
+    with pytest.raises(ValueError, match="KFP_TEST_TOKEN"):
+        submit(kfp_api.url, token_env="KFP_TEST_TOKEN")
