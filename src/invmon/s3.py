@@ -1,4 +1,5 @@
-"""S3 access shared by every stage: URI parsing, a pooled boto3 client, and an embedded S3 server.
+"""S3 access shared by every stage: URI parsing, a pooled boto3 client, a lean object reader with
+retries, and an embedded S3 server.
 
 Credentials always come from boto3's standard chain (environment, profile, instance or pod
 identity); nothing here reads or writes them. ``anonymous=True`` sends unsigned requests, which is
@@ -10,13 +11,22 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import random
+import re
 import socket
+import threading
+import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import boto3
 import botocore
+import urllib3
 from botocore.config import Config
+from botocore.httpsession import get_cert_path
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +80,8 @@ def make_client(
         retries={"mode": "adaptive", "max_attempts": 10},
         connect_timeout=10,
         read_timeout=60,
-        signature_version=botocore.UNSIGNED if anonymous else None,
+        # SigV4 everywhere: presigned URLs (ObjectReader) would use the legacy scheme otherwise.
+        signature_version=botocore.UNSIGNED if anonymous else "s3v4",
     )
     session = boto3.session.Session()
     return session.client(
@@ -79,6 +90,146 @@ def make_client(
         region_name=region or session.region_name or "us-east-1",
         config=config,
     )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how patiently a request is retried.
+
+    The wait before retry ``n`` is drawn uniformly from ``[0, min(cap, base * 2**n)]`` ("full
+    jitter"), so that many workers throttled at once do not retry in lockstep. S3's 503 SlowDown
+    asks clients to slow down, so it starts from the larger ``slowdown_base``.
+    """
+
+    attempts: int = 8
+    base: float = 0.05
+    slowdown_base: float = 0.5
+    cap: float = 20.0
+
+    def __post_init__(self):
+        if self.attempts < 1:
+            raise ValueError(f"retry attempts must be >= 1, got {self.attempts}")
+
+    def wait(self, attempt: int, slowdown: bool = False) -> float:
+        """Seconds to sleep before retry number ``attempt`` (1-based)."""
+        base = self.slowdown_base if slowdown else self.base
+        return random.uniform(0, min(self.cap, base * 2**attempt))
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """Size and ETag of an object (the ETag is the MD5 of the body unless uploaded in parts)."""
+
+    size: int
+    etag: str
+
+
+class S3ObjectError(OSError):
+    """A request for one object that failed for good (after retries, or not worth retrying)."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
+_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+_CODE = re.compile(rb"<Code>([^<]{1,64})</Code>")
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the standard environment variables name for ``url`` (as boto3 honours them)."""
+    parts = urlsplit(url)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
+class ObjectReader:
+    """GETs whole objects with many requests in flight, retrying what a busy S3 does to them.
+
+    Each request goes to a presigned URL (signed by the boto3 client, so every credential source
+    and addressing style keeps working) over a pooled urllib3 connection set. That costs about half
+    the CPU of a boto3 ``get_object`` call, which matters once thousands of small objects per second
+    are in flight. Retries cover 503 SlowDown and other 5xx answers, refused or dropped connections,
+    timeouts and bodies that end early; a missing object or a refused request fails at once.
+
+    Presigned URLs carry signatures: they are never logged or put into error messages.
+    """
+
+    def __init__(
+        self,
+        client,
+        bucket: str,
+        max_connections: int = 32,
+        retry: RetryPolicy | None = None,
+        timeout: float = 60.0,
+    ):
+        self.client, self.bucket = client, bucket
+        self.retry = retry or RetryPolicy()
+        self.retries = 0  # retried requests, for reports
+        self._lock = threading.Lock()
+        endpoint = client.meta.endpoint_url
+        options = {
+            "maxsize": max_connections,
+            "block": False,
+            "retries": False,  # retries are ours, with backoff that S3 asks for
+            "timeout": urllib3.Timeout(connect=10.0, read=timeout),
+            "ca_certs": os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True),
+        }
+        proxy = _proxy_for(endpoint)
+        self.http = (
+            urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
+        )
+
+    def _url(self, method: str, key: str) -> str:
+        return self.client.generate_presigned_url(
+            method, Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=3600
+        )
+
+    def get(self, key: str) -> bytes:
+        """Return the whole body of ``key``; raise S3ObjectError when it cannot be had."""
+        return self._request("GET", key).data
+
+    def head(self, key: str) -> ObjectInfo:
+        """Return the size and ETag of ``key``; raise S3ObjectError when it cannot be had."""
+        response = self._request("HEAD", key)
+        return ObjectInfo(int(response.headers["Content-Length"]), response.headers["ETag"])
+
+    def _request(self, method: str, key: str) -> urllib3.BaseHTTPResponse:
+        operation = "get_object" if method == "GET" else "head_object"
+        for attempt in range(1, self.retry.attempts + 1):
+            slowdown = False
+            try:
+                response = self.http.request(method, self._url(operation, key))
+            except urllib3.exceptions.HTTPError as err:
+                # Refused, reset or dropped connections, timeouts, and bodies shorter than their
+                # Content-Length (urllib3 enforces it) all land here.
+                reason = f"{type(err).__name__}: {_without_url(str(err))}"
+            else:
+                if response.status < 300:
+                    return response
+                code = _error_code(response.data)
+                reason = f"HTTP {response.status}" + (f" {code}" if code else "")
+                if response.status not in _RETRYABLE_STATUS:
+                    raise S3ObjectError(key, reason)
+                slowdown = response.status == 503
+            if attempt == self.retry.attempts:
+                break
+            with self._lock:
+                self.retries += 1
+            log.debug("retrying %s %s after %s", method, key, reason)
+            time.sleep(self.retry.wait(attempt, slowdown))
+        raise S3ObjectError(key, f"{reason} (gave up after {self.retry.attempts} attempts)")
+
+
+def _error_code(body: bytes) -> str:
+    match = _CODE.search(body[:2048])
+    return match.group(1).decode("ascii", "replace") if match else ""
+
+
+def _without_url(text: str) -> str:
+    # urllib3 messages can quote the request URL, whose query holds the signature.
+    return re.sub(r"https?://\S+", "<url>", text)
 
 
 def make_public_bucket(client, bucket: str) -> None:
