@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from invmon.ingest import ingest, read_file_list
+from invmon.ingest import Part, ingest, merge_parts, plan_parts, read_file_list
 from invmon.s3 import make_client
 from invmon.synth import synthesize
 
@@ -95,3 +95,133 @@ def test_keys_outside_the_layout_are_refused_and_reported(s3_url, public_bucket,
 def test_bad_source_is_named(source, tmp_path):
     with pytest.raises(ValueError, match="S3 URI"):
         ingest(source, tmp_path)
+
+
+# -- parts, file lists from S3, verification ---------------------------------------------------
+
+
+@pytest.fixture
+def two_families(s3_url, public_bucket):
+    """A bucket holding padded ids 00001..00030 and un-padded ids 1..12 (different bins)."""
+    client = make_client(s3_url, anonymous=True)
+    ids = [f"{n:05d}" for n in range(1, 31)] + [str(n) for n in range(1, 13)]
+    for bin_id in ids:
+        client.put_object(
+            Bucket=public_bucket, Key=f"bin-images/{bin_id}.jpg", Body=bin_id.encode()
+        )
+        client.put_object(Bucket=public_bucket, Key=f"metadata/{bin_id}.json", Body=b"{}")
+    return f"s3://{public_bucket}", ids
+
+
+def test_parts_cover_both_id_families_once(two_families, s3_url, tmp_path):
+    source, ids = two_families
+    plan = plan_parts(source, 4, endpoint_url=s3_url, anonymous=True)
+    assert len(plan) == 4 and sum(p.objects for p in plan) == 2 * len(ids)
+    folders = []
+    for part in plan:
+        out = tmp_path / f"part{part.index}"
+        report = ingest(source, out, endpoint_url=s3_url, anonymous=True, part=part)
+        assert report.copied == report.objects > 0
+        folders.append(out)
+    per_part = [{p.stem for p in (f / "bin-images").iterdir()} for f in folders]
+    assert sum(len(s) for s in per_part) == len(ids)  # disjoint
+    assert set().union(*per_part) == set(ids)  # complete, "1" and "00001" both kept
+    merged = merge_parts(folders, tmp_path / "merged")
+    assert (merged.copied, merged.objects, merged.failed) == (2 * len(ids), 2 * len(ids), {})
+    assert (tmp_path / "merged" / "bin-images" / "1.jpg").read_bytes() == b"1"
+    assert (tmp_path / "merged" / "bin-images" / "00001.jpg").read_bytes() == b"00001"
+
+
+def test_part_ranges_round_trip_through_kfp_style_dicts():
+    part = Part(2, 5, "00100", "121", objects=40)
+    # KFP hands loop items over as JSON, with numbers turned into floats.
+    as_loop_item = {**part.to_dict(), "index": 2.0, "count": 5.0, "objects": 40.0}
+    assert Part.from_dict(as_loop_item) == Part.from_dict(part.to_dict()) == part
+    assert Part.parse("00100:121") == Part(start="00100", stop="121")
+    # A range holds whole bins: a bin's image and metadata keys sort the same way.
+    assert part.holds("00100.jpg") and part.holds("1209.json") and not part.holds("121.jpg")
+    with pytest.raises(ValueError, match="--part"):
+        Part.parse("00100")
+    with pytest.raises(ValueError, match="not a bin id"):
+        Part.parse("../x:")
+
+
+def test_plan_with_limit_keeps_the_first_bins(two_families, s3_url, tmp_path):
+    source, _ = two_families
+    plan = plan_parts(source, 3, endpoint_url=s3_url, anonymous=True, limit=7)
+    copied = set()
+    for part in plan:
+        ingest(source, tmp_path / "o", endpoint_url=s3_url, anonymous=True, part=part, limit=7)
+    copied = {p.stem for p in (tmp_path / "o" / "bin-images").iterdir()}
+    assert len(copied) == 7
+    assert copied == {f"{n:05d}" for n in range(1, 8)}  # key order: 00001 < ... < 1 < 10
+
+
+def test_file_list_can_live_in_the_bucket(seeded, s3_url, tmp_path):
+    bucket = seeded.split("/")[2]
+    make_client(s3_url, anonymous=True).put_object(
+        Bucket=bucket, Key="lists/file_list.json", Body=b'{"3": ["data/metadata/00005.json"]}'
+    )
+    report = ingest(
+        seeded,
+        tmp_path,
+        endpoint_url=s3_url,
+        anonymous=True,
+        file_list=f"s3://{bucket}/lists/file_list.json",
+    )
+    assert report.copied == 2
+    assert [p.name for p in (tmp_path / "bin-images").iterdir()] == ["00005.jpg"]
+
+
+def test_etag_verification_refetches_same_size_different_content(seeded, s3_url, tmp_path):
+    ingest(seeded, tmp_path, endpoint_url=s3_url, anonymous=True)
+    image = tmp_path / "bin-images" / "00002.jpg"
+    original = image.read_bytes()
+    image.write_bytes(b"\0" * len(original))  # right size, wrong bytes
+    by_size = ingest(seeded, tmp_path, endpoint_url=s3_url, anonymous=True)
+    assert by_size.copied == 0 and image.read_bytes() != original
+    by_etag = ingest(seeded, tmp_path, endpoint_url=s3_url, anonymous=True, verify="etag")
+    assert by_etag.copied == 1 and image.read_bytes() == original
+
+
+def test_keys_escaping_the_output_are_refused_with_their_reason(s3_url, public_bucket, tmp_path):
+    client = make_client(s3_url, anonymous=True)
+    client.put_object(Bucket=public_bucket, Key="bin-images/00001.jpg", Body=b"x")
+    client.put_object(Bucket=public_bucket, Key="metadata/00001.json", Body=b"{}")
+    client.put_object(Bucket=public_bucket, Key="metadata/../../../escape.json", Body=b"{}")
+    out = tmp_path / "out"
+    report = ingest(f"s3://{public_bucket}", out, endpoint_url=s3_url, anonymous=True)
+    assert report.copied == 2
+    assert report.refused_keys == {
+        "metadata/../../../escape.json": "key would be written outside the output"
+    }
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == [
+        "00001.jpg",
+        "00001.json",
+        "ingest_report.json",
+    ]
+
+
+def test_absolute_looking_keys_are_refused_and_never_written(s3_url, public_bucket, tmp_path):
+    client = make_client(s3_url, anonymous=True)
+    client.put_object(Bucket=public_bucket, Key="abid/bin-images/00002.jpg", Body=b"y")
+    client.put_object(Bucket=public_bucket, Key=f"abid/bin-images/{tmp_path}/evil.jpg", Body=b"x")
+    client.put_object(Bucket=public_bucket, Key="abid/metadata//etc/evil.json", Body=b"{}")
+    out = tmp_path / "out"
+    report = ingest(f"s3://{public_bucket}/abid", out, endpoint_url=s3_url, anonymous=True)
+    assert report.copied == 1
+    assert set(report.refused_keys) == {
+        f"abid/bin-images/{tmp_path}/evil.jpg",
+        "abid/metadata//etc/evil.json",
+    }
+    assert not (tmp_path / "evil.jpg").exists()
+    assert [p.name for p in out.rglob("*.jpg")] == ["00002.jpg"]
+
+
+def test_a_key_resolving_outside_the_output_is_never_written(tmp_path):
+    from invmon.ingest import _Copier
+
+    copier = _Copier(reader=None, source=None, out=tmp_path / "out", verify="size")
+    for key in ("/etc/passwd", "bin-images/../../x.jpg"):
+        with pytest.raises(ValueError, match="outside"):
+            copier.target(key)
