@@ -81,3 +81,72 @@ def test_bad_classes_are_named(text):
 def test_bad_split_is_named(text):
     with pytest.raises(ValueError, match="--split"):
         parse_split(text)
+
+
+def test_data_report_has_counts_drops_image_sizes_and_the_split_check(raw_dir, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(raw_dir, raw)
+    (raw / "metadata" / "00001.json").unlink()
+    report = arrange(raw, tmp_path / "out", classes="0-5")
+    text = (tmp_path / "out" / "data_report.md").read_text()
+    train = sum(report.counts["train"].values())
+    assert f"| **all** | {train} |" in text
+    assert "| image without metadata | 1 | `00001` |" in text
+    assert "| width (px) |" in text and "| file size (KB) |" in text
+    assert "every bin is in exactly one split: yes" in text
+    assert report.splits_disjoint
+    # synth draws photos 420-560 px wide and 300-420 px high
+    assert 420 <= report.images.width[0] <= report.images.width[3] < 560
+    assert 300 <= report.images.height[0] <= report.images.height[3] < 420
+
+
+def test_a_bin_in_two_splits_is_found(arranged_dir, tmp_path):
+    from invmon.arrange import splits_overlap
+
+    out = tmp_path / "arranged"
+    shutil.copytree(arranged_dir, out)
+    assert splits_overlap(out) == {}
+    bin_id, count, _ = next(r for r in read_manifest(out) if r[2] == "train")
+    leaked = out / "test" / str(count) / f"{bin_id}.jpg"
+    leaked.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(out / "train" / str(count) / f"{bin_id}.jpg", leaked)
+    assert set(splits_overlap(out)) == {bin_id}
+
+
+def test_images_are_hard_links_by_default(raw_dir, tmp_path):
+    arrange(raw_dir, tmp_path / "out")
+    bin_id, count, split = read_manifest(tmp_path / "out")[0]
+    arranged = tmp_path / "out" / split / str(count) / f"{bin_id}.jpg"
+    assert arranged.stat().st_ino == (raw_dir / "bin-images" / f"{bin_id}.jpg").stat().st_ino
+
+
+def test_refer_mode_writes_no_image_and_preprocess_reads_the_raw_folder(raw_dir, tmp_path):
+    from invmon.arrange import image_locator
+    from invmon.preprocess import preprocess
+
+    report = arrange(raw_dir, tmp_path / "out", images="refer")
+    assert report.layout == "raw"
+    assert not list((tmp_path / "out").rglob("*.jpg"))
+    bin_id, count, split = read_manifest(tmp_path / "out")[0]
+    assert image_locator(tmp_path / "out")(bin_id, count, split) == (
+        raw_dir / "bin-images" / f"{bin_id}.jpg"
+    )
+    shards = preprocess(tmp_path / "out", tmp_path / "shards", image_size=16, workers=1)
+    assert sum(shards.images.values()) == report.kept
+
+
+def test_raw_may_be_a_workspace_pointer(raw_dir, tmp_path):
+    from invmon import workspace
+
+    workspace.write_pointer(tmp_path / "artifact", raw_dir)
+    report = arrange(tmp_path / "artifact", tmp_path / "out", images="link-or-refer")
+    assert report.kept == 120 and report.layout == "folders"  # same file system: links
+    shutil.rmtree(raw_dir.parent / "gone", ignore_errors=True)
+    workspace.write_pointer(tmp_path / "dangling", raw_dir.parent / "gone")
+    with pytest.raises(ValueError, match="workspace"):
+        arrange(tmp_path / "dangling", tmp_path / "out2")
+
+
+def test_bad_image_mode_is_named(raw_dir, tmp_path):
+    with pytest.raises(ValueError, match="--images"):
+        arrange(raw_dir, tmp_path / "out", images="symlink")

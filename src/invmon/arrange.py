@@ -2,8 +2,15 @@
 
 Input is a folder in the bucket's layout (``bin-images/<id>.jpg`` + ``metadata/<id>.json``, as
 ingest writes it). Output is the original project's layout, one folder per count under
-``train/``, ``val/`` and ``test/``, plus ``manifest.csv`` (bin_id, count, split) and
-``dataset.json`` (classes, split, counts, and every dropped bin with its reason).
+``train/``, ``val/`` and ``test/``, plus ``manifest.csv`` (bin_id, count, split), ``dataset.json``
+(classes, split, counts, and every dropped bin with its reason) and ``data_report.md`` (counts per
+class and split, drops by reason, image size statistics, and the check that no bin is in two
+splits).
+
+Each bin is checked before it is kept: its metadata must give ``EXPECTED_QUANTITY`` (dimensions,
+weights and SKU keys do not matter for the count), and its image must be a JPEG or PNG whose
+header reads and, for a JPEG, whose data ends with the end-of-image marker (a cut-off download
+does not). Decoding every pixel is left to preprocess, which skips and names what still fails.
 
 The split is stratified by count and seeded; it depends only on the set of usable bins, the
 fractions and the seed, never on file-system order.
@@ -16,18 +23,49 @@ import json
 import logging
 import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
-from invmon import abid
+from invmon import abid, workspace
+from invmon.progress import Progress
+from invmon.transforms import ALLOWED_FORMATS
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 MANIFEST_FILE = "manifest.csv"
 DATASET_FILE = "dataset.json"
+REPORT_FILE = "data_report.md"
+# How the class folders get their images: hard links (copies across file systems), copies, none
+# (preprocess reads the raw folder), or hard links with none as the fallback (pipeline workspace).
+IMAGE_MODES = ("link", "copy", "refer", "link-or-refer")
+_JPEG_END = b"\xff\xd9"
+# Bins named per drop reason in the report; the full lists are in dataset.json.
+_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class ImageStats:
+    """Width, height and file size of the kept images: min, median, mean, max."""
+
+    width: tuple[float, float, float, float]
+    height: tuple[float, float, float, float]
+    kilobytes: tuple[float, float, float, float]
+
+    @classmethod
+    def of(cls, sizes: np.ndarray) -> ImageStats:
+        """From an (N, 3) array of width, height and bytes."""
+
+        def four(values: np.ndarray) -> tuple[float, float, float, float]:
+            if len(values) == 0:
+                return (0.0, 0.0, 0.0, 0.0)
+            return tuple(round(float(f(values)), 1) for f in (np.min, np.median, np.mean, np.max))
+
+        return cls(four(sizes[:, 0]), four(sizes[:, 1]), four(sizes[:, 2] / 1000))
 
 
 @dataclass(frozen=True)
@@ -41,6 +79,11 @@ class ArrangeReport:
     counts: dict[str, dict[int, int]]
     dropped: dict[str, int]
     dropped_bins: dict[str, list[str]] = field(repr=False)
+    problems: dict[str, str] = field(default_factory=dict, repr=False)
+    images: ImageStats | None = None
+    layout: str = "folders"
+    raw: str = ""
+    splits_disjoint: bool = True
 
     def to_dict(self) -> dict:
         """Return a JSON-serialisable form."""
@@ -91,31 +134,109 @@ def scan_raw(raw: Path) -> tuple[dict[str, Path], dict[str, Path]]:
     return found["image"], found["metadata"]
 
 
+class ImageProblem(ValueError):
+    """An image file that preprocess could not use."""
+
+
+def check_image(path: Path) -> tuple[int, int, int]:
+    """Return ``(width, height, bytes)`` of an image file, reading only its header and end.
+
+    Raises ImageProblem when it is not a JPEG or PNG, its header does not read, or a JPEG does not
+    end with the end-of-image marker (the usual sign of a cut-off file).
+    """
+    size = path.stat().st_size
+    try:
+        with Image.open(path) as image:
+            kind, (width, height) = image.format, image.size
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ImageProblem(f"unreadable image ({size} bytes): {err}") from err
+    if kind not in ALLOWED_FORMATS:
+        raise ImageProblem(f"image format {kind} is not allowed (allowed: JPEG, PNG)")
+    if kind == "JPEG":
+        with open(path, "rb") as handle:
+            handle.seek(max(0, size - 2))
+            if handle.read(2) != _JPEG_END:
+                raise ImageProblem(f"truncated JPEG: {size} bytes without the end-of-image marker")
+    return width, height, size
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    bin_id: str
+    count: int | None = None
+    reason: str | None = None
+    detail: str | None = None
+    size: tuple[int, int, int] | None = None
+
+
+def _inspect(bin_id: str, image: Path | None, metadata: Path | None, wanted: set[int]) -> _Verdict:
+    if metadata is None:
+        return _Verdict(bin_id, reason="image without metadata")
+    if image is None:
+        return _Verdict(bin_id, reason="metadata without image")
+    try:
+        count = abid.expected_quantity(metadata.read_bytes())
+    except abid.MetadataError as err:
+        return _Verdict(bin_id, reason="invalid metadata", detail=str(err))
+    if count not in wanted:
+        return _Verdict(bin_id, reason="count outside classes")
+    try:
+        size = check_image(image)
+    except ImageProblem as err:
+        reason = "truncated image" if "truncated" in str(err) else "unreadable image"
+        return _Verdict(bin_id, reason=reason, detail=str(err))
+    return _Verdict(bin_id, count=count, size=size)
+
+
+def _in_blocks(pool, items: list, function, block: int = 4096):
+    """``pool.map`` a block at a time, so that pending work does not grow with the dataset."""
+    for first in range(0, len(items), block):
+        yield from pool.map(function, items[first : first + block])
+
+
+@dataclass
+class Labels:
+    """The outcome of checking every bin: usable bins with their counts, and the rest by reason."""
+
+    counts: dict[str, int]
+    dropped: dict[str, list[str]]
+    problems: dict[str, str]
+    sizes: np.ndarray  # (kept, 3): width, height, bytes
+
+
 def label_bins(
-    images: dict[str, Path], metadata: dict[str, Path], classes: list[int]
-) -> tuple[dict[str, int], dict[str, list[str]]]:
-    """Return ``({bin_id: count}, {reason: [bin_id, ...]})`` for bins usable in ``classes``."""
-    labels: dict[str, int] = {}
-    dropped: dict[str, list[str]] = {}
+    images: dict[str, Path],
+    metadata: dict[str, Path],
+    classes: list[int],
+    workers: int = 8,
+) -> Labels:
+    """Check every bin and label the usable ones with their count.
+
+    Files are read by ``workers`` threads (on network volumes the latency, not the CPU, bounds
+    this); one bad bin is dropped with its reason and never stops the others.
+    """
     wanted = set(classes)
-    for bin_id in sorted(images.keys() | metadata.keys()):
-        if bin_id not in metadata:
-            dropped.setdefault("image without metadata", []).append(bin_id)
-            continue
-        if bin_id not in images:
-            dropped.setdefault("metadata without image", []).append(bin_id)
-            continue
-        try:
-            count = abid.expected_quantity(metadata[bin_id].read_bytes())
-        except abid.MetadataError as err:
-            log.warning("bin %s: %s", bin_id, err)
-            dropped.setdefault("invalid metadata", []).append(bin_id)
-            continue
-        if count not in wanted:
-            dropped.setdefault("count outside classes", []).append(bin_id)
-            continue
-        labels[bin_id] = count
-    return labels, dropped
+    ids = sorted(images.keys() | metadata.keys())
+    progress = Progress("arrange", total=len(ids), unit="bins")
+    labels = Labels({}, {}, {}, np.zeros((0, 3), dtype=np.int64))
+    sizes = []
+    with ThreadPoolExecutor(workers, thread_name_prefix="arrange") as pool:
+        for verdict in _in_blocks(
+            pool, ids, lambda b: _inspect(b, images.get(b), metadata.get(b), wanted)
+        ):
+            progress.advance()
+            if verdict.reason is not None:
+                labels.dropped.setdefault(verdict.reason, []).append(verdict.bin_id)
+                if verdict.detail:
+                    labels.problems[verdict.bin_id] = verdict.detail
+                    log.warning("dropping bin %s: %s", verdict.bin_id, verdict.detail)
+                continue
+            labels.counts[verdict.bin_id] = verdict.count
+            sizes.append(verdict.size)
+    progress.close()
+    if sizes:
+        labels.sizes = np.asarray(sizes, dtype=np.int64)
+    return labels
 
 
 def stratified_split(
@@ -147,22 +268,68 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def _same_file_system(a: Path, b: Path) -> bool:
+    return a.stat().st_dev == b.stat().st_dev
+
+
+def resolve_image_mode(images: str, raw: Path, out: Path) -> str:
+    """Turn ``link-or-refer`` into ``link`` or ``refer`` for these two folders."""
+    if images not in IMAGE_MODES:
+        raise ValueError(f"--images must be one of {', '.join(IMAGE_MODES)}, got {images!r}")
+    if images == "link-or-refer":
+        return "link" if _same_file_system(raw, out) else "refer"
+    return images
+
+
 def write_layout(
-    out: Path, images: dict[str, Path], labels: dict[str, int], assignment: dict[str, str]
+    out: Path,
+    images: dict[str, Path],
+    labels: dict[str, int],
+    assignment: dict[str, str],
+    mode: str = "link",
 ) -> None:
-    """Write ``out/<split>/<count>/<id>.jpg`` and the manifest."""
+    """Write ``out/<split>/<count>/<id>.jpg`` (unless ``mode`` is ``refer``) and the manifest."""
     for split in SPLITS:
         # Only the folders arrange owns are cleared, so a re-run does not mix two layouts.
         shutil.rmtree(out / split, ignore_errors=True)
-    for bin_id in sorted(labels):
-        folder = out / assignment[bin_id] / str(labels[bin_id])
-        folder.mkdir(parents=True, exist_ok=True)
-        _link_or_copy(images[bin_id], folder / f"{bin_id}{abid.IMAGE_SUFFIX}")
+    if mode != "refer":
+        place = shutil.copyfile if mode == "copy" else _link_or_copy
+        made: set[Path] = set()
+        for bin_id in sorted(labels):
+            folder = out / assignment[bin_id] / str(labels[bin_id])
+            if folder not in made:
+                folder.mkdir(parents=True, exist_ok=True)
+                made.add(folder)
+            place(images[bin_id], folder / f"{bin_id}{abid.IMAGE_SUFFIX}")
     with open(out / MANIFEST_FILE, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["bin_id", "count", "split"])
         for bin_id in sorted(labels):
             writer.writerow([bin_id, labels[bin_id], assignment[bin_id]])
+
+
+def splits_overlap(out: Path) -> dict[str, list[str]]:
+    """Bins found in more than one place of an arranged folder (manifest rows and class folders).
+
+    Empty when every bin is in exactly one split, which is what a leak-free evaluation needs.
+    """
+    places: dict[str, set[str]] = {}
+    rows = read_manifest(out)
+    for bin_id, count, split in rows:
+        places.setdefault(bin_id, set()).add(f"manifest:{split}/{count}")
+    for split in SPLITS:
+        if not (out / split).is_dir():
+            continue
+        for folder in os.scandir(out / split):
+            for entry in os.scandir(folder.path) if folder.is_dir() else ():
+                bin_id = entry.name[: -len(abid.IMAGE_SUFFIX)]
+                places.setdefault(bin_id, set()).add(f"{split}/{folder.name}")
+    twice = {}
+    for bin_id, where in places.items():
+        splits = {w.split(":")[-1].split("/")[0] for w in where}
+        if len(splits) > 1 or sum(w.startswith("manifest:") for w in where) > 1:
+            twice[bin_id] = sorted(where)
+    return twice
 
 
 def arrange(
@@ -171,39 +338,58 @@ def arrange(
     classes: list[int] | str = "0-5",
     split: dict[str, float] | str = "0.8,0.1,0.1",
     seed: int = 0,
+    images: str = "link",
+    workers: int = 8,
 ) -> ArrangeReport:
     """Label, filter and split the bins under ``raw`` into the class-folder layout under ``out``.
 
-    Raises ValueError when no usable bin remains: an empty dataset is never a success.
+    ``raw`` may be an ingest output or a pointer to one in the pipeline workspace. ``images``
+    says how the class folders get their files (see ``IMAGE_MODES``). Writes the manifest,
+    ``dataset.json`` and ``data_report.md``. Raises ValueError when no usable bin remains: an
+    empty dataset is never a success.
     """
     classes = parse_classes(classes) if isinstance(classes, str) else sorted(classes)
     fractions = parse_split(split) if isinstance(split, str) else split
     raw, out = Path(raw), Path(out)
     if not raw.is_dir():
         raise ValueError(f"--raw {str(raw)!r} is not a folder")
-    images, metadata = scan_raw(raw)
-    labels, dropped = label_bins(images, metadata, classes)
-    if not labels:
+    raw = workspace.resolve(raw)
+    image_files, metadata = scan_raw(raw)
+    labels = label_bins(image_files, metadata, classes, workers)
+    if not labels.counts:
         raise ValueError(
-            f"no usable bins under {str(raw)!r}: found {len(images)} images and "
-            f"{len(metadata)} metadata files; dropped { ({k: len(v) for k, v in dropped.items()}) }"
+            f"no usable bins under {str(raw)!r}: found {len(image_files)} images and "
+            f"{len(metadata)} metadata files; dropped "
+            f"{ {k: len(v) for k, v in labels.dropped.items()} }"
         )
-    assignment = stratified_split(labels, fractions, seed)
+    assignment = stratified_split(labels.counts, fractions, seed)
     out.mkdir(parents=True, exist_ok=True)
-    write_layout(out, images, labels, assignment)
+    mode = resolve_image_mode(images, raw, out)
+    write_layout(out, image_files, labels.counts, assignment, mode)
+    overlap = splits_overlap(out)
+    if overlap:
+        raise RuntimeError(
+            f"bins in more than one split of {str(out)!r}: {dict(list(overlap.items())[:5])}"
+        )
     counts = {s: {c: 0 for c in classes} for s in SPLITS}
     for bin_id, split_name in assignment.items():
-        counts[split_name][labels[bin_id]] += 1
+        counts[split_name][labels.counts[bin_id]] += 1
     report = ArrangeReport(
         classes=classes,
         split=fractions,
         seed=seed,
-        kept=len(labels),
+        kept=len(labels.counts),
         counts=counts,
-        dropped={reason: len(ids) for reason, ids in sorted(dropped.items())},
-        dropped_bins=dropped,
+        dropped={reason: len(ids) for reason, ids in sorted(labels.dropped.items())},
+        dropped_bins=labels.dropped,
+        problems=labels.problems,
+        images=ImageStats.of(labels.sizes),
+        layout="folders" if mode != "refer" else "raw",
+        raw=str(raw.resolve()),
+        splits_disjoint=not overlap,
     )
     (out / DATASET_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    (out / REPORT_FILE).write_text(markdown_report(report))
     return report
 
 
@@ -218,7 +404,85 @@ def read_manifest(data: str | Path) -> list[tuple[str, int, str]]:
 
 def read_classes(data: str | Path) -> list[int]:
     """Return the classes an arranged folder was made for."""
-    return [int(c) for c in json.loads((Path(data) / DATASET_FILE).read_text())["classes"]]
+    return [int(c) for c in _dataset(data)["classes"]]
+
+
+def _dataset(data: str | Path) -> dict:
+    path = Path(data) / DATASET_FILE
+    if not path.is_file():
+        raise ValueError(f"{str(data)!r} is not an arranged dataset: {DATASET_FILE} is missing")
+    return json.loads(path.read_text())
+
+
+def image_locator(data: str | Path):
+    """Return ``f(bin_id, count, split) -> Path`` of the image files of an arranged folder.
+
+    Images are in the class folders, or, for a folder arranged with ``images="refer"``, in the raw
+    folder it was arranged from.
+    """
+    data = Path(data)
+    info = _dataset(data)
+    if info.get("layout", "folders") == "raw":
+        images = Path(info["raw"]) / abid.IMAGE_DIR
+        if not images.is_dir():
+            raise ValueError(
+                f"{str(data)!r} refers to images in {str(images)!r}, which does not exist here"
+            )
+        return lambda bin_id, count, split: images / f"{bin_id}{abid.IMAGE_SUFFIX}"
+    return lambda bin_id, count, split: data / split / str(count) / f"{bin_id}{abid.IMAGE_SUFFIX}"
+
+
+def markdown_report(report: ArrangeReport) -> str:
+    """The data report: bins per class and split, drops by reason, image sizes, checks."""
+    lines = [
+        "# Data report",
+        "",
+        f"{report.kept} usable bins, classes {report.classes}, split "
+        + " / ".join(f"{s} {report.split[s]:g}" for s in SPLITS)
+        + f" (seed {report.seed}).",
+        "",
+        "## Bins per class and split",
+        "",
+        "| count | " + " | ".join(SPLITS) + " | total |",
+        "|---:|" + "---:|" * (len(SPLITS) + 1),
+    ]
+    for c in report.classes:
+        row = [report.counts[s][c] for s in SPLITS]
+        lines.append(f"| {c} | " + " | ".join(map(str, row)) + f" | {sum(row)} |")
+    totals = [sum(report.counts[s].values()) for s in SPLITS]
+    lines.append("| **all** | " + " | ".join(map(str, totals)) + f" | {sum(totals)} |")
+    lines += ["", "## Dropped bins", ""]
+    if report.dropped:
+        lines += ["| reason | bins | for example |", "|---|---:|---|"]
+        for reason, n in report.dropped.items():
+            examples = ", ".join(f"`{b}`" for b in report.dropped_bins[reason][:_EXAMPLES])
+            lines.append(f"| {reason} | {n} | {examples} |")
+        named = list(report.problems.items())[:_EXAMPLES]
+        if named:
+            lines += ["", "Problems found:", ""]
+            lines += [f"- `{bin_id}`: {problem}" for bin_id, problem in named]
+        lines += ["", f"Every dropped bin is listed in `{DATASET_FILE}`."]
+    else:
+        lines.append("None.")
+    lines += ["", "## Images of the usable bins", ""]
+    if report.images is not None:
+        lines += ["| | min | median | mean | max |", "|---|---:|---:|---:|---:|"]
+        for name, values in (
+            ("width (px)", report.images.width),
+            ("height (px)", report.images.height),
+            ("file size (KB)", report.images.kilobytes),
+        ):
+            lines.append(f"| {name} | " + " | ".join(f"{v:g}" for v in values) + " |")
+    lines += [
+        "",
+        "## Checks",
+        "",
+        "- every bin is in exactly one split: " + ("yes" if report.splits_disjoint else "**no**"),
+        "- images: "
+        + ("in class folders" if report.layout == "folders" else f"read from `{report.raw}`"),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def summarize(report: ArrangeReport) -> str:
