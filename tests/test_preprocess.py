@@ -85,3 +85,47 @@ def test_a_bad_image_is_skipped_and_named(arranged_dir, tmp_path):
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     in_manifest = sum(1 for r in read_manifest(data) if r[2] == "train")
     assert index["splits"]["train"]["images"] == in_manifest - 1
+
+
+def test_a_stopped_run_resumes_at_the_first_unfinished_shard(arranged_dir, tmp_path):
+    out = tmp_path / "shards"
+    first = preprocess(arranged_dir, out, image_size=32, shard_size=20, workers=1)
+    total = sum(first.shards.values())
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("shard-*")}
+    # As if the run had been killed while writing the last train shard:
+    last = f"shard-{first.shards['train'] - 1:05d}"
+    for name in (f"{last}.done.json", f"{last}.ids.json", f"{last}.labels.npy"):
+        (out / "train" / name).unlink()
+    (out / "train" / f"{last}.images.npy").rename(out / "train" / f".{last}.images.npy.part")
+    (out / "index.json").unlink()
+    second = preprocess(arranged_dir, out, image_size=32, shard_size=20, workers=1)
+    assert second.reused_shards == total - 1
+    assert second.images == first.images
+    untouched = [p for p in before if last not in p.name]
+    assert all(p.stat().st_mtime_ns == before[p] for p in untouched)
+    index = DatasetIndex.read(out)
+    train = index.split("train")
+    assert np.array_equal(train.gather(np.array([len(train) - 1]))[0].shape, (3, 32, 32))
+    # Another image size is other data: nothing is reused.
+    third = preprocess(arranged_dir, out, image_size=16, shard_size=20, workers=1)
+    assert third.reused_shards == 0
+
+
+def test_shard_files_hold_exactly_the_kept_rows(arranged_dir, tmp_path):
+    import shutil
+
+    data = tmp_path / "arranged"
+    shutil.copytree(arranged_dir, data)
+    victims = sorted((data / "train").glob("*/*.jpg"))[:3]
+    for victim in victims:
+        victim.write_bytes(b"not a jpeg")
+    report = preprocess(data, tmp_path / "out", image_size=32, shard_size=1000, workers=2)
+    assert set(report.skipped) == {v.stem for v in victims}
+    images = np.load(tmp_path / "out" / "train" / "shard-00000.images.npy")
+    labels = np.load(tmp_path / "out" / "train" / "shard-00000.labels.npy")
+    ids = json.loads((tmp_path / "out" / "train" / "shard-00000.ids.json").read_text())
+    assert images.shape[0] == labels.shape[0] == len(ids) == report.images["train"]
+    row = 5
+    count = labels[row]
+    source = (data / "train" / str(count) / f"{ids[row]}.jpg").read_bytes()
+    assert np.array_equal(images[row], prepare(source, 32))

@@ -6,18 +6,28 @@ Output layout::
     train/shard-00000.images.npy    # uint8 (N, 3, S, S), memory-mappable
     train/shard-00000.labels.npy    # int16 (N,) item counts
     train/shard-00000.ids.json      # bin ids, in row order
+    train/shard-00000.done.json     # what the shard was made from (for resuming)
     val/...  test/...
 
-Shards let many data-loader workers, GPUs and nodes read disjoint parts, and keep memory bounded
-by the shard size. The decode and resize are :func:`invmon.transforms.prepare`, the same function
-the predictor runs, so training and serving see identical pixels.
+Shards let many data-loader workers, GPUs and nodes read disjoint parts. A pool of processes (one
+per core) decodes; the parent writes each result straight into the memory-mapped file of its
+shard, so memory is bounded by what is in flight, not by the shard or the dataset. Every shard is
+written under a temporary name and renamed when complete, with a record of the rows it was made
+from: a run that was stopped resumes at the first shard not finished.
+
+The decode and resize are :func:`invmon.transforms.prepare`, the same function the predictor runs,
+so training and serving see identical pixels.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -25,8 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from invmon import abid
-from invmon.arrange import SPLITS, read_classes, read_manifest
+from invmon.arrange import SPLITS, image_locator, read_classes, read_manifest
 from invmon.progress import Progress
 from invmon.transforms import InvalidImage, Preprocessing, prepare
 
@@ -44,10 +53,34 @@ class PreprocessReport:
     images: dict[str, int]
     shards: dict[str, int]
     skipped: dict[str, str] = field(default_factory=dict)
+    reused_shards: int = 0
+    seconds: float = 0.0
+    workers: int = 1
 
     def to_dict(self) -> dict:
         """Return a JSON-serialisable form."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """One planned shard: the manifest rows it is made from."""
+
+    split: str
+    number: int
+    rows: list[tuple[str, int, str]]
+
+    @property
+    def stem(self) -> str:
+        return f"shard-{self.number:05d}"
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.split, self.number
+
+    def fingerprint(self, image_size: int) -> str:
+        text = f"{image_size}\n" + "\n".join(f"{b},{c}" for b, c, _ in self.rows)
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _prepare_file(job: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
@@ -58,17 +91,147 @@ def _prepare_file(job: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
         return None, str(err)
 
 
-def _chunks(rows: list, size: int) -> Iterator[list]:
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
+def plan_shards(rows: list[tuple[str, int, str]], shard_size: int) -> list[_Shard]:
+    """Cut each split's manifest rows, in order, into shards of ``shard_size`` rows."""
+    shards = []
+    for split in SPLITS:
+        split_rows = [r for r in rows if r[2] == split]
+        for number, first in enumerate(range(0, len(split_rows), shard_size)):
+            shards.append(_Shard(split, number, split_rows[first : first + shard_size]))
+    return shards
 
 
-def _write_shard(folder: Path, number: int, images: list, labels: list, ids: list) -> str:
-    stem = f"shard-{number:05d}"
-    np.save(folder / f"{stem}.images.npy", np.stack(images))
-    np.save(folder / f"{stem}.labels.npy", np.asarray(labels, dtype=np.int16))
-    (folder / f"{stem}.ids.json").write_text(json.dumps(ids))
-    return stem
+def _done_record(folder: Path, shard: _Shard) -> Path:
+    return folder / f"{shard.stem}.done.json"
+
+
+def _finished(out: Path, shard: _Shard, image_size: int) -> dict | None:
+    """The record of a shard a previous run completed from the same rows, or None."""
+    folder = out / shard.split
+    record = _done_record(folder, shard)
+    if not record.is_file():
+        return None
+    done = json.loads(record.read_text())
+    files = [f"{shard.stem}.{kind}" for kind in ("images.npy", "labels.npy", "ids.json")]
+    if done.get("fingerprint") != shard.fingerprint(image_size):
+        return None
+    if done["kept"] and not all((folder / name).is_file() for name in files):
+        return None
+    return done
+
+
+class _ShardWriter:
+    """Writes one shard's rows as they arrive, appended to a ``.npy`` file under a temporary name.
+
+    Plain appends (no memory map) keep the process's memory at what is in flight.
+    """
+
+    def __init__(self, out: Path, shard: _Shard, image_size: int):
+        self.folder, self.shard, self.image_size = out / shard.split, shard, image_size
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.partial = self.folder / f".{shard.stem}.images.npy.part"
+        self.row_shape = (3, image_size, image_size)
+        self.handle = open(self.partial, "wb")  # noqa: SIM115 (closed in close())
+        self.handle.write(_npy_header(len(shard.rows), self.row_shape))
+        self.labels: list[int] = []
+        self.ids: list[str] = []
+        self.skipped: dict[str, str] = {}
+
+    def add(self, row: tuple[str, int, str], array: np.ndarray | None, error: str | None) -> None:
+        bin_id, count, _ = row
+        if error is not None:
+            log.warning("skipping bin %s: %s", bin_id, error)
+            self.skipped[bin_id] = error
+            return
+        self.handle.write(memoryview(np.ascontiguousarray(array, dtype=np.uint8)).cast("B"))
+        self.labels.append(count)
+        self.ids.append(bin_id)
+
+    def close(self) -> dict:
+        """Finish the files (renamed into place) and return the shard's record."""
+        kept, stem = len(self.ids), self.shard.stem
+        if kept < len(self.shard.rows):
+            self._fix_header(kept)
+        self.handle.close()
+        if kept:
+            os.replace(self.partial, self.folder / f"{stem}.images.npy")
+            labels = np.asarray(self.labels, dtype=np.int16)
+            _write_atomic(
+                self.folder / f"{stem}.labels.npy", _npy_header(kept, ()) + labels.tobytes()
+            )
+            _write_atomic(self.folder / f"{stem}.ids.json", json.dumps(self.ids).encode())
+        else:
+            self.partial.unlink()
+        record = {
+            "fingerprint": self.shard.fingerprint(self.image_size),
+            "kept": kept,
+            "skipped": self.skipped,
+        }
+        _write_atomic(_done_record(self.folder, self.shard), json.dumps(record).encode())
+        return record
+
+    def _fix_header(self, kept: int) -> None:
+        # Some images failed: the header announced more rows than were written.
+        old = len(_npy_header(len(self.shard.rows), self.row_shape))
+        header = _npy_header(kept, self.row_shape)
+        size = kept * int(np.prod(self.row_shape))
+        if len(header) == old:
+            self.handle.seek(0)
+            self.handle.write(header)
+            self.handle.truncate(len(header) + size)
+            return
+        # The header's length changed (a shorter shape crossed numpy's 64-byte padding): copy.
+        self.handle.flush()
+        with open(self.partial, "rb") as source:
+            source.seek(old)
+            body = source.read(size)
+        self.handle.seek(0)
+        self.handle.write(header + body)
+        self.handle.truncate(len(header) + size)
+
+
+def _npy_header(rows: int, row_shape: tuple[int, ...], dtype: str = "") -> bytes:
+    """The header of a ``.npy`` file of ``rows`` rows (uint8 images, or int16 labels)."""
+    buffer = io.BytesIO()
+    descr = dtype or ("|u1" if row_shape else "<i2")
+    header = {"descr": descr, "fortran_order": False, "shape": (rows, *row_shape)}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    partial = path.with_name(f".{path.name}.part")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def _jobs(shards: list[_Shard], locate, image_size: int, window) -> Iterator[tuple[str, int]]:
+    # The pool's feeder thread runs this generator; the window keeps it from queueing the whole
+    # dataset (and the pool's results from piling up) ahead of the writer.
+    for shard in shards:
+        for bin_id, count, split in shard.rows:
+            window.acquire()
+            yield str(locate(bin_id, count, split)), image_size
+
+
+def _decode_into_shards(todo, records, out, locate, image_size, workers, progress) -> None:
+    """Decode the rows of the ``todo`` shards on ``workers`` processes, writing shard by shard."""
+    in_flight = workers * 64
+    window = threading.Semaphore(in_flight)
+    jobs = _jobs(todo, locate, image_size, window)
+    with get_context("spawn").Pool(workers) as pool:
+        try:
+            results = pool.imap(_prepare_file, jobs, chunksize=16)
+            for shard in todo:
+                writer = _ShardWriter(out, shard, image_size)
+                for row in shard.rows:
+                    writer.add(row, *next(results))
+                    window.release()
+                    progress.advance()
+                records[shard.key] = writer.close()
+        finally:
+            # Unblock the feeder thread if we stopped early, so that the pool can shut down.
+            window.release(in_flight)
 
 
 def preprocess(
@@ -81,7 +244,7 @@ def preprocess(
     """Decode and resize the arranged dataset under ``data`` into shards under ``out``.
 
     Images that cannot be decoded are skipped and named in the report; a split left empty is an
-    error for train and test.
+    error for train and test. Shards that a previous run finished from the same rows are kept.
     """
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
@@ -89,44 +252,36 @@ def preprocess(
     data, out = Path(data), Path(out)
     rows = read_manifest(data)
     classes = read_classes(data)
+    locate = image_locator(data)
     workers = workers or os.cpu_count() or 1
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
     out.mkdir(parents=True, exist_ok=True)
-    report = PreprocessReport(image_size=image_size, images={}, shards={})
-    index = {"preprocessing": preprocessing.to_dict(), "classes": classes, "splits": {}}
-    progress = Progress("preprocess", total=len(rows), unit="images")
-    ctx = get_context("spawn")
-    with ctx.Pool(workers) as pool:
-        for split in SPLITS:
-            split_rows = [r for r in rows if r[2] == split]
-            folder = out / split
-            folder.mkdir(exist_ok=True)
-            shards, kept = [], 0
-            for chunk in _chunks(split_rows, shard_size):
-                jobs = [
-                    (str(data / split / str(count) / f"{bin_id}{abid.IMAGE_SUFFIX}"), image_size)
-                    for bin_id, count, _ in chunk
-                ]
-                images, labels, ids = [], [], []
-                results = pool.imap(_prepare_file, jobs, chunksize=32)
-                for (bin_id, count, _), (array, error) in zip(chunk, results, strict=True):
-                    progress.advance()
-                    if error is not None:
-                        log.warning("skipping bin %s: %s", bin_id, error)
-                        report.skipped[bin_id] = error
-                        continue
-                    images.append(array)
-                    labels.append(count)
-                    ids.append(bin_id)
-                if images:
-                    shards.append(_write_shard(folder, len(shards), images, labels, ids))
-                    kept += len(images)
-            index["splits"][split] = {"images": kept, "shards": shards}
-            report.images[split] = kept
-            report.shards[split] = len(shards)
+    start = time.monotonic()
+    shards = plan_shards(rows, shard_size)
+    records = {s.key: _finished(out, s, image_size) for s in shards}
+    todo = [s for s in shards if records[s.key] is None]
+    report = PreprocessReport(image_size, {}, {}, reused_shards=len(shards) - len(todo))
+    report.workers = workers
+    if report.reused_shards:
+        log.info("resuming: %d of %d shards are already done", report.reused_shards, len(shards))
+    progress = Progress("preprocess", total=sum(len(s.rows) for s in todo), unit="images")
+    if todo:
+        _decode_into_shards(todo, records, out, locate, image_size, workers, progress)
     progress.close()
+    index = {"preprocessing": preprocessing.to_dict(), "classes": classes, "splits": {}}
+    for split in SPLITS:
+        done = [(s, records[s.key]) for s in shards if s.split == split]
+        stems = [s.stem for s, record in done if record["kept"]]
+        kept = sum(record["kept"] for _, record in done)
+        for _, record in done:
+            report.skipped.update(record["skipped"])
+        index["splits"][split] = {"images": kept, "shards": stems}
+        report.images[split], report.shards[split] = kept, len(stems)
     for split in ("train", "test"):
         if report.images[split] == 0:
             raise ValueError(f"preprocess produced no {split} images from {str(data)!r}")
     index["skipped"] = report.skipped
-    (out / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+    report.seconds = round(time.monotonic() - start, 3)
+    _write_atomic(out / INDEX_FILE, (json.dumps(index, indent=2) + "\n").encode())
     return report

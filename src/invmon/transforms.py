@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:  # torch is imported where batches are normalised, not by decoding workers
+    import torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -99,6 +102,8 @@ def prepare(data: bytes, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) 
 
 def normalize(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor:
     """Turn a uint8 (N, 3, S, S) batch into the float input the model expects, on its device."""
+    import torch
+
     if batch.dtype != torch.uint8 or batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(
             f"expected a uint8 batch of shape (N, 3, S, S), got {batch.dtype} {tuple(batch.shape)}"
