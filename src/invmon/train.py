@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from invmon.data import DatasetIndex, ShardedSplit, augment
+from invmon.data import DatasetIndex, LoaderOptions, ShardedSplit
 from invmon.device import autocast, resolve_device, resolve_precision
 from invmon.model import ModelConfig, build_model, load_backbone_weights, save_model
 from invmon.transforms import normalize
@@ -152,16 +152,19 @@ def train_one_epoch(
     model.train()
     loss_fn = nn.CrossEntropyLoss()
     total_loss, correct, seen = 0.0, 0, 0
-    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
     start = time.perf_counter()
-    batches = split.batches(
-        config.batch_size,
-        shuffle=True,
-        seed=config.seed * 1000 + epoch,
-        drop_last=len(split) > config.batch_size,
+    batches = split.loader(
+        LoaderOptions.for_device(
+            device,
+            batch_size=config.batch_size,
+            shuffle=True,
+            seed=config.seed * 1000 + epoch,
+            drop_last=len(split) > config.batch_size,
+            augment=True,
+        )
     )
     for images, targets in batches:
-        images = augment(images, generator).to(device, non_blocking=True)
+        images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         inputs = normalize(images, preprocessing)
         with autocast(device, dtype):
