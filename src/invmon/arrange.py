@@ -120,9 +120,12 @@ def parse_split(text: str) -> dict[str, float]:
     return dict(zip(SPLITS, parts, strict=True))
 
 
-def scan_raw(raw: Path) -> tuple[dict[str, Path], dict[str, Path]]:
-    """Return ``{bin_id: path}`` for the images and the metadata documents under ``raw``."""
-    found: dict[str, dict[str, Path]] = {"image": {}, "metadata": {}}
+def scan_raw(raw: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """Return ``{bin_id: path}`` for the images and the metadata documents under ``raw``.
+
+    Paths are plain strings: a million ``Path`` objects would cost hundreds of megabytes.
+    """
+    found: dict[str, dict[str, str]] = {"image": {}, "metadata": {}}
     for folder in (abid.IMAGE_DIR, abid.METADATA_DIR):
         directory = raw / folder
         if not directory.is_dir():
@@ -130,7 +133,7 @@ def scan_raw(raw: Path) -> tuple[dict[str, Path], dict[str, Path]]:
         for entry in os.scandir(directory):
             parsed = abid.split_key(f"{folder}/{entry.name}")
             if parsed and entry.is_file():
-                found[parsed[0]][parsed[1]] = Path(entry.path)
+                found[parsed[0]][parsed[1]] = entry.path
     return found["image"], found["metadata"]
 
 
@@ -169,19 +172,19 @@ class _Verdict:
     size: tuple[int, int, int] | None = None
 
 
-def _inspect(bin_id: str, image: Path | None, metadata: Path | None, wanted: set[int]) -> _Verdict:
+def _inspect(bin_id: str, image: str | None, metadata: str | None, wanted: set[int]) -> _Verdict:
     if metadata is None:
         return _Verdict(bin_id, reason="image without metadata")
     if image is None:
         return _Verdict(bin_id, reason="metadata without image")
     try:
-        count = abid.expected_quantity(metadata.read_bytes())
+        count = abid.expected_quantity(Path(metadata).read_bytes())
     except abid.MetadataError as err:
         return _Verdict(bin_id, reason="invalid metadata", detail=str(err))
     if count not in wanted:
         return _Verdict(bin_id, reason="count outside classes")
     try:
-        size = check_image(image)
+        size = check_image(Path(image))
     except ImageProblem as err:
         reason = "truncated image" if "truncated" in str(err) else "unreadable image"
         return _Verdict(bin_id, reason=reason, detail=str(err))
@@ -205,8 +208,8 @@ class Labels:
 
 
 def label_bins(
-    images: dict[str, Path],
-    metadata: dict[str, Path],
+    images: dict[str, str],
+    metadata: dict[str, str],
     classes: list[int],
     workers: int = 8,
 ) -> Labels:
@@ -283,7 +286,7 @@ def resolve_image_mode(images: str, raw: Path, out: Path) -> str:
 
 def write_layout(
     out: Path,
-    images: dict[str, Path],
+    images: dict[str, str],
     labels: dict[str, int],
     assignment: dict[str, str],
     mode: str = "link",
