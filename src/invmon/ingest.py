@@ -23,16 +23,23 @@ import shutil
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from itertools import islice, zip_longest
+from itertools import zip_longest
 from pathlib import Path, PurePosixPath
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from invmon import abid, workspace
 from invmon.progress import Progress
-from invmon.s3 import ObjectReader, RetryPolicy, S3ObjectError, S3Uri, is_s3_uri, make_client
+from invmon.s3 import (
+    ListedObject,
+    ObjectReader,
+    RetryPolicy,
+    S3ObjectError,
+    S3Uri,
+    is_s3_uri,
+    make_client,
+)
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +207,7 @@ def _escapes(relative: str) -> bool:
     return path.is_absolute() or ".." in path.parts or relative.startswith("/")
 
 
-def list_objects(client, source: S3Uri, report: IngestReport, part: Part = WHOLE):
+def list_objects(reader: ObjectReader, source: S3Uri, report: IngestReport, part: Part = WHOLE):
     """List the bin images and metadata of ``part`` under ``source``, page by page.
 
     Memory stays flat however many objects there are. Keys that would land outside the output
@@ -208,29 +215,25 @@ def list_objects(client, source: S3Uri, report: IngestReport, part: Part = WHOLE
     ``metadata/<id>.json`` are recorded in the report and skipped.
     """
     for folder in (abid.IMAGE_DIR, abid.METADATA_DIR):
-        for item in _list_range(client, source.bucket, source.key(folder) + "/", part):
-            relative = source.relative(item["Key"])
+        for item in _list_range(reader, source.key(folder) + "/", part):
+            relative = source.relative(item.key)
             if _escapes(relative):
-                report.refused_keys[item["Key"]] = "key would be written outside the output"
+                report.refused_keys[item.key] = "key would be written outside the output"
             elif abid.split_key(relative) is None:
-                report.refused_keys[item["Key"]] = "not a bin image or metadata key"
+                report.refused_keys[item.key] = "not a bin image or metadata key"
             else:
-                yield _Object(relative, int(item["Size"]), item.get("ETag"))
+                yield _Object(relative, item.size, item.etag)
 
 
-def _list_range(client, bucket: str, prefix: str, part: Part) -> Iterator[dict]:
+def _list_range(reader: ObjectReader, prefix: str, part: Part) -> Iterator[ListedObject]:
     """The listing entries under ``prefix`` whose keys fall in ``part``, in key order."""
-    arguments = {"Bucket": bucket, "Prefix": prefix}
-    if part.start:
-        # Every key of the range sorts after "<prefix><start>" (see Part).
-        arguments["StartAfter"] = prefix + part.start
-    for page in client.get_paginator("list_objects_v2").paginate(**arguments):
-        for item in page.get("Contents", []):
-            remainder = item["Key"][len(prefix) :]
-            if part.past(remainder):
-                return
-            if part.holds(remainder):
-                yield item
+    # Every key of the range sorts after "<prefix><start>" (see Part).
+    for item in reader.list(prefix, start_after=prefix + part.start if part.start else ""):
+        remainder = item.key[len(prefix) :]
+        if part.past(remainder):
+            return
+        if part.holds(remainder):
+            yield item
 
 
 def _limited(objects: Iterable[_Object], limit: int | None) -> Iterator[_Object]:
@@ -262,21 +265,17 @@ def _slice(items: list, part: Part) -> list:
 # -- planning parts --------------------------------------------------------------------------
 
 
-def _image_ids(client, source: S3Uri, limit: int | None) -> Iterator[str]:
+def _image_ids(reader: ObjectReader, source: S3Uri, limit: int | None) -> Iterator[str]:
     """Bin ids of the image keys in key order (the first ``limit`` + 1 at most)."""
-    prefix = source.key(abid.IMAGE_DIR) + "/"
     seen = 0
-    for page in client.get_paginator("list_objects_v2").paginate(
-        Bucket=source.bucket, Prefix=prefix
-    ):
-        for item in page.get("Contents", []):
-            parsed = abid.split_key(source.relative(item["Key"]))
-            if parsed is None:
-                continue
-            yield parsed[1]
-            seen += 1
-            if limit and seen > limit:
-                return
+    for item in reader.list(source.key(abid.IMAGE_DIR) + "/"):
+        parsed = abid.split_key(source.relative(item.key))
+        if parsed is None:
+            continue
+        yield parsed[1]
+        seen += 1
+        if limit and seen > limit:
+            return
 
 
 def plan_parts(
@@ -303,10 +302,10 @@ def plan_parts(
             raise ValueError(f"--file-list {str(file_list)!r} names no bins")
         count = min(parts, len(ids))
         return [Part(i, count, objects=2 * len(_slice(ids, Part(i, count)))) for i in range(count)]
-    client = make_client(endpoint_url, anonymous=anonymous)
+    reader = ObjectReader(make_client(endpoint_url, anonymous=anonymous), uri.bucket)
     sample: list[str] = []
     step, total, after_limit = 1, 0, ""
-    for bin_id in _image_ids(client, uri, limit):
+    for bin_id in _image_ids(reader, uri, limit):
         if limit and total == limit:
             after_limit = bin_id  # the first bin past the limit ends the last part
             break
@@ -340,13 +339,16 @@ class _Copier:
     def __init__(self, reader: ObjectReader, source: S3Uri, out: Path, verify: str):
         self.reader, self.source, self.out, self.verify = reader, source, out, verify
         self.root = out.resolve()
+        self.prefix = os.path.join(self.root, "")
         self.folders: set[Path] = set()
 
     def target(self, relative: str) -> Path:
-        path = (self.root / relative).resolve()
-        if not path.is_relative_to(self.root):
+        # Listed keys were already checked (abid.split_key); this is the last line of defence,
+        # in string operations because a resolve() per object costs system calls.
+        path = os.path.normpath(os.path.join(self.root, relative))
+        if not path.startswith(self.prefix):
             raise ValueError(f"key {relative!r} would be written outside {str(self.out)!r}")
-        return path
+        return Path(path)
 
     def present(self, obj: _Object, path: Path) -> bool:
         try:
@@ -391,36 +393,40 @@ def _same_content(path: Path, etag: str | None) -> bool:
 
 
 class _Tally:
-    """Outcomes of the copies, recorded from the worker pool's completion callbacks."""
+    """Outcomes of the copies, recorded by the worker threads."""
 
     def __init__(self, report: IngestReport, progress: Progress):
         self.report, self.progress = report, progress
         self.lock = threading.Lock()
 
-    def record(self, obj: _Object, future: Future) -> None:
-        with self.lock:
-            try:
-                outcome, size = future.result()
-            except (S3ObjectError, ClientError, BotoCoreError, OSError, ValueError) as err:
+    def copy(self, copier: _Copier, obj: _Object) -> None:
+        """Copy one object and record what happened; a failure is recorded, never raised."""
+        try:
+            outcome, size = copier.copy(obj)
+        except (S3ObjectError, OSError, ValueError) as err:
+            log.warning("could not copy %s: %s", obj.relative, err)
+            with self.lock:
                 self.report.failed[obj.relative] = str(err)
-                log.warning("could not copy %s: %s", obj.relative, err)
+                self.progress.advance()
+            return
+        with self.lock:
+            if outcome == "present":
+                self.report.skipped_present += 1
             else:
-                if outcome == "present":
-                    self.report.skipped_present += 1
-                else:
-                    self.report.copied += 1
-                    self.report.bytes_copied += size
+                self.report.copied += 1
+                self.report.bytes_copied += size
             self.progress.advance()
 
 
-def _count_in_background(client, source: S3Uri, part: Part, progress: Progress) -> None:
-    """Count the objects to copy with a second, cheap listing, so that progress can show an ETA."""
+def _count_in_background(reader: ObjectReader, source: S3Uri, part: Part, progress) -> None:
+    """Estimate the objects to copy (two per image key) with a second listing of the images only,
+    so that progress can show an ETA."""
 
     def count() -> None:
+        prefix = source.key(abid.IMAGE_DIR) + "/"
         try:
-            scratch = IngestReport(source=str(source))
-            progress.total = sum(1 for _ in list_objects(client, source, scratch, part))
-        except (ClientError, BotoCoreError) as err:  # progress only; the copy reports errors
+            progress.total = 2 * sum(1 for _ in _list_range(reader, prefix, part))
+        except S3ObjectError as err:  # progress only; the copy reports listing errors
             log.debug("could not count objects for progress: %s", err)
 
     threading.Thread(target=count, name="ingest-count", daemon=True).start()
@@ -468,12 +474,16 @@ def ingest(
         objects: Iterable[_Object] = _objects_for_ids(ids)
         progress.total = 2 * len(ids)
     else:
-        objects = _limited(list_objects(client, uri, report, part), limit)
+        objects = _limited(list_objects(reader, uri, report, part), limit)
         if progress.total is None and not limit:
-            _count_in_background(client, uri, part, progress)
+            _count_in_background(reader, uri, part, progress)
     start = time.monotonic()
-    _run_bounded(_Copier(reader, uri, out, verify), objects, workers, _Tally(report, progress))
-    progress.close()
+    try:
+        _run_workers(_Copier(reader, uri, out, verify), objects, workers, _Tally(report, progress))
+    except S3ObjectError as err:
+        raise ValueError(f"cannot list {uri}: {err.reason}") from err
+    finally:
+        progress.close()
     report.seconds = round(time.monotonic() - start, 3)
     report.retries = reader.retries
     write_report(report, report_to or out)
@@ -488,20 +498,38 @@ def ingest(
     return report
 
 
-def _run_bounded(copier: _Copier, objects: Iterable[_Object], workers: int, tally: _Tally) -> None:
-    """Keep at most ``2 * workers`` copies queued, so memory does not grow with the listing."""
-    iterator = iter(objects)
-    with ThreadPoolExecutor(workers, thread_name_prefix="ingest") as pool:
-        pending: dict[Future, _Object] = {}
-        while True:
-            for obj in islice(iterator, 2 * workers - len(pending)):
+def _run_workers(copier: _Copier, objects: Iterable[_Object], workers: int, tally: _Tally) -> None:
+    """Copy ``objects`` on ``workers`` threads, each taking the next object when it is free.
+
+    Nothing is queued ahead (memory does not grow with the listing) and no future is made per
+    object. A listing that fails, or a bug, stops the copy and is raised here.
+    """
+    source, take_lock = iter(objects), threading.Lock()
+    fatal: list[BaseException] = []
+
+    def take() -> _Object | None:
+        with take_lock:
+            if fatal:
+                return None
+            obj = next(source, None)
+            if obj is not None:
                 tally.report.objects += 1
-                pending[pool.submit(copier.copy, obj)] = obj
-            if not pending:
-                break
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                tally.record(pending.pop(future), future)
+            return obj
+
+    def work() -> None:
+        try:
+            while (obj := take()) is not None:
+                tally.copy(copier, obj)
+        except BaseException as err:  # raised again below, in the caller's thread
+            fatal.append(err)
+
+    threads = [threading.Thread(target=work, name=f"ingest-{n}") for n in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if fatal:
+        raise fatal[0]
 
 
 def write_report(report: IngestReport, out: str | Path) -> None:

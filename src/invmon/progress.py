@@ -49,13 +49,14 @@ class Progress:
         elapsed = max(now - self.start, 1e-9)
         rate = self.done / elapsed
         text = f"{self.label}: {self.done}"
-        if self.total:
-            text += f"/{self.total} {self.unit} ({100 * self.done / self.total:.0f}%)"
+        total = max(self.total, self.done) if self.total else None  # totals may be estimates
+        if total:
+            text += f"/{total} {self.unit} ({100 * self.done / total:.0f}%)"
         else:
             text += f" {self.unit}"
         text += f" {rate:.1f} {self.unit}/s"
-        if self.total and not final and rate > 0:
-            text += f" ETA {_duration((self.total - self.done) / rate)}"
+        if total and not final and rate > 0:
+            text += f" ETA {_duration((total - self.done) / rate)}"
         elif final:
             text += f" in {_duration(elapsed)}"
         end = "\n" if final or not self.tty else ""
