@@ -8,9 +8,19 @@ plain function in :mod:`invmon`. KFP ships just the function body, so every impo
 from invmon.components.arrange.component import arrange
 from invmon.components.deploy.component import deploy
 from invmon.components.evaluate.component import evaluate
-from invmon.components.ingest.component import ingest
+from invmon.components.ingest.component import ingest, merge_ingest, plan_ingest
 from invmon.components.preprocess.component import preprocess
 from invmon.components.train.component import train
 from invmon.components.tune.component import tune
 
-__all__ = ["arrange", "deploy", "evaluate", "ingest", "preprocess", "train", "tune"]
+__all__ = [
+    "arrange",
+    "deploy",
+    "evaluate",
+    "ingest",
+    "merge_ingest",
+    "plan_ingest",
+    "preprocess",
+    "train",
+    "tune",
+]

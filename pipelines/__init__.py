@@ -4,6 +4,7 @@ from invmon.pipelines.inventory_pipeline import (
     PIPELINE_NAME,
     ClusterSettings,
     Toleration,
+    WorkspaceSettings,
     build_pipeline,
     inventory_monitoring,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "PIPELINE_NAME",
     "ClusterSettings",
     "Toleration",
+    "WorkspaceSettings",
     "build_pipeline",
     "inventory_monitoring",
 ]

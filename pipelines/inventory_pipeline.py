@@ -10,7 +10,17 @@ from dataclasses import dataclass, field
 
 from kfp import dsl, kubernetes
 
-from invmon.components import arrange, deploy, evaluate, ingest, preprocess, train, tune
+from invmon.components import (
+    arrange,
+    deploy,
+    evaluate,
+    ingest,
+    merge_ingest,
+    plan_ingest,
+    preprocess,
+    train,
+    tune,
+)
 from invmon.images import DEFAULT_IMAGES, ImageSet
 
 PIPELINE_NAME = "inventory-monitoring"
@@ -27,6 +37,32 @@ class Toleration:
 
 
 @dataclass(frozen=True)
+class WorkspaceSettings:
+    """The run's shared workspace (a PVC per run): where the raw and arranged bins live.
+
+    ABID's million small files would otherwise be uploaded to and downloaded from object storage
+    by every data task. ``access_modes`` and ``storage_class`` patch the PVC (empty: the KFP
+    server's defaults); parallel ingest parts on several nodes need ``ReadWriteMany``.
+    """
+
+    size: str = "250Gi"
+    storage_class: str = ""
+    access_modes: tuple[str, ...] = ()
+
+    def config(self) -> dsl.PipelineConfig:
+        """The pipeline-level KFP configuration of this workspace."""
+        patch = {}
+        if self.storage_class:
+            patch["storageClassName"] = self.storage_class
+        if self.access_modes:
+            patch["accessModes"] = list(self.access_modes)
+        kubernetes_config = dsl.KubernetesWorkspaceConfig(pvcSpecPatch=patch) if patch else None
+        return dsl.PipelineConfig(
+            workspace=dsl.WorkspaceConfig(size=self.size, kubernetes=kubernetes_config)
+        )
+
+
+@dataclass(frozen=True)
 class ClusterSettings:
     """Compile-time settings: where images come from and where GPU stages are scheduled."""
 
@@ -39,12 +75,13 @@ class ClusterSettings:
     gpu_tolerations: tuple[Toleration, ...] = (Toleration(),)
     run_as_user: int = 1000
     caching: bool = True
+    workspace: WorkspaceSettings | None = WorkspaceSettings()
 
 
-def _configure(task, stage: str, settings: ClusterSettings, gpu: bool = False):
+def _configure(task, stage: str, settings: ClusterSettings, gpu: bool = False, name: str = ""):
     """Point a task at its stage's image, run it as non-root, and put GPU stages on the GPU pool."""
     task.set_container_image(settings.images.for_stage(stage))
-    task.set_display_name(stage)
+    task.set_display_name(name or stage)
     task.set_caching_options(settings.caching)
     kubernetes.set_security_context(task, run_as_user=settings.run_as_user, run_as_non_root=True)
     if gpu:
@@ -62,10 +99,14 @@ def build_pipeline(settings: ClusterSettings | None = None):
     """Return the pipeline function, wired for ``settings`` (defaults: project images, 1 GPU)."""
     settings = settings or ClusterSettings()
 
+    # With a workspace, the data tasks ask for it (and get it mounted) through this placeholder.
+    shared = dsl.WORKSPACE_PATH_PLACEHOLDER if settings.workspace else ""
+
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description="Count the items in Amazon Bin Image Dataset photos: ingest from S3, arrange, "
         "preprocess, tune, train a ResNet50, evaluate and deploy to KServe.",
+        pipeline_config=settings.workspace.config() if settings.workspace else None,
     )
     def inventory_monitoring(
         source: str = "s3://aft-vbi-pds",
@@ -73,6 +114,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         anonymous: bool = True,
         file_list: str = "",
         limit: int = 0,
+        ingest_parts: int = 8,
         classes: str = "0-5",
         split: str = "0.8,0.1,0.1",
         seed: int = 0,
@@ -94,6 +136,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
             anonymous: Read the bucket with unsigned requests (true for the public ABID bucket).
             file_list: Path or s3:// URI of a file_list.json selecting bins; empty for all bins.
             limit: Use at most this many bins (0 = all).
+            ingest_parts: Parallel ingest tasks, each copying one key range of the bucket.
             classes: Item counts to learn, as a range (0-5) or list (1,2,3,4,5).
             split: Train, validation and test fractions.
             seed: Seed of the split, the search and training.
@@ -107,24 +150,48 @@ def build_pipeline(settings: ClusterSettings | None = None):
             model_name: Name of the InferenceService and of the served model.
             namespace: Namespace of the InferenceService (empty: the pipeline's namespace).
         """
-        ingest_task = _configure(
-            ingest(
-                source=source,
-                endpoint_url=endpoint_url,
-                anonymous=anonymous,
-                file_list=file_list,
-                limit=limit,
-            ),
+        source_options = {
+            "source": source,
+            "endpoint_url": endpoint_url,
+            "anonymous": anonymous,
+            "file_list": file_list,
+            "limit": limit,
+        }
+        plan_task = _configure(
+            plan_ingest(parts=ingest_parts, **source_options),
             "ingest",
             settings,
+            name="plan-ingest",
+        )
+        with dsl.ParallelFor(plan_task.output) as part:
+            part_task = _configure(
+                ingest(part=part, workspace=shared, **source_options), "ingest", settings
+            )
+            # A retried part resumes from what its earlier attempt copied into the workspace.
+            part_task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2)
+        merge_task = _configure(
+            merge_ingest(parts=dsl.Collected(part_task.outputs["raw"]), workspace=shared),
+            "ingest",
+            settings,
+            name="merge-ingest",
         )
         arrange_task = _configure(
-            arrange(raw=ingest_task.outputs["raw"], classes=classes, split=split, seed=seed),
+            arrange(
+                raw=merge_task.outputs["raw"],
+                classes=classes,
+                split=split,
+                seed=seed,
+                workspace=shared,
+            ),
             "arrange",
             settings,
         )
         preprocess_task = _configure(
-            preprocess(arranged=arrange_task.outputs["arranged"], image_size=image_size),
+            preprocess(
+                arranged=arrange_task.outputs["arranged"],
+                image_size=image_size,
+                workspace=shared,
+            ),
             "preprocess",
             settings,
         )

@@ -10,6 +10,8 @@ from invmon.cli import build_parser, main
 COMMANDS = [
     "synth",
     "ingest",
+    "ingest-plan",
+    "ingest-merge",
     "arrange",
     "preprocess",
     "tune",

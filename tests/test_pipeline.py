@@ -112,12 +112,78 @@ def test_compiled_pipeline_carries_no_credentials(compiled):
         assert not re.search(pattern, text), pattern
 
 
+def _container_tasks(spec: dict) -> list[dict]:
+    """Every task that runs a container, also those inside loops (a loop is a DAG task)."""
+    tasks, dags = [], [spec["root"]["dag"]]
+    while dags:
+        for task in dags.pop()["tasks"].values():
+            component = spec["components"][task["componentRef"]["name"]]
+            if "dag" in component:
+                dags.append(component["dag"])
+            else:
+                tasks.append(task)
+    return tasks
+
+
 def test_caching_is_on_by_default_and_can_be_compiled_off(compiled, tmp_path):
     spec, _ = _documents(compiled)
-    assert all(t["cachingOptions"]["enableCache"] for t in spec["root"]["dag"]["tasks"].values())
+    assert all(t["cachingOptions"]["enableCache"] for t in _container_tasks(spec))
     off = compile_pipeline(tmp_path / "p.yaml", settings_from("r", "t", caching=False))
     spec, _ = _documents(off)
-    assert not any(
-        t.get("cachingOptions", {}).get("enableCache")
-        for t in spec["root"]["dag"]["tasks"].values()
+    assert not any(t.get("cachingOptions", {}).get("enableCache") for t in _container_tasks(spec))
+
+
+def _executor_inputs(spec: dict, task: str) -> dict:
+    for component in spec["root"]["dag"]["tasks"].values():
+        if component["taskInfo"]["name"] == task:
+            return component["inputs"]["parameters"]
+    raise KeyError(task)
+
+
+def test_ingest_runs_in_parallel_parts_that_are_merged(compiled):
+    spec, _ = _documents(compiled)
+    root = spec["root"]["dag"]["tasks"]
+    loop = next(t for t in root.values() if "parameterIterator" in t)
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith("plan-ingest-Output")
+    body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    part = next(t for t in body.values() if t["taskInfo"]["name"] == "ingest")
+    assert part["retryPolicy"]["maxRetryCount"] == 3
+    merge = next(t for t in root.values() if t["taskInfo"]["name"] == "merge-ingest")
+    assert (
+        merge["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]["producerTask"]
+        == (loop["taskInfo"]["name"])
     )
+    assert "ingest_parts" in spec["root"]["inputDefinitions"]["parameters"]
+
+
+def test_data_steps_share_a_workspace_and_arrange_reports_in_markdown(compiled):
+    spec, _ = _documents(compiled)
+    workspace = yaml.safe_load_all(compiled.read_text())
+    settings = list(workspace)[1]["platforms"]["kubernetes"]["pipelineConfig"]["workspace"]
+    assert settings["size"] == "250Gi"
+    for task in ("merge-ingest", "arrange", "preprocess"):
+        value = _executor_inputs(spec, task)["workspace"]["runtimeValue"]["constant"]
+        assert value == "{{$.workspace_path}}", task
+    outputs = spec["components"]["comp-arrange"]["outputDefinitions"]["artifacts"]
+    assert outputs["report"]["artifactType"]["schemaTitle"] == "system.Markdown"
+
+
+def test_workspace_can_be_sized_or_compiled_out(tmp_path):
+    sized = settings_from(
+        "r",
+        "t",
+        workspace_size="80Gi",
+        workspace_storage_class="efs",
+        workspace_access_modes=["ReadWriteMany"],
+    )
+    _, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "a.yaml", sized).read_text())
+    workspace = platform["platforms"]["kubernetes"]["pipelineConfig"]["workspace"]
+    assert workspace == {
+        "size": "80Gi",
+        "kubernetes": {
+            "pvcSpecPatch": {"storageClassName": "efs", "accessModes": ["ReadWriteMany"]}
+        },
+    }
+    plain = compile_pipeline(tmp_path / "b.yaml", settings_from("r", "t", workspace_size=""))
+    text = plain.read_text()
+    assert "workspace_path" not in text and "pipelineConfig" not in text

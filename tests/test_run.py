@@ -31,3 +31,12 @@ def test_local_run_completes_every_stage(tmp_path):
     assert set(best["parameters"]) == {"lr", "batch_size", "epochs"}
     text = format_summary(summary)
     assert "test accuracy" in text and "majority baseline" in text
+    # Ingest ran as two parts that were merged; the data report is arrange's Markdown output.
+    parts = sorted(run.glob("for-loop-*/ingest/raw/ingest_report.json"))
+    assert len(parts) == 2
+    merged = json.loads((run / "merge-ingest" / "raw" / "ingest_report.json").read_text())
+    assert merged["copied"] == 300 == sum(json.loads(p.read_text())["copied"] for p in parts)
+    assert "every bin is in exactly one split: yes" in (run / "arrange" / "report").read_text()
+    # The raw bins lived in the run's workspace (now deleted); the arranged images are links.
+    assert not any(run.rglob("bin-images"))
+    assert sum(1 for _ in (run / "arrange" / "arranged").glob("*/*/*.jpg")) == 150

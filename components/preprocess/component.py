@@ -11,6 +11,8 @@ def preprocess(
     arranged: Input[Dataset],
     shards: Output[Dataset],
     image_size: int = 224,
+    shard_size: int = 4096,
+    workspace: str = "",
 ):
     """Decode and resize every arranged image once into uint8 shards the trainer reads directly.
 
@@ -18,8 +20,16 @@ def preprocess(
         arranged: The arranged dataset (arrange's output).
         shards: index.json and per-split shards of uint8 (N, 3, S, S) images with their counts.
         image_size: Side of the square images the model sees, in pixels.
+        shard_size: Images per shard (GPUs and nodes read whole shards).
+        workspace: The pipeline workspace path, when the arranged images are read from it.
     """
     from invmon import preprocess as stage
 
-    report = stage.preprocess(arranged.path, shards.path, image_size=image_size)
+    report = stage.preprocess(
+        arranged.path, shards.path, image_size=image_size, shard_size=shard_size
+    )
+    print(
+        f"preprocess: {report.images} images in {report.seconds:.1f}s on {report.workers} "
+        f"processes, {len(report.skipped)} skipped"
+    )
     shards.metadata.update({"images": report.images, "skipped": len(report.skipped)})

@@ -99,7 +99,7 @@ def _synth_parser(sub) -> None:
 
 
 def cmd_ingest(args) -> None:
-    from invmon.ingest import ingest
+    from invmon.ingest import Part, ingest
 
     report = ingest(
         args.source,
@@ -109,39 +109,103 @@ def cmd_ingest(args) -> None:
         file_list=args.file_list,
         limit=args.limit,
         workers=args.workers,
+        part=Part.parse(args.part) if args.part else None,
+        verify=args.verify,
     )
-    print(
-        f"ingest: {report.copied} copied, {report.skipped_present} already present, "
-        f"{len(report.failed)} failed, {len(report.refused_keys)} keys refused "
-        f"({report.objects} objects in {report.seconds:.1f}s) -> {args.out}"
-    )
+    print(f"ingest: {report.summary()} -> {args.out}")
+
+
+def _add_selection_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, help="s3://BUCKET[/PREFIX]")
+    _add_s3_options(p)
+    p.add_argument("--file-list", help="the original project's file_list.json (path or s3://)")
+    p.add_argument("--limit", type=_positive_int, help="copy at most this many bins")
 
 
 def _ingest_parser(sub) -> None:
+    from invmon.ingest import VERIFY_MODES
+
     p = sub.add_parser(
         "ingest",
         help="copy bin images and metadata from S3",
         description="Copy bin-images/ and metadata/ from S3 into a folder, many "
-        "requests at once; a re-run resumes.",
+        "requests at once, retrying throttled and failed requests; a re-run resumes.",
     )
-    p.add_argument("--source", required=True, help="s3://BUCKET[/PREFIX]")
+    _add_selection_options(p)
     p.add_argument("--out", required=True, help="output folder")
-    _add_s3_options(p)
-    p.add_argument("--file-list", help="the original project's file_list.json (path or s3://)")
-    p.add_argument("--limit", type=_positive_int, help="copy at most this many bins")
     p.add_argument(
         "--workers", type=_positive_int, default=32, help="requests in flight (default 32)"
     )
+    p.add_argument(
+        "--part",
+        help="copy one part only: START:STOP (bin ids; either may be empty) or a part "
+        "printed by ingest-plan",
+    )
+    p.add_argument(
+        "--verify",
+        choices=VERIFY_MODES,
+        default="size",
+        help="what makes a file already on disk count as copied (default size; etag also "
+        "compares its MD5)",
+    )
     p.set_defaults(func=cmd_ingest)
+
+
+def cmd_ingest_plan(args) -> None:
+    from invmon.ingest import plan_parts
+
+    plan = plan_parts(
+        args.source,
+        args.parts,
+        endpoint_url=args.endpoint_url,
+        anonymous=args.anonymous,
+        file_list=args.file_list,
+        limit=args.limit,
+    )
+    for part in plan:
+        print(json.dumps(part.to_dict()))
+
+
+def _ingest_plan_parser(sub) -> None:
+    p = sub.add_parser(
+        "ingest-plan",
+        help="cut a bucket into parts for parallel ingest",
+        description="List the image keys once and print one JSON line per part (a key "
+        "range of about equal size), for `invmon ingest --part`.",
+    )
+    _add_selection_options(p)
+    p.add_argument("--parts", type=_positive_int, required=True, help="number of parts")
+    p.set_defaults(func=cmd_ingest_plan)
+
+
+def cmd_ingest_merge(args) -> None:
+    from invmon.ingest import merge_parts
+
+    print(f"ingest: {merge_parts(args.parts, args.out).summary()} -> {args.out}")
+
+
+def _ingest_merge_parser(sub) -> None:
+    p = sub.add_parser(
+        "ingest-merge",
+        help="join the parts of a parallel ingest",
+        description="Join the folders written by `invmon ingest --part` (hard links where "
+        "possible) and merge their reports.",
+    )
+    p.add_argument("parts", nargs="+", help="the parts' output folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_ingest_merge)
 
 
 def cmd_arrange(args) -> None:
     from invmon.arrange import arrange, summarize
 
-    print(summarize(arrange(args.raw, args.out, args.classes, args.split, args.seed)))
+    report = arrange(args.raw, args.out, args.classes, args.split, args.seed, images=args.images)
+    print(f"{summarize(report)} -> {args.out} (report: {args.out}/data_report.md)")
 
 
 def _arrange_parser(sub) -> None:
+    from invmon.arrange import IMAGE_MODES
+
     p = sub.add_parser(
         "arrange",
         help="label bins by count and split train/val/test",
@@ -159,6 +223,13 @@ def _arrange_parser(sub) -> None:
         "--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument(
+        "--images",
+        choices=IMAGE_MODES,
+        default="link",
+        help="how class folders get their images: hard links (copies across file systems; "
+        "the default), copies, none (refer: preprocess reads the raw folder), or link-or-refer",
+    )
     p.set_defaults(func=cmd_arrange)
 
 
@@ -463,6 +534,27 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="compile every task with caching off (clusters cache by default)",
     )
+    p.add_argument(
+        "--workspace-size",
+        default=None,
+        help="size of the run's shared workspace PVC holding the raw and arranged bins "
+        "(default 250Gi; ABID in full needs about 60Gi plus room)",
+    )
+    p.add_argument(
+        "--workspace-storage-class", default="", help="storage class of the workspace PVC"
+    )
+    p.add_argument(
+        "--workspace-access-mode",
+        action="append",
+        choices=("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"),
+        help="access mode of the workspace PVC (repeatable; ReadWriteMany lets ingest parts "
+        "run on several nodes)",
+    )
+    p.add_argument(
+        "--no-workspace",
+        action="store_true",
+        help="pass data between steps as artifacts only (KFP servers without workspaces)",
+    )
 
 
 def _cluster_settings(args):
@@ -475,6 +567,9 @@ def _cluster_settings(args):
         args.gpu_toleration,
         args.gpus,
         caching=not args.no_cache,
+        workspace_size="" if args.no_workspace else args.workspace_size,
+        workspace_storage_class=args.workspace_storage_class,
+        workspace_access_modes=args.workspace_access_mode,
     )
 
 
@@ -547,6 +642,7 @@ def cmd_run(args) -> None:
         anonymous=args.anonymous,
         file_list=args.file_list,
         limit=args.limit,
+        ingest_parts=args.ingest_parts,
         classes=args.classes,
         image_size=args.image_size,
         epochs=args.epochs,
@@ -571,6 +667,11 @@ def _run_parser(sub) -> None:
     _add_s3_options(p)
     p.add_argument("--file-list", help="file_list.json selecting bins")
     p.add_argument("--limit", type=_non_negative_int, default=0, help="most bins (0 = all)")
+    p.add_argument(
+        "--ingest-parts",
+        type=_positive_int,
+        help="parallel ingest tasks (default 2 embedded, 4 otherwise)",
+    )
     p.add_argument("--classes", default="0-5", help="counts to learn (default 0-5)")
     p.add_argument(
         "--image-size",
@@ -599,6 +700,8 @@ def _run_parser(sub) -> None:
 _PARSERS: list[Callable] = [
     _synth_parser,
     _ingest_parser,
+    _ingest_plan_parser,
+    _ingest_merge_parser,
     _arrange_parser,
     _preprocess_parser,
     _tune_parser,

@@ -38,15 +38,30 @@ def settings_from(
     tolerations: list[str] | None = None,
     gpus: int = 1,
     caching: bool = True,
+    workspace_size: str | None = None,
+    workspace_storage_class: str = "",
+    workspace_access_modes: list[str] | None = None,
 ):
-    """Build ClusterSettings from command-line values; None keeps each default."""
-    from invmon.pipelines import ClusterSettings
+    """Build ClusterSettings from command-line values; None keeps each default.
+
+    ``workspace_size=""`` compiles without a workspace (for KFP servers older than 2.14): data
+    then moves between steps as artifacts.
+    """
+    from invmon.pipelines import ClusterSettings, WorkspaceSettings
 
     defaults = ClusterSettings()
+    workspace = None
+    if workspace_size != "":
+        workspace = WorkspaceSettings(
+            size=workspace_size or WorkspaceSettings().size,
+            storage_class=workspace_storage_class,
+            access_modes=tuple(workspace_access_modes or ()),
+        )
     return ClusterSettings(
         images=ImageSet(registry=registry, tag=tag),
         gpus=gpus,
         caching=caching,
+        workspace=workspace,
         gpu_node_selector=dict(node_selector) if node_selector else defaults.gpu_node_selector,
         gpu_tolerations=tuple(parse_toleration(t) for t in tolerations)
         if tolerations

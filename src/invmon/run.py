@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 DEMO_BUCKET = "invmon-demo"
 DEMO_BINS = 3600
 TASKS = ("ingest", "arrange", "preprocess", "tune", "train", "evaluate", "deploy")
+# The kfp.local task folder that marks the end of each stage (ingest ends when its parts merge).
+_TASK_FOLDERS = {"ingest": "merge-ingest"}
 
 
 @dataclass
@@ -34,6 +37,7 @@ class RunOptions:
     anonymous: bool = False
     file_list: str | None = None
     limit: int = 0
+    ingest_parts: int | None = None
     classes: str = "0-5"
     image_size: int | None = None
     epochs: int | None = None
@@ -54,6 +58,8 @@ class RunOptions:
             "anonymous": True if embedded else self.anonymous,
             "file_list": self.file_list or "",
             "limit": self.limit,
+            # Two parts show the parallel ingest locally; a laptop gains little from more.
+            "ingest_parts": self.ingest_parts or (2 if embedded else 4),
             "classes": self.classes,
             "seed": self.seed,
             # 64 px keeps a CPU run to minutes and is enough to count synthetic items;
@@ -109,10 +115,13 @@ def run_pipeline(options: RunOptions) -> RunSummary:
             print(f"embedded S3 server at {url}; seeding {options.synth_bins} synthetic bins")
             seed_demo_bucket(url, options.synth_bins, options.seed)
             options = RunOptions(**{**asdict(options), "endpoint_url": url})
+        # The pipeline's shared workspace is a folder here; kfp.local deletes it after the run
+        # (the arranged dataset keeps its images: they are hard links).
         local.init(
             runner=local.SubprocessRunner(use_venv=False),
             pipeline_root=str(root),
             raise_on_error=True,
+            workspace_root=tempfile.mkdtemp(prefix="workspace-", dir=root.parent),
         )
         pipeline_start = time.time()
         with warnings.catch_warnings():
@@ -132,7 +141,7 @@ def summarize_run(run_dir: Path, seconds: float, pipeline_start: float) -> RunSu
     summary = RunSummary(run_dir=str(run_dir), seconds=round(seconds, 1))
     ends = {}
     for task in TASKS:
-        output = run_dir / task / "executor_output.json"
+        output = run_dir / _TASK_FOLDERS.get(task, task) / "executor_output.json"
         if output.is_file():
             ends[task] = output.stat().st_mtime
     # Stages run one after another, so a stage's wall time is the gap since the previous finish.
