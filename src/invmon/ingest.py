@@ -447,13 +447,12 @@ def ingest(
 ) -> IngestReport:
     """Copy bins from ``s3://BUCKET[/PREFIX]`` into ``out``; return (and write) a report.
 
-    The report is written to ``report_to`` (default ``out``): parts that copy into one shared
-    folder keep their reports apart. ``part`` restricts the copy to one part of a plan
-    (:func:`plan_parts`). Objects already in
+    ``part`` restricts the copy to one part of a plan (:func:`plan_parts`). Objects already in
     ``out`` are skipped when their size (``verify="size"``) or also their MD5 (``"etag"``) match.
-    One object that cannot be copied is named in the report and the copy goes on. Raises
-    ValueError when nothing matched, and RuntimeError when every object failed: an empty copy is
-    never reported as a success.
+    One object that cannot be copied is named in the report and the copy goes on. The report is
+    written to ``report_to`` (default ``out``), so that parts copying into one shared folder keep
+    their reports apart. Raises ValueError when nothing matched or the source cannot be listed,
+    and RuntimeError when every object failed: an empty copy is never reported as a success.
     """
     if workers < 1:
         raise ValueError(f"--workers must be >= 1, got {workers}")
