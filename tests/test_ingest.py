@@ -225,3 +225,10 @@ def test_a_key_resolving_outside_the_output_is_never_written(tmp_path):
     for key in ("/etc/passwd", "bin-images/../../x.jpg"):
         with pytest.raises(ValueError, match="outside"):
             copier.target(key)
+
+
+def test_a_bucket_that_cannot_be_listed_is_named(s3_url, tmp_path):
+    with pytest.raises(
+        ValueError, match=r"cannot list s3://no-such-bucket-here: HTTP 404 NoSuchBucket"
+    ):
+        ingest("s3://no-such-bucket-here", tmp_path, endpoint_url=s3_url, anonymous=True)
