@@ -10,8 +10,8 @@ Output layout::
     val/...  test/...
 
 Shards let many data-loader workers, GPUs and nodes read disjoint parts. A pool of processes (one
-per core) decodes; the parent writes each result straight into the memory-mapped file of its
-shard, so memory is bounded by what is in flight, not by the shard or the dataset. Every shard is
+per core) decodes, and each process writes its images straight into their rows of the shard file,
+so memory is bounded by what is in flight, not by the shard or the dataset. Every shard is
 written under a temporary name and renamed when complete, with a record of the rows it was made
 from: a run that was stopped resumes at the first shard not finished.
 
@@ -83,12 +83,23 @@ class _Shard:
         return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _prepare_file(job: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
-    path, image_size = job
+def _prepare_into(job: tuple[str, int, str, int]) -> str | None:
+    """Decode one image and write it at its row of the shard file; return why it failed, if so.
+
+    Workers write their rows themselves: sending 150 KB of pixels per image back to one writing
+    process would make that process the bottleneck.
+    """
+    path, image_size, target, offset = job
     try:
-        return prepare(Path(path).read_bytes(), image_size), None
+        array = prepare(Path(path).read_bytes(), image_size)
     except (InvalidImage, OSError) as err:
-        return None, str(err)
+        return str(err)
+    fd = os.open(target, os.O_WRONLY)
+    try:
+        os.pwrite(fd, memoryview(array).cast("B"), offset)
+    finally:
+        os.close(fd)
+    return None
 
 
 def plan_shards(rows: list[tuple[str, int, str]], shard_size: int) -> list[_Shard]:
@@ -121,9 +132,11 @@ def _finished(out: Path, shard: _Shard, image_size: int) -> dict | None:
 
 
 class _ShardWriter:
-    """Writes one shard's rows as they arrive, appended to a ``.npy`` file under a temporary name.
+    """One shard's ``.npy`` file under a temporary name, written row by row by the workers.
 
-    Plain appends (no memory map) keep the process's memory at what is in flight.
+    The file is created at its full size; decoding workers write each image at its row's offset
+    (no pixels pass through this process, and nothing is memory-mapped). Rows of images that
+    failed are squeezed out when the shard is closed.
     """
 
     def __init__(self, out: Path, shard: _Shard, image_size: int):
@@ -131,19 +144,29 @@ class _ShardWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.partial = self.folder / f".{shard.stem}.images.npy.part"
         self.row_shape = (3, image_size, image_size)
-        self.handle = open(self.partial, "wb")  # noqa: SIM115 (closed in close())
-        self.handle.write(_npy_header(len(shard.rows), self.row_shape))
+        self.row_bytes = 3 * image_size * image_size
+        header = _npy_header(len(shard.rows), self.row_shape)
+        self.header_bytes = len(header)
+        with open(self.partial, "wb") as handle:
+            handle.write(header)
+            handle.truncate(len(header) + len(shard.rows) * self.row_bytes)
+        self.kept_rows: list[int] = []
         self.labels: list[int] = []
         self.ids: list[str] = []
         self.skipped: dict[str, str] = {}
 
-    def add(self, row: tuple[str, int, str], array: np.ndarray | None, error: str | None) -> None:
-        bin_id, count, _ = row
+    def offset(self, row: int) -> int:
+        """Where row ``row`` of the planned shard starts in the file."""
+        return self.header_bytes + row * self.row_bytes
+
+    def add(self, number: int, error: str | None) -> None:
+        """Record the outcome of planned row ``number`` (its pixels are already in the file)."""
+        bin_id, count, _ = self.shard.rows[number]
         if error is not None:
             log.warning("skipping bin %s: %s", bin_id, error)
             self.skipped[bin_id] = error
             return
-        self.handle.write(memoryview(np.ascontiguousarray(array, dtype=np.uint8)).cast("B"))
+        self.kept_rows.append(number)
         self.labels.append(count)
         self.ids.append(bin_id)
 
@@ -151,8 +174,7 @@ class _ShardWriter:
         """Finish the files (renamed into place) and return the shard's record."""
         kept, stem = len(self.ids), self.shard.stem
         if kept < len(self.shard.rows):
-            self._fix_header(kept)
-        self.handle.close()
+            self._squeeze(kept)
         if kept:
             os.replace(self.partial, self.folder / f"{stem}.images.npy")
             labels = np.asarray(self.labels, dtype=np.int16)
@@ -170,24 +192,19 @@ class _ShardWriter:
         _write_atomic(_done_record(self.folder, self.shard), json.dumps(record).encode())
         return record
 
-    def _fix_header(self, kept: int) -> None:
-        # Some images failed: the header announced more rows than were written.
-        old = len(_npy_header(len(self.shard.rows), self.row_shape))
+    def _squeeze(self, kept: int) -> None:
+        # Rare: some images failed. Move the kept rows up, then fix the header and the length.
         header = _npy_header(kept, self.row_shape)
-        size = kept * int(np.prod(self.row_shape))
-        if len(header) == old:
-            self.handle.seek(0)
-            self.handle.write(header)
-            self.handle.truncate(len(header) + size)
-            return
-        # The header's length changed (a shorter shape crossed numpy's 64-byte padding): copy.
-        self.handle.flush()
-        with open(self.partial, "rb") as source:
-            source.seek(old)
-            body = source.read(size)
-        self.handle.seek(0)
-        self.handle.write(header + body)
-        self.handle.truncate(len(header) + size)
+        with open(self.partial, "r+b") as handle:
+            for new, old in enumerate(self.kept_rows):
+                if len(header) != self.header_bytes or new != old:
+                    handle.seek(self.offset(old))
+                    row = handle.read(self.row_bytes)
+                    handle.seek(len(header) + new * self.row_bytes)
+                    handle.write(row)
+            handle.seek(0)
+            handle.write(header)
+            handle.truncate(len(header) + kept * self.row_bytes)
 
 
 def _npy_header(rows: int, row_shape: tuple[int, ...], dtype: str = "") -> bytes:
@@ -205,30 +222,33 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(partial, path)
 
 
-def _jobs(shards: list[_Shard], locate, image_size: int, window) -> Iterator[tuple[str, int]]:
+def _jobs(shards, writers, out, locate, image_size, window) -> Iterator[tuple[str, int, str, int]]:
     # The pool's feeder thread runs this generator; the window keeps it from queueing the whole
-    # dataset (and the pool's results from piling up) ahead of the writer.
+    # dataset ahead of the workers. A shard's file is made before its first job is handed out.
     for shard in shards:
-        for bin_id, count, split in shard.rows:
+        writer = writers[shard.key] = _ShardWriter(out, shard, image_size)
+        for number, (bin_id, count, split) in enumerate(shard.rows):
             window.acquire()
-            yield str(locate(bin_id, count, split)), image_size
+            path = str(locate(bin_id, count, split))
+            yield path, image_size, str(writer.partial), writer.offset(number)
 
 
 def _decode_into_shards(todo, records, out, locate, image_size, workers, progress) -> None:
-    """Decode the rows of the ``todo`` shards on ``workers`` processes, writing shard by shard."""
+    """Decode the rows of the ``todo`` shards on ``workers`` processes, finishing shard by shard."""
     in_flight = workers * 64
     window = threading.Semaphore(in_flight)
-    jobs = _jobs(todo, locate, image_size, window)
+    writers: dict[tuple[str, int], _ShardWriter] = {}
+    jobs = _jobs(todo, writers, out, locate, image_size, window)
     with get_context("spawn").Pool(workers) as pool:
         try:
-            results = pool.imap(_prepare_file, jobs, chunksize=16)
+            results = pool.imap(_prepare_into, jobs, chunksize=16)
             for shard in todo:
-                writer = _ShardWriter(out, shard, image_size)
-                for row in shard.rows:
-                    writer.add(row, *next(results))
+                for number in range(len(shard.rows)):
+                    error = next(results)  # the shard's writer exists once a result is back
+                    writers[shard.key].add(number, error)
                     window.release()
                     progress.advance()
-                records[shard.key] = writer.close()
+                records[shard.key] = writers.pop(shard.key).close()
         finally:
             # Unblock the feeder thread if we stopped early, so that the pool can shut down.
             window.release(in_flight)
