@@ -1,14 +1,14 @@
-"""Benchmark: images/s per core that the training input pipeline delivers, ours vs the original's.
+"""Benchmark: img/s per core that the training input pipeline delivers, ours vs the original's.
 
 The original project trained from class folders through torchvision's ImageFolder, decoding and
 transforming every JPEG again in every epoch (PIL, ``Resize((224, 224))``, a random flip,
 ``ToTensor``, ``Normalize``) in a DataLoader. Ours reads the preprocessed uint8 shards of the
 same photos (:class:`invmon.data.BatchLoader`: gather, flip the whole batch) and normalises on
-the training device. Both run in one process with one thread, so images/s is per core.
+the training device. Both run in one process with one thread, so img/s is per core.
 
     ABID_SAMPLE_DIR=/path/to/abid-sample .venv/bin/python benchmarks/loader.py
 
-Prints images/s per core and peak memory of each, then the ratio, last.
+Prints img/s per core and peak memory of each, then the ratio, last.
 """
 
 from __future__ import annotations
@@ -96,22 +96,22 @@ def main() -> None:
         original = measure_in_child(__file__, "original", str(arranged))
         print(
             f"original (ImageFolder + PIL + transforms): {original['images_per_second']:8.1f} "
-            f"images/s per core, peak RSS {original['peak_rss_mib']} MiB"
+            f"img/s per core, peak RSS {original['peak_rss_mib']} MiB"
         )
         ours = measure_in_child(__file__, "ours", str(shards))
         print(
             f"invmon BatchLoader (uint8 shards):         {ours['images_per_second']:8.1f} "
-            f"images/s per core, peak RSS {ours['peak_rss_mib']} MiB"
+            f"img/s per core, peak RSS {ours['peak_rss_mib']} MiB"
         )
         cpu = measure_in_child(__file__, "ours+normalize", str(shards))
         print(
             f"  ... and normalised on the CPU too:       {cpu['images_per_second']:8.1f} "
-            f"images/s per core"
+            f"img/s per core"
         )
     ratio = ours["images_per_second"] / original["images_per_second"]
     print(
         f"training input per core vs original: {ratio:.1f}x "
-        f"({ours['images_per_second']:.0f} vs {original['images_per_second']:.0f} images/s)"
+        f"({ours['images_per_second']:.0f} vs {original['images_per_second']:.0f} img/s)"
     )
 
 

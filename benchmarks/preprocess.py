@@ -1,4 +1,4 @@
-"""Benchmark: images/s per core of preprocessing the real ABID sample, ours vs the original's way.
+"""Benchmark: img/s per core of preprocessing the real ABID sample, ours vs the original's way.
 
 The original project decoded and transformed every photo with PIL and torchvision in each epoch:
 ``Image.open(path).convert("RGB")`` then ``Resize((224, 224))``, ``ToTensor()``, ``Normalize``.
@@ -8,7 +8,7 @@ its peak memory is its own.
 
     ABID_SAMPLE_DIR=/path/to/abid-sample .venv/bin/python benchmarks/preprocess.py
 
-Prints images/s per core and peak memory of each, then the ratio, last.
+Prints img/s per core and peak memory of each, then the ratio, last.
 """
 
 from __future__ import annotations
@@ -118,21 +118,21 @@ def main() -> None:
         original = measure_in_child(__file__, "original", str(one))
         print(
             f"original (PIL + torchvision transforms, per image): "
-            f"{original['images_per_second']:7.1f} images/s per core, "
+            f"{original['images_per_second']:7.1f} img/s per core, "
             f"peak RSS {original['peak_rss_mib']} MiB"
         )
         ours = measure_in_child(__file__, "prepare", str(one))
         print(
             f"invmon.transforms.prepare (one core):               "
-            f"{ours['images_per_second']:7.1f} images/s per core, "
+            f"{ours['images_per_second']:7.1f} img/s per core, "
             f"peak RSS {ours['peak_rss_mib']} MiB"
         )
         smaller = measure_in_child(__file__, f"stage-{cores}", str(two))
         stage = measure_in_child(__file__, f"stage-{cores}", str(eight))
         print(
             f"invmon preprocess ({cores} processes, shards written):    "
-            f"{stage['images_per_second'] / cores:7.1f} images/s per core "
-            f"({stage['images_per_second']:.1f} images/s, {stage['images']} images)"
+            f"{stage['images_per_second'] / cores:7.1f} img/s per core "
+            f"({stage['images_per_second']:.1f} img/s, {stage['images']} images)"
         )
         print(
             f"  peak RSS of the writing process: {smaller['self_rss_mib']} MiB for "
