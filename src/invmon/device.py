@@ -2,7 +2,8 @@
 
 bf16 autocast is used where the hardware runs it natively: CUDA GPUs that support bf16, and CPUs
 with native bf16 instructions (AVX512-BF16 or AMX), where it is also faster than fp32. The same
-code path runs on CPU here and on GPU in the cluster.
+code path runs on CPU here and on GPU in the cluster. fp16 autocast (for GPUs without bf16, such
+as V100 and T4) needs loss scaling: :func:`grad_scaler` returns a scaler that is active only then.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import contextlib
 import torch
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -43,6 +44,8 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
     if name == "fp32":
         return None
+    if name == "fp16":
+        return torch.float16
     if name == "bf16" or bf16_supported(device):
         return torch.bfloat16
     return None
@@ -53,3 +56,12 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """A gradient scaler for ``dtype`` on ``device``: enabled for fp16 only.
+
+    bf16 has fp32's exponent range and needs no loss scaling; a disabled scaler passes gradients
+    through unchanged, so the training step is the same code for every precision.
+    """
+    return torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
