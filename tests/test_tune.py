@@ -6,7 +6,7 @@ import json
 import pytest
 
 from invmon.train import TrainConfig
-from invmon.tune import Parameter, SearchSpec, default_parameters, tune
+from invmon.tune import ALGORITHMS, Parameter, SearchSpec, default_parameters, tune
 
 
 def test_search_space_maps_onto_katib_parameter_specs():
@@ -18,11 +18,16 @@ def test_search_space_maps_onto_katib_parameter_specs():
     assert by_name["lr"]["parameterType"] == "double"
     assert by_name["lr"]["feasibleSpace"]["distribution"] == "logUniform"
     assert by_name["batch_size"]["feasibleSpace"] == {"list": ["16", "32", "64"]}
-    assert by_name["epochs"]["feasibleSpace"] == {"min": "3", "max": "6"}
+    assert by_name["epochs"]["feasibleSpace"] == {
+        "min": "3",
+        "max": "6",
+        "distribution": "uniform",
+    }
 
 
 def test_grid_values():
-    assert Parameter("e", "int", 1, 5, grid_points=3).grid() == [1, 3, 5]
+    assert Parameter("epochs", "int", 1, 5, grid_points=3).grid() == [1, 3, 5]
+    assert Parameter("epochs", "int", 5, 10, grid_points=3).grid() == [5, 8, 10]
     values = Parameter("lr", "double", 1e-4, 1e-2, log_scale=True, grid_points=3).grid()
     assert values == pytest.approx([1e-4, 1e-3, 1e-2])
 
@@ -45,17 +50,80 @@ def test_local_search_writes_best_and_trials(shards_dir, tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 and all(r["state"] == "COMPLETE" for r in rows)
     assert max(float(r["value"]) for r in rows) == result.best_value
+    assert [r["trained_epochs"] for r in rows] == ["1", "1"] and result.trial_epochs == 2
+    assert best["search"] == {"trials": 2, "trial_epochs": 2}
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"algorithm": "hyperband"}, "--algorithm"), ({"max_trials": 0}, "--trials")],
+    [
+        ({"algorithm": "hyperband"}, "--algorithm"),
+        ({"max_trials": 0}, "--trials"),
+        ({"objective_metric": "loss"}, "--objective must be one of accuracy, val_loss"),
+        ({"early_stopping": "asha"}, "--early-stopping"),
+    ],
 )
 def test_bad_spec_is_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SearchSpec(**kwargs)
 
 
+def test_a_parameter_train_cannot_take_is_named():
+    with pytest.raises(ValueError, match="'momentum' is not a training setting"):
+        Parameter("momentum", "double", 0.8, 0.99)
+
+
 def test_unknown_backend_is_named(shards_dir, tmp_path):
     with pytest.raises(ValueError, match="--backend"):
         tune(shards_dir, tmp_path, backend="slurm")
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_runs_locally(algorithm, shards_dir, tmp_path):
+    """The five Katib algorithms also run here (Optuna's samplers of the same family)."""
+    spec = SearchSpec(
+        parameters=[
+            Parameter("lr", "double", 1e-4, 1e-3, log_scale=True, grid_points=2),
+            Parameter("batch_size", "categorical", values=(32, 64)),
+        ],
+        algorithm=algorithm,
+        max_trials=2,
+    )
+    result = tune(shards_dir, tmp_path, spec=spec, base=TrainConfig(device="cpu", epochs=1))
+    assert len(result.trials) == 2 and 1e-4 <= result.best_parameters["lr"] <= 1e-3
+
+
+def test_median_pruning_stops_trials_behind_the_median(shards_dir, tmp_path):
+    """Trials are pruned through train's on_epoch hook: the loop is fit's, not a copy.
+
+    Two learning rates, one of which cannot learn, give two different curves; seeded training
+    repeats each curve exactly, so a repeat of the worse one falls behind the median."""
+    spec = SearchSpec(
+        parameters=[Parameter("lr", "categorical", values=(1e-3, 1e-12))],
+        algorithm="random",
+        max_trials=6,
+        early_stopping="median",
+        min_trials=1,
+        start_epoch=1,
+    )
+    result = tune(shards_dir, tmp_path, spec=spec, base=TrainConfig(device="cpu", epochs=3))
+    assert {t["lr"] for t in result.trials} == {1e-3, 1e-12}
+    assert result.pruned >= 1
+    assert result.trial_epochs < 3 * len(result.trials)
+    with open(tmp_path / "trials.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(int(r["trained_epochs"]) < 3 for r in rows if r["state"] == "PRUNED")
+    assert all(int(r["trained_epochs"]) == 3 for r in rows if r["state"] == "COMPLETE")
+    completed = [float(r["value"]) for r in rows if r["state"] == "COMPLETE"]
+    assert result.best_value == max(completed)
+
+
+def test_hyperband_pruner_runs(shards_dir, tmp_path):
+    spec = SearchSpec(
+        parameters=[Parameter("lr", "double", 1e-5, 1e-2, log_scale=True)],
+        algorithm="random",
+        max_trials=3,
+        early_stopping="hyperband",
+    )
+    result = tune(shards_dir, tmp_path, spec=spec, base=TrainConfig(device="cpu", epochs=2))
+    assert len(result.trials) == 3 and result.trial_epochs <= 6

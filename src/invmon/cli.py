@@ -271,109 +271,292 @@ def _preprocess_parser(sub) -> None:
     p.set_defaults(func=cmd_preprocess)
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """The training recipe's options, shared by train and tune (tune's trials train with them)."""
+    from invmon.device import DEVICES
+    from invmon.train import CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES, TRAIN_PRECISIONS
+
+    g = p.add_argument_group("training recipe (explicit options override --params and --recipe)")
+    g.add_argument(
+        "--recipe",
+        choices=("default", "original"),
+        default="default",
+        help="default: warmup + cosine decay; original: the original project's Adam at a "
+        "constant rate",
+    )
+    g.add_argument("--lr", type=_positive_float, help="learning rate (default 2e-3)")
+    g.add_argument("--batch-size", type=_positive_int, help="global batch size (default 32)")
+    g.add_argument("--epochs", type=_positive_int, help="epochs (default 10)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam")
+    g.add_argument("--weight-decay", type=_non_negative_float, help="default 0")
+    g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default cosine)")
+    g.add_argument(
+        "--warmup-fraction", type=_fraction, help="share of steps warming up (default 0.1)"
+    )
+    g.add_argument("--label-smoothing", type=_fraction, help="default 0")
+    g.add_argument(
+        "--class-weights", choices=CLASS_WEIGHTS, help="balanced: inverse class frequency"
+    )
+    g.add_argument(
+        "--early-stopping-patience",
+        type=_non_negative_int,
+        help="stop after this many epochs without a better validation accuracy and keep the "
+        "best epoch's weights (default 0: off)",
+    )
+    g.add_argument("--head-dropout", type=_fraction, help="dropout in the head (default 0)")
+    g.add_argument(
+        "--head-hidden", type=_positive_int, help="units in the head's hidden layer (default 256)"
+    )
+    g.add_argument(
+        "--weights",
+        default="none",
+        help="backbone start: none, imagenet, a path or an s3:// URI (default none)",
+    )
+    g.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default auto)")
+    g.add_argument(
+        "--precision",
+        choices=TRAIN_PRECISIONS,
+        default="auto",
+        help="auto uses bf16 where the device runs it natively; fp16 scales the loss; fp64 is "
+        "a slow reference for numerical checks",
+    )
+    g.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep tensors in NCHW layout",
+    )
+    g.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
+    g.add_argument(
+        "--no-sync-batchnorm",
+        dest="sync_batchnorm",
+        action="store_false",
+        help="under torchrun, keep batch-norm statistics per process",
+    )
+    g.add_argument("--seed", type=int, default=0, help="default 0")
+
+
+_RECIPE_FLAGS = (
+    "optimizer",
+    "weight_decay",
+    "schedule",
+    "warmup_fraction",
+    "label_smoothing",
+    "class_weights",
+    "early_stopping_patience",
+    "head_dropout",
+    "head_hidden",
+)
+
+
+def _train_config(args, params: dict | None = None):
+    """The TrainConfig the options describe: recipe, then --params, then explicit options."""
+    from invmon.train import TUNABLE, TrainConfig, original_recipe
+
+    base = TrainConfig(
+        weights=args.weights,
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        sync_batchnorm=args.sync_batchnorm,
+        seed=args.seed,
+    )
+    if args.recipe == "original":
+        base = original_recipe(base)
+    explicit = {
+        name: getattr(args, name)
+        for name in dict.fromkeys((*TUNABLE, *_RECIPE_FLAGS))
+        if getattr(args, name, None) is not None
+    }
+    return base.replace(**{**(params or {}), **explicit})
+
+
 def cmd_tune(args) -> None:
-    from invmon.train import TrainConfig
     from invmon.tune import SearchSpec, default_parameters, tune
 
     spec = SearchSpec(
         parameters=default_parameters(args.max_epochs),
+        objective_metric=args.objective,
         algorithm=args.algorithm,
         max_trials=args.trials,
+        parallel_trials=args.parallel_trials,
+        max_failed_trials=args.max_failed_trials,
+        early_stopping=args.early_stopping,
     )
-    result = tune(
-        args.data,
-        args.out,
-        spec=spec,
-        base=TrainConfig(device=args.device, seed=args.seed),
-        backend=args.backend,
-        seed=args.seed,
+    base = _train_config(args)
+    if args.backend == "katib":
+        _tune_katib(args, spec, base)
+        return
+    result = tune(args.data, args.out, spec=spec, base=base, seed=args.seed)
+    print(
+        f"best {spec.objective_metric}={result.best_value:.4f} with {result.best_parameters} "
+        f"({result.trial_epochs} trial-epochs, {result.pruned} trials pruned)"
     )
+
+
+def _placement(args):
+    from invmon.cluster import PodPlacement
+
+    chosen = {"node_selector": tuple(args.node_selector)} if args.node_selector else {}
+    return PodPlacement(
+        gpus=args.gpus, service_account=args.service_account, s3_secret=args.s3_secret, **chosen
+    )
+
+
+def _tune_katib(args, spec, base) -> None:
+    from invmon import katib
+
+    settings = katib.TrialSettings(
+        data=args.data,
+        image=args.image or katib.default_image(),
+        namespace=args.namespace,
+        endpoint_url=args.endpoint_url,
+        placement=_placement(args),
+    )
+    experiment = katib.render_experiment(args.name, spec, base, settings, seed=args.seed)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(experiment, sort_keys=False), end="")
+        return
+    result = katib.run_experiment(experiment, args.out, spec, timeout=args.timeout)
     print(f"best {spec.objective_metric}={result.best_value:.4f} with {result.best_parameters}")
 
 
 def _tune_parser(sub) -> None:
-    from invmon.tune import ALGORITHMS, BACKENDS
+    from invmon.tune import ALGORITHMS, BACKENDS, EARLY_STOPPING, OBJECTIVES
 
     p = sub.add_parser(
         "tune",
         help="search learning rate, batch size and epochs",
-        description="Katib-style hyperparameter search; each trial runs the "
-        "training loop. Writes best.json and trials.csv.",
+        description="Katib-style hyperparameter search; each trial runs the training loop "
+        "(locally with Optuna and pruning, or as a Katib Experiment on a cluster). Writes "
+        "best.json and trials.csv.",
     )
-    p.add_argument("--data", required=True, help="preprocessed folder (from preprocess)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--data", required=True, help="preprocessed folder (katib: its s3:// location)")
+    p.add_argument("--out", required=True, help="output folder for best.json and trials.csv")
     p.add_argument("--trials", type=_positive_int, default=4, help="number of trials (default 4)")
     p.add_argument("--algorithm", choices=ALGORITHMS, default="tpe", help="default tpe")
     p.add_argument("--backend", choices=BACKENDS, default="local", help="default local")
+    p.add_argument(
+        "--objective",
+        choices=tuple(OBJECTIVES),
+        default="accuracy",
+        help="accuracy (validation, maximised) or val_loss (minimised); default accuracy",
+    )
+    p.add_argument(
+        "--early-stopping",
+        choices=EARLY_STOPPING,
+        default="none",
+        help="stop unpromising trials: median (Katib medianstop) or hyperband (local only)",
+    )
     p.add_argument(
         "--max-epochs",
         type=_positive_int,
         default=10,
         help="most epochs a trial trains (default 10)",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument(
+        "--parallel-trials", type=_positive_int, default=1, help="trials at once (katib)"
+    )
+    p.add_argument(
+        "--max-failed-trials",
+        type=_non_negative_int,
+        default=1,
+        help="failed trials before the search fails (default 1)",
+    )
+    _add_recipe_options(p)
+    k = p.add_argument_group("katib backend")
+    k.add_argument(
+        "--dry-run", action="store_true", help="print the Experiment YAML, apply nothing"
+    )
+    k.add_argument("--name", default="invmon-tune", help="Experiment name")
+    k.add_argument("--namespace", default="kubeflow-user", help="namespace of the Experiment")
+    k.add_argument("--image", help="train image the trials run (default: the project's)")
+    k.add_argument("--endpoint-url", help="S3-compatible endpoint the trials read data from")
+    k.add_argument(
+        "--s3-secret", help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the trials"
+    )
+    k.add_argument("--gpus", type=_non_negative_int, default=1, help="GPUs per trial (default 1)")
+    k.add_argument(
+        "--node-selector",
+        type=_key_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="node label of the GPU pool (repeatable)",
+    )
+    k.add_argument("--service-account", help="ServiceAccount of the trial pods")
+    k.add_argument(
+        "--timeout", type=_positive_int, default=24 * 3600, help="seconds to wait (default 1 day)"
+    )
     p.set_defaults(func=cmd_tune)
 
 
 def cmd_train(args) -> None:
-    from invmon.train import TrainConfig, fit, read_params
+    from invmon.train import fit, read_params
 
-    params = read_params(args.params) if args.params else {}
-    # Options given on the command line win over the search's choice.
-    for name in ("lr", "batch_size", "epochs"):
-        if getattr(args, name) is not None:
-            params[name] = getattr(args, name)
-    config = TrainConfig(
-        weights=args.weights,
-        device=args.device,
-        precision=args.precision,
-        schedule=args.schedule,
-        seed=args.seed,
-        **params,
+    config = _train_config(args, read_params(args.params) if args.params else {})
+    checkpoint = args.checkpoint or _join(args.out, "checkpoint")
+    result = fit(
+        args.data,
+        config,
+        out=args.out,
+        checkpoint=checkpoint,
+        resume=args.resume,
+        endpoint_url=args.endpoint_url,
     )
-    result = fit(args.data, config, out=args.out)
-    print(
-        f"trained {len(result.history)} epochs; val accuracy {result.history[-1].accuracy:.4f}"
-        f" -> {args.out}"
-    )
+    if result.model_dir is not None:  # rank 0 of a distributed run, or a single process
+        print(
+            f"trained {len(result.history)} epochs; best val accuracy "
+            f"{result.best_accuracy:.4f} -> {args.out}"
+        )
+
+
+def _join(location: str, name: str) -> str:
+    return f"{location.rstrip('/')}/{name}" if "://" in location else str(Path(location) / name)
 
 
 def _train_parser(sub) -> None:
-    from invmon.device import DEVICES, PRECISIONS
-    from invmon.train import SCHEDULES
-
     p = sub.add_parser(
         "train",
         help="train the ResNet50 counting model",
-        description="Train ResNet50 with the original two-layer head (Adam). "
-        "Prints Katib-style name=value metric lines each epoch.",
+        description="Train ResNet50 with the original two-layer head. Prints one timestamped "
+        "line of Katib-style name=value metrics per epoch, checkpoints every epoch and "
+        "resumes on its own. Runs the same under torchrun (one process per GPU).",
     )
-    p.add_argument("--data", required=True, help="preprocessed folder (from preprocess)")
-    p.add_argument("--out", required=True, help="model folder to write")
-    p.add_argument("--lr", type=_positive_float, help="learning rate (default 2e-3)")
-    p.add_argument("--batch-size", type=_positive_int, help="batch size (default 32)")
-    p.add_argument("--epochs", type=_positive_int, help="epochs (default 10)")
+    p.add_argument(
+        "--data", required=True, help="preprocessed folder or s3:// prefix (from preprocess)"
+    )
+    p.add_argument("--out", required=True, help="model folder or s3:// prefix to write")
     p.add_argument("--params", help="best.json from tune; explicit options override it")
-    p.add_argument(
-        "--weights",
-        default="none",
-        help="backbone start: none, imagenet, a path or an s3:// URI (default none)",
+    _add_recipe_options(p)
+    c = p.add_argument_group("checkpoints and storage")
+    c.add_argument(
+        "--checkpoint",
+        help="folder or s3:// prefix for the per-epoch checkpoint (default OUT/checkpoint)",
     )
-    p.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default auto)")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help="auto uses bf16 where the device runs it natively",
+    c.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start over even if a checkpoint exists",
     )
-    p.add_argument(
-        "--schedule",
-        choices=SCHEDULES,
-        default="cosine",
-        help="learning-rate schedule (default cosine with warmup)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="default 0")
+    c.add_argument("--endpoint-url", help="S3-compatible endpoint URL (MinIO, ...)")
     p.set_defaults(func=cmd_train)
 
 

@@ -1,0 +1,225 @@
+"""Custom resources on a cluster: create, wait for a condition, check against typed models.
+
+Katib Experiments and Kubeflow Trainer TrainJobs are custom objects; the ``kubernetes`` client's
+``CustomObjectsApi`` creates and reads them. Their typed models come from the ``kubeflow``
+package (``kubeflow_katib_api``, ``kubeflow_trainer_api``): objects are built from those models in
+code, and :func:`check_model` reads the resulting JSON back field by field, so that a misspelt or
+misplaced field is an error here, not a silently dropped field on a cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+PART_OF = {"app.kubernetes.io/part-of": "inventory-monitoring"}
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where a kind of custom object lives in the API (group, version, plural)."""
+
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+    @property
+    def api_version(self) -> str:
+        """``group/version``."""
+        return f"{self.group}/{self.version}"
+
+
+def custom_objects_api(api_client=None):
+    """A CustomObjectsApi: in a pod from its ServiceAccount, elsewhere from the kubeconfig."""
+    from kubernetes import client, config
+
+    if api_client is None:
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        api_client = client.ApiClient()
+    return client.CustomObjectsApi(api_client)
+
+
+def current_namespace(default: str) -> str:
+    """The namespace this pod runs in (KFP runs tasks in the user's profile), else ``default``."""
+    path = Path(NAMESPACE_FILE)
+    return path.read_text().strip() if path.is_file() else default
+
+
+def create_or_reuse(api, resource: Resource, manifest: dict) -> dict:
+    """Create ``manifest``; if an object of that name exists (a retried task), reuse it."""
+    from kubernetes.client.exceptions import ApiException
+
+    namespace = manifest["metadata"]["namespace"]
+    name = manifest["metadata"]["name"]
+    try:
+        return api.create_namespaced_custom_object(
+            resource.group, resource.version, namespace, resource.plural, manifest
+        )
+    except ApiException as err:
+        if err.status != 409:
+            raise RuntimeError(
+                f"could not create {resource.kind} {namespace}/{name}: {err.status} {err.reason}"
+            ) from err
+    log.info("%s %s/%s exists already: following it", resource.kind, namespace, name)
+    return get(api, resource, namespace, name)
+
+
+def get(api, resource: Resource, namespace: str, name: str) -> dict:
+    """Read one custom object."""
+    return api.get_namespaced_custom_object(
+        resource.group, resource.version, namespace, resource.plural, name
+    )
+
+
+def condition(obj: dict, kind: str) -> dict | None:
+    """The status condition of type ``kind`` when it is true, else None."""
+    for item in (obj.get("status") or {}).get("conditions") or []:
+        if item.get("type") == kind and str(item.get("status")) == "True":
+            return item
+    return None
+
+
+def wait_for(
+    read: Callable[[], dict],
+    succeeded: str,
+    failed: str,
+    what: str,
+    timeout: float,
+    poll: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    on_poll: Callable[[dict], None] | None = None,
+) -> dict:
+    """Poll ``read()`` until condition ``succeeded`` or ``failed`` is true; return the object.
+
+    Raises RuntimeError with the failure's reason and message, or TimeoutError after ``timeout``
+    seconds.
+    """
+    deadline = clock() + timeout
+    while True:
+        obj = read()
+        if on_poll is not None:
+            on_poll(obj)
+        if condition(obj, succeeded):
+            return obj
+        if bad := condition(obj, failed):
+            raise RuntimeError(
+                f"{what} failed: {bad.get('reason', 'no reason given')}: "
+                f"{bad.get('message', 'no message')}"
+            )
+        if clock() >= deadline:
+            raise TimeoutError(f"{what} did not finish within {timeout:.0f}s")
+        sleep(poll)
+
+
+# -- strict checks against the kubeflow package's typed models ---------------------------------
+
+
+def check_model(data, model_cls, path: str = "$"):
+    """Read ``data`` (API JSON) into the pydantic model ``model_cls``, refusing unknown fields.
+
+    The generated models ignore unknown keys; this walks every level first and raises ValueError
+    naming the first key the model does not define. Returns the validated model instance.
+    """
+    _check_fields(data, model_cls, path)
+    try:
+        return model_cls.from_dict(data)
+    except Exception as err:  # pydantic's ValidationError and the models' own ValueErrors
+        raise ValueError(f"{path}: not a valid {model_cls.__name__}: {err}") from err
+
+
+def _check_fields(data, annotation, path: str) -> None:
+    from pydantic import BaseModel
+
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for arg in args:
+            if arg is not type(None):
+                _check_fields(data, arg, path)
+        return
+    if origin in (list, typing.List) and args and isinstance(data, list):  # noqa: UP006
+        for i, item in enumerate(data):
+            _check_fields(item, args[0], f"{path}[{i}]")
+        return
+    if origin in (dict, typing.Dict) and len(args) == 2 and isinstance(data, dict):  # noqa: UP006
+        for key, item in data.items():
+            _check_fields(item, args[1], f"{path}.{key}")
+        return
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        if "actual_instance" in annotation.model_fields:
+            return  # a oneOf wrapper (such as Quantity) of scalars: from_dict validates it
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected an object ({annotation.__name__}), got {data!r}")
+        by_alias = {(f.alias or name): f for name, f in annotation.model_fields.items()}
+        for key, value in data.items():
+            if key not in by_alias:
+                allowed = ", ".join(sorted(by_alias))
+                raise ValueError(
+                    f"{path}.{key}: not a field of {annotation.__name__} (fields: {allowed})"
+                )
+            _check_fields(value, by_alias[key].annotation, f"{path}.{key}")
+
+
+# -- pod pieces shared by Katib trials and TrainJobs -----------------------------------------
+
+
+@dataclass(frozen=True)
+class PodPlacement:
+    """Where training pods run and as whom: GPU pool, ServiceAccount, non-root user, S3 access.
+
+    ``s3_secret`` names a Secret holding ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``;
+    only its name appears in manifests, never its values.
+    """
+
+    gpus: int = 1
+    node_selector: tuple[tuple[str, str], ...] = (("nvidia.com/gpu.present", "true"),)
+    tolerations: tuple[dict, ...] = (
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+    )
+    service_account: str | None = None
+    s3_secret: str | None = None
+    run_as_user: int = 1000
+
+    def env(self) -> list[dict]:
+        """Environment variables: S3 credentials from the Secret, by reference."""
+        if not self.s3_secret:
+            return []
+        return [
+            {
+                "name": key,
+                "valueFrom": {"secretKeyRef": {"name": self.s3_secret, "key": key}},
+            }
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+        ]
+
+    def resources(self) -> dict:
+        """GPU limits (nothing on CPU-only runs)."""
+        return {"limits": {"nvidia.com/gpu": str(self.gpus)}} if self.gpus else {}
+
+    def security_context(self) -> dict:
+        """Run as a non-root user."""
+        return {"runAsNonRoot": True, "runAsUser": self.run_as_user}
+
+    def gpu_pool(self) -> dict:
+        """Node selector and tolerations of the GPU pool (none on CPU-only runs)."""
+        if not self.gpus:
+            return {}
+        pool = {}
+        if self.node_selector:
+            pool["nodeSelector"] = dict(self.node_selector)
+        if self.tolerations:
+            pool["tolerations"] = [dict(t) for t in self.tolerations]
+        return pool

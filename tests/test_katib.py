@@ -1,0 +1,366 @@
+"""Tune's Katib backend: the Experiment (checked against the kubeflow package's typed Katib models),
+its trial command wired to the train command's flags, the train command's real stdout read the way
+Katib's StdOut collector reads it, and the create/wait logic against a FAKE Kubernetes API server.
+"""
+
+import csv
+import json
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+import yaml
+from fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_kubernetes_server
+
+from invmon import katib
+from invmon.cli import build_parser, main
+from invmon.cluster import PodPlacement
+from invmon.train import TrainConfig
+from invmon.tune import ALGORITHMS, Parameter, SearchSpec, default_parameters
+
+# Katib's default StdOut metrics collector filter (BRIEF section 5).
+KATIB_FILTER = re.compile(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)")
+RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+SETTINGS = katib.TrialSettings(
+    data="s3://ml-data/shards",
+    image="registry.example.com/invmon-train:1",
+    namespace="team-a",
+    endpoint_url="http://minio.kubeflow:9000",
+    placement=PodPlacement(gpus=2, s3_secret="invmon-s3", service_account="trainer"),
+)
+
+
+def katib_collect(log_text: str, metrics: list[str]) -> list[tuple[str, str, str]]:
+    """Katib's text-format collector (file-metricscollector.go, parseLogsInTextFormat) in Python:
+    lines mentioning a metric name, an optional leading RFC 3339 timestamp, then every match of
+    the default filter whose name is one of ``metrics``. Returns (timestamp, name, value)."""
+    found = []
+    for line in log_text.split("\n"):
+        if not any(m in line for m in metrics):
+            continue
+        first, _, _ = line.partition(" ")
+        stamp = first if RFC3339.fullmatch(first) else "0001-01-01T00:00:00Z"
+        for match in KATIB_FILTER.finditer(line):
+            name, value = match.group(1).strip(), match.group(2).strip()
+            if name in metrics:
+                found.append((stamp, name, value))
+    return found
+
+
+def substitute(command: list[str], values: dict) -> list[str]:
+    """What Katib does to the trial template: replace ${trialParameters.NAME}."""
+    text = shlex.join(command)
+    for name, value in values.items():
+        text = text.replace(f"${{trialParameters.{name}}}", str(value))
+    return shlex.split(text)
+
+
+def parsed_train_config(command: list[str]) -> TrainConfig:
+    """The TrainConfig the real ``invmon train`` parser builds from a trial's command."""
+    from invmon.cli import _train_config
+
+    assert command[:2] == ["invmon", "train"]
+    return _train_config(build_parser().parse_args(command[1:]))
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize(("objective", "stopping"), [("accuracy", "median"), ("val_loss", "none")])
+def test_experiment_is_accepted_by_the_typed_katib_models(algorithm, objective, stopping):
+    spec = SearchSpec(
+        parameters=default_parameters(8),
+        algorithm=algorithm,
+        objective_metric=objective,
+        early_stopping=stopping,
+        max_trials=12,
+        parallel_trials=3,
+        max_failed_trials=2,
+    )
+    manifest = katib.render_experiment("counts-search", spec, TrainConfig(), SETTINGS)
+    experiment = katib.check_experiment(manifest)
+    s = experiment.spec
+    assert (manifest["apiVersion"], manifest["kind"]) == ("kubeflow.org/v1beta1", "Experiment")
+    assert s.algorithm.algorithm_name == algorithm
+    assert (s.max_trial_count, s.parallel_trial_count, s.max_failed_trial_count) == (12, 3, 2)
+    assert s.objective.objective_metric_name == objective
+    assert s.objective.type == ("maximize" if objective == "accuracy" else "minimize")
+    assert s.metrics_collector_spec.collector.kind == "StdOut"
+    assert (s.early_stopping is not None) == (stopping == "median")
+    if stopping == "median":
+        assert s.early_stopping.algorithm_name == "medianstop"
+    assert {p.name for p in s.parameters} == {"lr", "batch_size", "epochs"}
+    # The same dict comes back out of the typed models: nothing was dropped or renamed.
+    assert experiment.to_dict() == manifest
+
+
+def test_trial_parameters_are_wired_to_the_train_commands_flags():
+    spec = SearchSpec(
+        parameters=[
+            *default_parameters(6),
+            Parameter("label_smoothing", "double", 0.0, 0.2),
+            Parameter("weight_decay", "double", 1e-6, 1e-3, log_scale=True),
+        ],
+        algorithm="tpe",
+    )
+    base = TrainConfig(class_weights="balanced", early_stopping_patience=2, seed=7)
+    manifest = katib.render_experiment("wired", spec, base, SETTINGS)
+    template = manifest["spec"]["trialTemplate"]
+    container = template["trialSpec"]["spec"]["template"]["spec"]["containers"][0]
+    assert template["primaryContainerName"] == container["name"]
+    assert {p["name"] for p in template["trialParameters"]} == {p.name for p in spec.parameters}
+    values = {
+        "lr": "0.00123",
+        "batch_size": "64",
+        "epochs": "5",
+        "label_smoothing": "0.05",
+        "weight_decay": "0.0001",
+    }
+    config = parsed_train_config(substitute(container["command"], values))
+    assert config == base.replace(
+        lr=0.00123, batch_size=64, epochs=5, label_smoothing=0.05, weight_decay=0.0001
+    )
+    args = build_parser().parse_args(substitute(container["command"], values)[1:])
+    assert args.data == SETTINGS.data and args.endpoint_url == SETTINGS.endpoint_url
+
+
+def test_trial_pod_runs_non_root_on_the_gpu_pool_with_credentials_by_reference():
+    manifest = katib.render_experiment("pods", SearchSpec(), TrainConfig(), SETTINGS)
+    job = manifest["spec"]["trialTemplate"]["trialSpec"]
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == SETTINGS.image
+    assert container["resources"] == {"limits": {"nvidia.com/gpu": "2"}}
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["serviceAccountName"] == "trainer"
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]}
+    assert refs == {"AWS_ACCESS_KEY_ID": "invmon-s3", "AWS_SECRET_ACCESS_KEY": "invmon-s3"}
+    assert job["spec"]["backoffLimit"] == 0
+
+
+def test_grid_tries_the_same_points_as_the_local_grid():
+    spec = SearchSpec(parameters=default_parameters(10), algorithm="grid")
+    manifest = katib.render_experiment("grid", spec, TrainConfig(), SETTINGS)
+    spaces = {p["name"]: p["feasibleSpace"]["list"] for p in manifest["spec"]["parameters"]}
+    for parameter in spec.parameters:
+        assert [parameter.parse(v) for v in spaces[parameter.name]] == pytest.approx(
+            parameter.grid()
+        )
+
+
+def test_a_misspelt_field_is_refused_naming_it():
+    manifest = katib.render_experiment("typo", SearchSpec(), TrainConfig(), SETTINGS)
+    manifest["spec"]["maxTrialCounts"] = 3
+    with pytest.raises(ValueError, match=r"\$\.spec\.maxTrialCounts: not a field"):
+        katib.check_experiment(manifest)
+    manifest = katib.render_experiment("typo", SearchSpec(), TrainConfig(), SETTINGS)
+    manifest["spec"]["objective"]["metricStrategies"][0]["strategy"] = "max"
+    with pytest.raises(ValueError, match="metricStrategies"):
+        katib.check_experiment(manifest)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"data": "/local/shards"}, "s3://"),
+        ({"name": "Bad_Name"}, "experiment name"),
+        ({"early_stopping": "hyperband"}, "hyperband"),
+    ],
+)
+def test_bad_settings_are_named(change, message):
+    with pytest.raises(ValueError, match=message):
+        settings = katib.TrialSettings(data=change.get("data", SETTINGS.data))
+        spec = SearchSpec(early_stopping=change.get("early_stopping", "none"))
+        katib.render_experiment(change.get("name", "ok"), spec, TrainConfig(), settings)
+
+
+def test_dry_run_prints_the_experiment_yaml(capsys):
+    code = main(
+        [
+            "tune",
+            "--backend",
+            "katib",
+            "--dry-run",
+            "--data",
+            "s3://ml-data/shards",
+            "--out",
+            "unused",
+            "--trials",
+            "6",
+            "--algorithm",
+            "bayesianoptimization",
+            "--early-stopping",
+            "median",
+            "--label-smoothing",
+            "0.1",
+        ]
+    )
+    assert code == 0
+    manifest = yaml.safe_load(capsys.readouterr().out)
+    experiment = katib.check_experiment(manifest)
+    assert experiment.spec.max_trial_count == 6
+    command = experiment.spec.trial_template.trial_spec["spec"]["template"]["spec"]["containers"]
+    config = parsed_train_config(
+        substitute(command[0]["command"], {"lr": "0.001", "batch_size": "32", "epochs": "4"})
+    )
+    assert config.label_smoothing == 0.1 and config.epochs == 4
+
+
+# -- the train command's stdout, as Katib's collector reads it --------------------------------
+
+
+def test_train_stdout_yields_the_metrics_katib_collects(shards_dir, tmp_path):
+    """Run the real ``invmon train`` and read its combined stdout/stderr (Katib's sidecar writes
+    both to one file) with Katib's collector logic and default filter."""
+    out = tmp_path / "model"
+    command = ["train", "--data", str(shards_dir), "--out", str(out), "--epochs", "2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "invmon.cli", *command, "--batch-size", "32", "--device", "cpu"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout
+    history = json.loads((out / "history.json").read_text())["history"]
+    metrics = ["accuracy", "val_loss", "loss", "epoch"]
+    collected = katib_collect(result.stdout, metrics)
+    by_name = {m: [float(v) for _, n, v in collected if n == m] for m in metrics}
+    assert by_name["epoch"] == [1, 2]
+    assert by_name["accuracy"] == pytest.approx([e["accuracy"] for e in history], abs=1e-4)
+    assert by_name["val_loss"] == pytest.approx([e["val_loss"] for e in history], abs=1e-4)
+    assert by_name["loss"] == pytest.approx([e["loss"] for e in history], abs=1e-4)
+    # Every observation carries the line's own timestamp (medianstop orders by it).
+    assert all(stamp != "0001-01-01T00:00:00Z" for stamp, _, _ in collected)
+
+
+# -- create and wait, against a FAKE Kubernetes API server -------------------------------------
+
+
+def _experiment(spec: SearchSpec) -> dict:
+    return katib.render_experiment("search-1", spec, TrainConfig(), SETTINGS)
+
+
+def _trial(name: str, state: str, lr: str, batch: str, epochs: str, accuracy: str, ran: str):
+    return {
+        "apiVersion": "kubeflow.org/v1beta1",
+        "kind": "Trial",
+        "metadata": {
+            "name": name,
+            "namespace": "team-a",
+            "labels": {katib.EXPERIMENT_LABEL: "search-1"},
+            "creationTimestamp": f"2026-01-05T10:0{name[-1]}:00Z",
+        },
+        "spec": {
+            "parameterAssignments": [
+                {"name": "lr", "value": lr},
+                {"name": "batch_size", "value": batch},
+                {"name": "epochs", "value": epochs},
+            ]
+        },
+        "status": {
+            "conditions": [{"type": state, "status": "True"}],
+            "observation": {
+                "metrics": [
+                    {"name": "accuracy", "latest": accuracy, "max": accuracy, "min": "0.2"},
+                    {"name": "epoch", "latest": ran, "max": ran, "min": "1"},
+                ]
+            },
+        },
+    }
+
+
+def _succeed_on_third_read(obj: dict, reads: int) -> None:
+    if reads == 1:
+        obj["status"] = {"conditions": [{"type": "Running", "status": "True"}], "trialsRunning": 2}
+    elif reads >= 3:
+        obj["status"] = {
+            "conditions": [
+                {"type": "Running", "status": "False"},
+                {"type": "Succeeded", "status": "True", "reason": "ExperimentMaxTrialsReached"},
+            ],
+            "trialsSucceeded": 2,
+            "trialsEarlyStopped": 1,
+            "currentOptimalTrial": {
+                "bestTrialName": "search-1-b",
+                "parameterAssignments": [
+                    {"name": "lr", "value": "0.0011"},
+                    {"name": "batch_size", "value": "32"},
+                    {"name": "epochs", "value": "6"},
+                ],
+                "observation": {
+                    "metrics": [{"name": "accuracy", "latest": "0.8", "max": "0.83", "min": "0.3"}]
+                },
+            },
+        }
+
+
+def test_wait_writes_best_json_in_the_local_backends_shape(tmp_path):
+    fake = FakeKubernetesApi(controller=_succeed_on_third_read)
+    fake.add("trials", _trial("search-1-a", "EarlyStopped", "0.002", "16", "8", "0.41", "2"))
+    fake.add("trials", _trial("search-1-b", "Succeeded", "0.0011", "32", "6", "0.83", "6"))
+    fake.add("trials", _trial("search-1-c", "Succeeded", "0.0004", "64", "5", "0.7", "5"))
+    spec = SearchSpec(parameters=default_parameters(8), early_stopping="median")
+    sleeps = []
+    with fake_kubernetes_server(fake) as url:
+        result = katib.run_experiment(
+            _experiment(spec), tmp_path, spec, api=custom_objects_api(url), sleep=sleeps.append
+        )
+    assert ("POST", "/apis/kubeflow.org/v1beta1/namespaces/team-a/experiments") in fake.requests
+    assert len(sleeps) == 2  # polled three times
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["parameters"] == {"lr": 0.0011, "batch_size": 32, "epochs": 6}
+    assert isinstance(best["parameters"]["batch_size"], int)
+    assert best["objective"] == {"metric": "accuracy", "value": 0.83}
+    assert result.trial_epochs == 2 + 6 + 5 and result.pruned == 1
+    with open(tmp_path / "trials.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["state"] for r in rows] == ["EarlyStopped", "Succeeded", "Succeeded"]
+    assert json.loads((tmp_path / "search_space.json").read_text())["maxTrialCount"] == 4
+
+
+def test_a_failed_experiment_raises_with_katibs_reason(tmp_path):
+    def fail(obj, reads):
+        obj["status"] = {
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "ExperimentMaxFailedTrialsReached",
+                    "message": "Experiment has failed because max failed count has reached",
+                }
+            ]
+        }
+
+    fake = FakeKubernetesApi(controller=fail)
+    spec = SearchSpec()
+    with fake_kubernetes_server(fake) as url, pytest.raises(RuntimeError) as err:
+        katib.run_experiment(_experiment(spec), tmp_path, spec, api=custom_objects_api(url))
+    assert "ExperimentMaxFailedTrialsReached" in str(err.value)
+    assert not (tmp_path / "best.json").exists()
+
+
+def test_waiting_times_out(tmp_path):
+    fake = FakeKubernetesApi(controller=lambda obj, reads: None)
+    spec = SearchSpec()
+    with fake_kubernetes_server(fake) as url, pytest.raises(TimeoutError, match="search-1"):
+        katib.run_experiment(
+            _experiment(spec), tmp_path, spec, api=custom_objects_api(url), timeout=0.2, poll=0.05
+        )
+
+
+def test_an_existing_experiment_is_followed_not_recreated(tmp_path):
+    """A retried tune task finds its Experiment already there and waits for it."""
+    fake = FakeKubernetesApi(controller=_succeed_on_third_read)
+    spec = SearchSpec(parameters=default_parameters(8))
+    manifest = _experiment(spec)
+    fake.add("experiments", json.loads(json.dumps(manifest)))
+    with fake_kubernetes_server(fake) as url:
+        result = katib.run_experiment(
+            manifest, tmp_path, spec, api=custom_objects_api(url), sleep=lambda s: None
+        )
+    assert result.best_parameters["epochs"] == 6
+    assert len([r for r in fake.requests if r[0] == "POST"]) == 1

@@ -1,0 +1,132 @@
+"""Multi-node training as a Kubeflow Trainer TrainJob: the rendering (checked against the kubeflow
+package's typed Trainer models) and the create/wait/fail logic against a FAKE Kubernetes API server.
+"""
+
+import pytest
+from fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_kubernetes_server
+
+from invmon import trainjob
+from invmon.cli import _train_config, build_parser
+from invmon.cluster import PodPlacement
+from invmon.train import TrainConfig
+
+SETTINGS = trainjob.TrainJobSettings(
+    name="train-run-7",
+    data="s3://ml-data/shards",
+    out="s3://ml-data/models/run-7",
+    image="registry.example.com/invmon-train:1",
+    namespace="team-a",
+    num_nodes=4,
+    endpoint_url="http://minio.kubeflow:9000",
+    placement=PodPlacement(gpus=8, s3_secret="invmon-s3"),
+)
+CONFIG = TrainConfig(lr=1e-3, batch_size=256, epochs=30, label_smoothing=0.1, weights="imagenet")
+
+
+def test_trainjob_is_accepted_by_the_typed_trainer_models():
+    manifest = trainjob.render_trainjob(CONFIG, SETTINGS)
+    job = trainjob.check_trainjob(manifest)
+    assert manifest["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    assert manifest["kind"] == "TrainJob"
+    assert job.spec.runtime_ref.name == "torch-distributed"
+    assert job.spec.trainer.num_nodes == 4 and job.spec.trainer.num_proc_per_node == 8
+    assert job.spec.trainer.image == SETTINGS.image
+    assert job.spec.trainer.resources_per_node.to_dict() == {"limits": {"nvidia.com/gpu": "8"}}
+    assert job.to_dict() == manifest
+
+
+def test_trainjob_runs_the_train_command_under_torchrun_with_the_recipe():
+    command = trainjob.render_trainjob(CONFIG, SETTINGS)["spec"]["trainer"]["command"]
+    assert command[:4] == ["torchrun", "--no-python", "invmon", "train"]
+    args = build_parser().parse_args(command[3:])
+    assert _train_config(args) == CONFIG
+    assert (args.data, args.out) == (SETTINGS.data, SETTINGS.out)
+    assert args.checkpoint == "s3://ml-data/models/run-7/checkpoint"  # a restarted node resumes
+    assert args.endpoint_url == SETTINGS.endpoint_url
+
+
+def test_nodes_run_non_root_on_the_gpu_pool_with_credentials_by_reference():
+    manifest = trainjob.render_trainjob(CONFIG, SETTINGS)
+    env = manifest["spec"]["trainer"]["env"]
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in env} == {"invmon-s3"}
+    (patch,) = manifest["spec"]["runtimePatches"]
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = node["template"]["spec"]["template"]["spec"]
+    assert node["name"] == "node"
+    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000}
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert pod["tolerations"][0]["effect"] == "NoSchedule"
+
+
+def test_a_misspelt_field_is_refused_naming_it():
+    manifest = trainjob.render_trainjob(CONFIG, SETTINGS)
+    manifest["spec"]["trainer"]["numNode"] = 2
+    with pytest.raises(ValueError, match=r"\$\.spec\.trainer\.numNode: not a field"):
+        trainjob.check_trainjob(manifest)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"data": "/mnt/shards"}, "s3://"),
+        ({"out": "model"}, "s3://"),
+        ({"num_nodes": 0}, "--num-nodes"),
+        ({"name": "Train Run"}, "name"),
+    ],
+)
+def test_bad_settings_are_named(change, message):
+    with pytest.raises(ValueError, match=message):
+        trainjob.TrainJobSettings(**{**SETTINGS.__dict__, **change})
+
+
+def test_global_batch_must_split_evenly_over_the_processes():
+    with pytest.raises(ValueError, match="--batch-size 100 is not divisible by the 32"):
+        trainjob.render_trainjob(CONFIG.replace(batch_size=100), SETTINGS)
+
+
+def _complete_on_second_read(obj: dict, reads: int) -> None:
+    kind = "Created" if reads == 1 else "Complete"
+    obj["status"] = {"conditions": [{"type": kind, "status": "True", "reason": kind}]}
+
+
+def test_run_creates_and_waits_until_complete():
+    fake = FakeKubernetesApi(controller=_complete_on_second_read)
+    manifest = trainjob.render_trainjob(CONFIG, SETTINGS)
+    with fake_kubernetes_server(fake) as url:
+        done = trainjob.run_trainjob(manifest, api=custom_objects_api(url), sleep=lambda s: None)
+    assert done["status"]["conditions"][0]["type"] == "Complete"
+    assert fake.requests[0] == (
+        "POST",
+        "/apis/trainer.kubeflow.org/v1alpha1/namespaces/team-a/trainjobs",
+    )
+    stored = fake.objects[("trainjobs", "team-a", "train-run-7")]
+    assert stored["spec"] == manifest["spec"]
+
+
+def test_a_failed_trainjob_fails_visibly():
+    def fail(obj, reads):
+        obj["status"] = {
+            "conditions": [
+                {
+                    "type": "Failed",
+                    "status": "True",
+                    "reason": "JobSetFailed",
+                    "message": "jobset failed: node-0 exited with code 1",
+                }
+            ]
+        }
+
+    fake = FakeKubernetesApi(controller=fail)
+    manifest = trainjob.render_trainjob(CONFIG, SETTINGS)
+    with fake_kubernetes_server(fake) as url, pytest.raises(RuntimeError) as err:
+        trainjob.run_trainjob(manifest, api=custom_objects_api(url))
+    assert "TrainJob team-a/train-run-7 failed: JobSetFailed" in str(err.value)
+    assert "node-0 exited with code 1" in str(err.value)
+
+
+def test_a_refused_create_is_an_error_naming_the_job():
+    fake = FakeKubernetesApi(forbidden_namespaces=("team-a",))
+    manifest = trainjob.render_trainjob(CONFIG, SETTINGS)
+    with fake_kubernetes_server(fake) as url, pytest.raises(RuntimeError) as err:
+        trainjob.run_trainjob(manifest, api=custom_objects_api(url))
+    assert "could not create TrainJob team-a/train-run-7: 403 Forbidden" in str(err.value)
