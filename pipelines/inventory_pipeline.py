@@ -6,7 +6,7 @@ registry and tag, GPU node pool); ``invmon compile`` compiles it to the YAML a K
 runs, and ``invmon run`` runs the very same function locally through ``kfp.local``.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from kfp import dsl, kubernetes
 
@@ -24,6 +24,8 @@ from invmon.components import (
 from invmon.images import DEFAULT_IMAGES, ImageSet
 
 PIPELINE_NAME = "inventory-monitoring"
+TUNE_BACKENDS = ("local", "katib")
+TRAIN_LAUNCHERS = ("local", "trainjob")
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,33 @@ class ClusterSettings:
     run_as_user: int = 1000
     caching: bool = True
     workspace: WorkspaceSettings | None = WorkspaceSettings()
+    # Where the search and the final training run. local: in the task itself, on a GPU node.
+    # katib / trainjob: the task creates a Katib Experiment / a Kubeflow Trainer TrainJob on the
+    # GPU pool and waits for it, without holding a GPU itself.
+    tune_backend: str = "local"
+    train_launcher: str = "local"
+
+    def __post_init__(self):
+        if self.tune_backend not in TUNE_BACKENDS:
+            raise ValueError(
+                f"--tune-backend must be one of {', '.join(TUNE_BACKENDS)}, "
+                f"got {self.tune_backend!r}"
+            )
+        if self.train_launcher not in TRAIN_LAUNCHERS:
+            raise ValueError(
+                f"--train-launcher must be one of {', '.join(TRAIN_LAUNCHERS)}, "
+                f"got {self.train_launcher!r}"
+            )
+
+    def pool(self) -> dict:
+        """The GPU pool's placement, as arguments of the tasks that create pods on it."""
+        return {
+            "train_image": self.images.image("train"),
+            "gpu_node_selector": dict(self.gpu_node_selector),
+            "gpu_tolerations": [
+                {k: v for k, v in asdict(t).items() if v is not None} for t in self.gpu_tolerations
+            ],
+        }
 
 
 def _configure(task, stage: str, settings: ClusterSettings, gpu: bool = False, name: str = ""):
@@ -122,8 +151,15 @@ def build_pipeline(settings: ClusterSettings | None = None):
         trials: int = 4,
         algorithm: str = "tpe",
         max_trial_epochs: int = 10,
+        trial_early_stopping: str = "none",
+        parallel_trials: int = 2,
         train_epochs: int = 0,
+        train_recipe: str = "default",
         weights: str = "none",
+        train_nodes: int = 1,
+        train_checkpoint: str = "",
+        artifact_endpoint_url: str = "",
+        cluster_s3_secret: str = "",
         deploy_target: str = "kserve",
         model_name: str = "bin-counter",
         namespace: str = "",
@@ -142,10 +178,21 @@ def build_pipeline(settings: ClusterSettings | None = None):
             seed: Seed of the split, the search and training.
             image_size: Side of the square model input, in pixels.
             trials: Hyperparameter-search trials.
-            algorithm: Search algorithm: random, tpe or grid.
+            algorithm: Search algorithm: random, grid, tpe, bayesianoptimization or cmaes.
             max_trial_epochs: Most epochs a search trial trains.
+            trial_early_stopping: Stop unpromising trials: none, median (Katib medianstop) or
+                hyperband (local search only).
+            parallel_trials: Trials at once (Katib search).
             train_epochs: Epochs of the final training (0 = the number the search chose).
+            train_recipe: default (warmup + cosine decay) or original (Adam, constant rate).
             weights: ResNet50 start: none, imagenet, or a path or s3:// URI of weights.
+            train_nodes: Nodes of the final training's TrainJob (when compiled for TrainJobs).
+            train_checkpoint: s3:// prefix for per-epoch checkpoints, so that a retried train
+                task resumes (empty: no checkpoint survives the pod).
+            artifact_endpoint_url: S3 endpoint of the artifact store for Katib trials and
+                TrainJob nodes (empty: AWS S3, or KFP's MinIO for minio:// artifacts).
+            cluster_s3_secret: Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY that Katib
+                trials and TrainJob nodes read artifacts with.
             deploy_target: kserve (InferenceService) or local (ModelServer on loopback).
             model_name: Name of the InferenceService and of the served model.
             namespace: Namespace of the InferenceService (empty: the pipeline's namespace).
@@ -201,23 +248,38 @@ def build_pipeline(settings: ClusterSettings | None = None):
                 trials=trials,
                 algorithm=algorithm,
                 max_epochs=max_trial_epochs,
+                early_stopping=trial_early_stopping,
                 seed=seed,
+                backend=settings.tune_backend,
+                parallel_trials=parallel_trials,
+                artifact_endpoint_url=artifact_endpoint_url,
+                s3_secret=cluster_s3_secret,
+                gpus=settings.gpus,
+                **settings.pool(),
             ),
             "tune",
             settings,
-            gpu=True,
+            gpu=settings.tune_backend == "local",
         )
         train_task = _configure(
             train(
                 shards=preprocess_task.outputs["shards"],
                 search=tune_task.outputs["search"],
                 epochs=train_epochs,
+                recipe=train_recipe,
                 weights=weights,
                 seed=seed,
+                checkpoint=train_checkpoint,
+                launcher=settings.train_launcher,
+                num_nodes=train_nodes,
+                gpus_per_node=settings.gpus,
+                artifact_endpoint_url=artifact_endpoint_url,
+                s3_secret=cluster_s3_secret,
+                **settings.pool(),
             ),
             "train",
             settings,
-            gpu=True,
+            gpu=settings.train_launcher == "local",
         )
         evaluate_task = _configure(
             evaluate(model=train_task.outputs["model"], shards=preprocess_task.outputs["shards"]),

@@ -187,3 +187,46 @@ def test_workspace_can_be_sized_or_compiled_out(tmp_path):
     plain = compile_pipeline(tmp_path / "b.yaml", settings_from("r", "t", workspace_size=""))
     text = plain.read_text()
     assert "workspace_path" not in text and "pipelineConfig" not in text
+
+
+def test_cluster_backends_create_pods_on_the_gpu_pool_without_holding_a_gpu(tmp_path):
+    """Compiled for Katib and TrainJobs, tune and train only create objects and wait: they ask
+    for no GPU themselves, and hand the GPU pool's placement to the pods they create."""
+    settings = settings_from(
+        "registry.local/ml",
+        "3.0",
+        [("pool", "h100")],
+        ["gpu=true:NoSchedule"],
+        gpus=8,
+        tune_backend="katib",
+        train_launcher="trainjob",
+    )
+    spec, platform = _documents(compile_pipeline(tmp_path / "p.yaml", settings))
+    executors = spec["deploymentSpec"]["executors"]
+    tasks = spec["root"]["dag"]["tasks"]
+    for stage, constant in (("tune", ("backend", "katib")), ("train", ("launcher", "trainjob"))):
+        assert "accelerator" not in executors[f"exec-{stage}"]["container"].get("resources", {})
+        assert "nodeSelector" not in platform[f"exec-{stage}"]
+        inputs = tasks[stage]["inputs"]["parameters"]
+        assert inputs[constant[0]]["runtimeValue"]["constant"] == constant[1]
+        assert (
+            inputs["train_image"]["runtimeValue"]["constant"]
+            == "registry.local/ml/invmon-train:3.0"
+        )
+        assert inputs["gpu_node_selector"]["runtimeValue"]["constant"] == {"pool": "h100"}
+        assert inputs["gpu_tolerations"]["runtimeValue"]["constant"] == [
+            {"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+        ]
+    assert tasks["train"]["inputs"]["parameters"]["gpus_per_node"]["runtimeValue"]["constant"] == 8
+
+
+def test_train_publishes_a_report_and_metrics(compiled):
+    spec, _ = _documents(compiled)
+    outputs = spec["components"]["comp-train"]["outputDefinitions"]["artifacts"]
+    assert outputs["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+
+
+def test_unknown_backend_is_named():
+    with pytest.raises(ValueError, match="--tune-backend must be one of local, katib"):
+        settings_from("r", "t", tune_backend="slurm")

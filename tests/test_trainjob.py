@@ -130,3 +130,49 @@ def test_a_refused_create_is_an_error_naming_the_job():
     with fake_kubernetes_server(fake) as url, pytest.raises(RuntimeError) as err:
         trainjob.run_trainjob(manifest, api=custom_objects_api(url))
     assert "could not create TrainJob team-a/train-run-7: 403 Forbidden" in str(err.value)
+
+
+def test_train_on_cluster_end_to_end_with_a_fake_trainer_controller(
+    shards_dir, s3_url, tmp_path, monkeypatch
+):
+    """The FAKE controller plays Kubeflow Trainer: it runs the TrainJob's own command (the
+    ``invmon train`` part; torchrun is what the runtime adds) against a real S3 server, then marks
+    the job Complete. train_on_cluster must then hand back a loadable model folder."""
+    from invmon.cli import main
+    from invmon.model import load_model
+    from invmon.s3 import make_client
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("INVMON_CACHE_DIR", str(tmp_path / "cache"))
+    client = make_client(s3_url)
+    client.create_bucket(Bucket="artifacts")
+    for path in shards_dir.rglob("*"):
+        if path.is_file():
+            client.upload_file(str(path), "artifacts", f"run/shards/{path.relative_to(shards_dir)}")
+
+    def trainer(obj, reads):
+        if reads == 1:
+            command = obj["spec"]["trainer"]["command"]
+            assert command[:3] == ["torchrun", "--no-python", "invmon"]
+            assert main(command[3:]) == 0
+            obj["status"] = {"conditions": [{"type": "Complete", "status": "True"}]}
+
+    fake = FakeKubernetesApi(controller=trainer)
+    config = TrainConfig(epochs=1, batch_size=32, device="cpu")
+    with fake_kubernetes_server(fake) as url:
+        trainjob.train_on_cluster(
+            "s3://artifacts/run/shards",
+            "s3://artifacts/run/model",
+            str(tmp_path / "model"),
+            config,
+            namespace="team-a",
+            placement=PodPlacement(gpus=0),
+            endpoint_url=s3_url,
+            api=custom_objects_api(url),
+            poll=0.01,
+        )
+    _model, model_config = load_model(tmp_path / "model")
+    assert model_config.training["epochs_run"] == 1
+    (name,) = [key[2] for key in fake.objects]
+    assert name.startswith("invmon-train-")

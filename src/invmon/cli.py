@@ -288,12 +288,12 @@ def _fraction(text: str) -> float:
 def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     """The training recipe's options, shared by train and tune (tune's trials train with them)."""
     from invmon.device import DEVICES
-    from invmon.train import CLASS_WEIGHTS, OPTIMIZERS, SCHEDULES, TRAIN_PRECISIONS
+    from invmon.train import CLASS_WEIGHTS, OPTIMIZERS, RECIPES, SCHEDULES, TRAIN_PRECISIONS
 
     g = p.add_argument_group("training recipe (explicit options override --params and --recipe)")
     g.add_argument(
         "--recipe",
-        choices=("default", "original"),
+        choices=RECIPES,
         default="default",
         help="default: warmup + cosine decay; original: the original project's Adam at a "
         "constant rate",
@@ -365,9 +365,16 @@ _RECIPE_FLAGS = (
 
 def _train_config(args, params: dict | None = None):
     """The TrainConfig the options describe: recipe, then --params, then explicit options."""
-    from invmon.train import TUNABLE, TrainConfig, original_recipe
+    from invmon.train import TUNABLE, recipe_config
 
-    base = TrainConfig(
+    explicit = {
+        name: getattr(args, name)
+        for name in dict.fromkeys((*TUNABLE, *_RECIPE_FLAGS))
+        if getattr(args, name, None) is not None
+    }
+    return recipe_config(
+        args.recipe,
+        {**(params or {}), **explicit},
         weights=args.weights,
         device=args.device,
         precision=args.precision,
@@ -376,14 +383,6 @@ def _train_config(args, params: dict | None = None):
         sync_batchnorm=args.sync_batchnorm,
         seed=args.seed,
     )
-    if args.recipe == "original":
-        base = original_recipe(base)
-    explicit = {
-        name: getattr(args, name)
-        for name in dict.fromkeys((*TUNABLE, *_RECIPE_FLAGS))
-        if getattr(args, name, None) is not None
-    }
-    return base.replace(**{**(params or {}), **explicit})
 
 
 def cmd_tune(args) -> None:
@@ -711,7 +710,21 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
         metavar="KEY[=VALUE]:EFFECT",
         help="taint of the GPU pool to tolerate (repeatable; default nvidia.com/gpu:NoSchedule)",
     )
-    p.add_argument("--gpus", type=_positive_int, default=1, help="GPUs for train and tune")
+    p.add_argument(
+        "--gpus", type=_positive_int, default=1, help="GPUs for train and tune (per node/trial)"
+    )
+    p.add_argument(
+        "--tune-backend",
+        choices=("local", "katib"),
+        default="local",
+        help="run the search in the tune task (local) or as a Katib Experiment (katib)",
+    )
+    p.add_argument(
+        "--train-launcher",
+        choices=("local", "trainjob"),
+        default="local",
+        help="train in the train task (local) or as a multi-node Kubeflow TrainJob (trainjob)",
+    )
     p.add_argument(
         "--no-cache",
         action="store_true",
@@ -753,6 +766,8 @@ def _cluster_settings(args):
         workspace_size="" if args.no_workspace else args.workspace_size,
         workspace_storage_class=args.workspace_storage_class,
         workspace_access_modes=args.workspace_access_mode,
+        tune_backend=args.tune_backend,
+        train_launcher=args.train_launcher,
     )
 
 

@@ -193,6 +193,22 @@ class PodPlacement:
     s3_secret: str | None = None
     run_as_user: int = 1000
 
+    @classmethod
+    def for_gpu_pool(
+        cls,
+        gpus: int,
+        node_selector: dict[str, str] | None = None,
+        tolerations: list[dict] | None = None,
+        s3_secret: str = "",
+    ) -> PodPlacement:
+        """From the pipeline's settings (empty values mean none)."""
+        return cls(
+            gpus=gpus,
+            node_selector=tuple((node_selector or {}).items()),
+            tolerations=tuple(dict(t) for t in tolerations or ()),
+            s3_secret=s3_secret or None,
+        )
+
     def env(self) -> list[dict]:
         """Environment variables: S3 credentials from the Secret, by reference."""
         if not self.s3_secret:
@@ -223,3 +239,31 @@ class PodPlacement:
         if self.tolerations:
             pool["tolerations"] = [dict(t) for t in self.tolerations]
         return pool
+
+
+# KFP's default artifact store is the MinIO service of the kubeflow namespace.
+KFP_MINIO_ENDPOINT = "http://minio-service.kubeflow:9000"
+
+
+def s3_location(uri: str, endpoint_url: str | None = None) -> tuple[str, str | None]:
+    """An artifact URI as the ``s3://`` location and endpoint that pods outside KFP can read.
+
+    KFP records artifacts on its default MinIO as ``minio://BUCKET/KEY``; that is S3 at MinIO's
+    endpoint. Other stores (``gs://``) cannot be read by the training image and are refused.
+    """
+    if uri.startswith("s3://"):
+        return uri, endpoint_url or None
+    if uri.startswith("minio://"):
+        return "s3://" + uri[len("minio://") :], endpoint_url or KFP_MINIO_ENDPOINT
+    raise ValueError(
+        f"artifact {uri!r} is not on S3 or MinIO: Katib trials and TrainJobs read and write "
+        "s3:// locations (set the pipeline root to an s3:// bucket)"
+    )
+
+
+def object_name(prefix: str, *parts: str) -> str:
+    """A stable name for an object created on behalf of a task (the same when it is retried)."""
+    import hashlib
+
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:10]
+    return f"{prefix}-{digest}"

@@ -41,6 +41,8 @@ def settings_from(
     workspace_size: str | None = None,
     workspace_storage_class: str = "",
     workspace_access_modes: list[str] | None = None,
+    tune_backend: str = "local",
+    train_launcher: str = "local",
 ):
     """Build ClusterSettings from command-line values; None keeps each default.
 
@@ -66,6 +68,8 @@ def settings_from(
         gpu_tolerations=tuple(parse_toleration(t) for t in tolerations)
         if tolerations
         else defaults.gpu_tolerations,
+        tune_backend=tune_backend,
+        train_launcher=train_launcher,
     )
 
 

@@ -336,3 +336,37 @@ def _trial_row(number: int, trial: dict, spec: SearchSpec) -> dict:
     for assignment in (trial.get("spec") or {}).get("parameterAssignments") or []:
         row[assignment["name"]] = spec.parameter(assignment["name"]).parse(assignment["value"])
     return row
+
+
+def tune_on_cluster(
+    data_uri: str,
+    out: str | Path,
+    spec: SearchSpec,
+    base: TrainConfig,
+    image: str = "",
+    namespace: str = "",
+    placement: cluster.PodPlacement | None = None,
+    endpoint_url: str | None = None,
+    name: str | None = None,
+    api=None,
+    timeout: float = 24 * 3600,
+    poll: float = 30.0,
+) -> TuneResult:
+    """Run the search as a Katib Experiment over the dataset at ``data_uri`` (an artifact URI on
+    S3 or KFP's MinIO) and write best.json, trials.csv and search_space.json to ``out``.
+
+    Without ``name``, the Experiment is named after ``out``, so a retried task follows the
+    Experiment it started instead of starting another. Empty ``image`` and ``namespace`` mean the
+    project's train image and this pod's namespace.
+    """
+    data, endpoint = cluster.s3_location(data_uri, endpoint_url)
+    settings = TrialSettings(
+        data=data,
+        image=image or default_image(),
+        namespace=namespace or cluster.current_namespace("kubeflow-user"),
+        endpoint_url=endpoint,
+        placement=placement or cluster.PodPlacement(),
+    )
+    name = name or cluster.object_name("invmon-tune", str(out), data)
+    manifest = render_experiment(name, spec, base, settings, seed=base.seed)
+    return run_experiment(manifest, out, spec, api=api, timeout=timeout, poll=poll)

@@ -207,6 +207,20 @@ def to_flags(config: TrainConfig, skip: tuple[str, ...] = ()) -> list[str]:
     return flags
 
 
+RECIPES = ("default", "original")
+
+
+def recipe_config(recipe: str, params: dict | None = None, **settings) -> TrainConfig:
+    """The config of ``recipe`` with run ``settings`` (weights, device, seed, ...) and then the
+    searched ``params`` applied."""
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    config = TrainConfig(**settings)
+    if recipe == "original":
+        config = original_recipe(config)
+    return config.replace(**(params or {}))
+
+
 def read_params(path: str | Path) -> dict:
     """Read a best-hyperparameters JSON (tune's output) and keep the tunable keys."""
     data = json.loads(Path(path).read_text())

@@ -84,3 +84,20 @@ def _summary_rows(history: list[dict], run: dict) -> list[list]:
 
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
+
+
+def summary_metrics(training: dict) -> dict[str, float]:
+    """The run's headline numbers for KFP's Metrics: best validation accuracy and its epoch,
+    final losses, throughput and time per epoch."""
+    history = training["history"]
+    run = training.get("run", {})
+    final = history[-1]
+    return {
+        "accuracy": round(float(run.get("best_accuracy", final["accuracy"])), 4),
+        "best_epoch": int(run.get("best_epoch", final["epoch"])),
+        "epochs_run": len(history),
+        "val_loss": round(float(final["val_loss"]), 4),
+        "loss": round(float(final["loss"]), 4),
+        "images_per_second": round(_mean([e["images_per_second"] for e in history]), 1),
+        "seconds_per_epoch": round(_mean([e["seconds"] for e in history]), 1),
+    }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from invmon import cluster
 from invmon.images import DEFAULT_IMAGES
@@ -185,3 +186,43 @@ def run_trainjob(
         f"TrainJob {namespace}/{name}",
         **waiting,
     )
+
+
+def train_on_cluster(
+    data_uri: str,
+    out_uri: str,
+    local_out: str,
+    config: TrainConfig,
+    image: str = "",
+    namespace: str = "",
+    num_nodes: int = 1,
+    placement: cluster.PodPlacement | None = None,
+    endpoint_url: str | None = None,
+    api=None,
+    timeout: float = 7 * 24 * 3600,
+    poll: float = 30.0,
+) -> dict:
+    """Train as a TrainJob that reads ``data_uri`` and writes the model to ``out_uri``, then copy
+    the model folder into ``local_out`` (the train component's output); return the TrainJob.
+
+    Artifact URIs from KFP's MinIO (``minio://``) are read as S3 at MinIO's endpoint. Empty
+    ``image`` and ``namespace`` mean the project's train image and this pod's namespace.
+    """
+    from invmon.s3 import S3Uri
+    from invmon.transfer import download_prefix
+
+    data, endpoint = cluster.s3_location(data_uri, endpoint_url)
+    out, _ = cluster.s3_location(out_uri, endpoint_url)
+    settings = TrainJobSettings(
+        name=cluster.object_name("invmon-train", out),
+        data=data,
+        out=out,
+        image=image or DEFAULT_IMAGES.image("train"),
+        namespace=namespace or cluster.current_namespace("kubeflow-user"),
+        num_nodes=num_nodes,
+        endpoint_url=endpoint,
+        placement=placement or cluster.PodPlacement(),
+    )
+    finished = run_trainjob(render_trainjob(config, settings), api, timeout=timeout, poll=poll)
+    download_prefix(S3Uri.parse(out), Path(local_out), endpoint)
+    return finished
