@@ -1,8 +1,9 @@
-"""Distributed data parallel on CPU with gloo: two processes under torchrun train like one process
-on the same global batch, and only rank 0 writes."""
+"""Distributed data parallel on CPU with gloo: N processes train like one process on the same
+global batches, only rank 0 writes, and the train command runs as it is under torchrun."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -12,16 +13,97 @@ from torch import nn
 
 from invmon import distributed
 from invmon.distributed import AllReduceBatchNorm2d
+from invmon.model import load_model
+from invmon.preprocess import preprocess
+from invmon.train import TrainConfig
+
+# fp64: in fp32, rounding alone moves some of ResNet50's gradients at initialisation by tens of
+# percent (measured), which would hide any real difference between one process and two.
+MECHANICS = TrainConfig(
+    epochs=2,
+    batch_size=16,
+    device="cpu",
+    precision="fp64",
+    class_weights="balanced",
+    label_smoothing=0.1,
+    seed=1,
+)
 
 
-def _train(out, *launcher):
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def same_global_batches(split, config, epoch, place, device):
+    """Each process's contiguous share of the global batches one process would train on."""
+    from invmon.data import LoaderOptions
+
+    options = LoaderOptions(
+        config.batch_size, shuffle=True, seed=config.seed * 1000 + epoch, drop_last=True
+    )
+    share = config.batch_size // place.world_size
+    rows = slice(place.rank * share, (place.rank + 1) * share)
+    return [(images[rows], targets[rows]) for images, targets in split.loader(options)]
+
+
+def _fit_worker(rank: int, world: int, port: int, shards: str, out: str):
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    from invmon import train
+
+    train.training_batches = same_global_batches
+    train.fit(shards, MECHANICS, out=out, quiet=True)
+
+
+@pytest.mark.slow
+def test_two_processes_compute_what_one_computes_on_the_same_global_batches(shards_dir, tmp_path):
+    """The whole fit (process group, DDP, synchronised batch norm, loss normalised by the global
+    batch's class weights, metrics summed over processes, evaluation shared out, rank 0 writing)
+    with the data order fixed to one process's global batches."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    for world, out in ((1, one), (2, two)):
+        torch.multiprocessing.spawn(
+            _fit_worker, args=(world, _free_port(), str(shards_dir), str(out)), nprocs=world
+        )
+    a = json.loads((one / "history.json").read_text())
+    b = json.loads((two / "history.json").read_text())
+    assert (a["run"]["processes"], b["run"]["processes"]) == (1, 2)
+    for x, y in zip(a["history"], b["history"], strict=True):
+        for metric in ("loss", "val_loss", "train_accuracy", "accuracy"):
+            assert y[metric] == pytest.approx(x[metric], rel=1e-6), metric
+    wa = torch.load(one / "weights.pt", weights_only=True)
+    wb = torch.load(two / "weights.pt", weights_only=True)
+    assert wa.keys() == wb.keys()  # a plain ResNet50 state dict, loadable by load_model
+    for name, tensor in wa.items():  # parameters and BN statistics, relative to their scale
+        scale = max(1.0, tensor.abs().max().item())
+        assert (tensor - wb[name]).abs().max().item() / scale < 1e-4, name
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+
+
+@pytest.fixture(scope="module")
+def small_shards(arranged_dir, tmp_path_factory):
+    """The test bins in shards of 10, so that two processes get shards of similar total size."""
+    out = tmp_path_factory.mktemp("small-shards")
+    preprocess(arranged_dir, out, image_size=32, shard_size=10, workers=1)
+    return out
+
+
+def _train(out, shards, *launcher):
     return [
         *launcher,
         "-m",
         "invmon.cli",
         "train",
         "--data",
-        "{shards}",
+        str(shards),
         "--out",
         str(out),
         "--epochs",
@@ -30,53 +112,44 @@ def _train(out, *launcher):
         "16",
         "--device",
         "cpu",
-        # fp64: in fp32, rounding alone moves some of ResNet50's gradients at initialisation by
-        # tens of percent (measured), which would hide any real difference.
-        "--precision",
-        "fp64",
         "--seed",
         "1",
     ]
 
 
 @pytest.mark.slow
-def test_two_processes_train_like_one_on_the_same_global_batch(shards_dir, tmp_path):
+def test_the_train_command_runs_under_torchrun(small_shards, tmp_path):
+    """torchrun with 2 processes (gloo): each reads its own shards; only rank 0 prints and
+    writes; the result is a model like one process's."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
-    single = [a.replace("{shards}", str(shards_dir)) for a in _train(one, sys.executable)]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    ddp = [
-        a.replace("{shards}", str(shards_dir))
-        for a in _train(two, *torchrun, "--nproc-per-node", "2")
-    ]
-    a = subprocess.run(single, capture_output=True, text=True, timeout=600, env=env)
-    b = subprocess.run(ddp, capture_output=True, text=True, timeout=600, env=env)
+    a = subprocess.run(
+        _train(one, small_shards, sys.executable), capture_output=True, text=True, env=env
+    )
+    b = subprocess.run(
+        _train(two, small_shards, *torchrun, "--nproc-per-node", "2"),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert a.returncode == 0, a.stderr
     assert b.returncode == 0, b.stderr
     assert "2 processes" in b.stderr
-
-    ha = json.loads((one / "history.json").read_text())
-    hb = json.loads((two / "history.json").read_text())
-    assert hb["run"]["processes"] == 2
-    for x, y in zip(ha["history"], hb["history"], strict=True):
-        assert y["loss"] == pytest.approx(x["loss"], rel=1e-6)
-        assert y["val_loss"] == pytest.approx(x["val_loss"], rel=1e-6)
-        assert y["train_accuracy"] == pytest.approx(x["train_accuracy"], abs=1e-9)
-        assert y["accuracy"] == pytest.approx(x["accuracy"], abs=1e-9)
-    wa = torch.load(one / "weights.pt", weights_only=True)
-    wb = torch.load(two / "weights.pt", weights_only=True)
-    assert wa.keys() == wb.keys()  # a plain ResNet50 state dict, loadable by load_model
-    for name, tensor in wa.items():  # parameters and BN statistics, relative to their scale
-        scale = max(1.0, tensor.abs().max().item())
-        assert (tensor - wb[name]).abs().max().item() / scale < 1e-4, name
-
-    # Only rank 0 printed and wrote: the same files, one metric line per epoch.
-    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     assert sum(" epoch=" in line for line in b.stdout.splitlines()) == 2
+    assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
+    ha = json.loads((one / "history.json").read_text())["history"]
+    hb = json.loads((two / "history.json").read_text())["history"]
+    # Other batches (each process reads its own shards), the same model at the start: the first
+    # epoch's loss is close; the strict comparison is the test above.
+    assert hb[0]["loss"] == pytest.approx(ha[0]["loss"], rel=0.25)
+    _model, config = load_model(two)
+    assert config.training["epochs_run"] == 2
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused(monkeypatch):
-    from invmon.train import TrainConfig, fit
+    from invmon.train import fit
 
     monkeypatch.setattr(
         distributed, "init", lambda device: distributed.Distributed(rank=0, world_size=3)

@@ -28,7 +28,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from torch import nn
 
 from invmon import distributed
 from invmon.checkpoint import CheckpointStore
-from invmon.data import DatasetIndex, ShardedSplit, augment
+from invmon.data import BatchLoader, DatasetIndex, LoaderOptions, ShardedSplit
 from invmon.device import PRECISIONS, autocast, grad_scaler, resolve_device, resolve_precision
 from invmon.model import ModelConfig, build_model, load_backbone_weights, save_model
 from invmon.transforms import normalize
@@ -414,7 +414,8 @@ def build_run(
     # parameters, and the optimizer must hold the ones that train.
     model = distributed.wrap(model, place, config.sync_batchnorm)
     optimizer = build_optimizer(model.parameters(), config)
-    scheduler = make_scheduler(optimizer, config, steps_per_epoch(train_split, config))
+    steps = steps_per_epoch(train_split, config, place, device)
+    scheduler = make_scheduler(optimizer, config, steps)
     if config.compile:
         model = torch.compile(model)
     loss_dtype = torch.float64 if config.precision == "fp64" else torch.float32
@@ -433,35 +434,60 @@ def build_run(
     )
 
 
-def steps_per_epoch(split: ShardedSplit, config: TrainConfig) -> int:
-    """Optimizer steps in one epoch (the last partial batch is dropped when there are several)."""
-    return max(1, len(split) // config.batch_size)
+def steps_per_epoch(
+    split: ShardedSplit,
+    config: TrainConfig,
+    place: distributed.Distributed | None = None,
+    device: torch.device | None = None,
+) -> int:
+    """Optimizer steps in one epoch, as the loader deals them out (the first epoch's count; later
+    epochs differ by at most one step when shards differ in size)."""
+    place = place or distributed.Distributed()
+    return max(1, len(training_batches(split, config, 1, place, device or torch.device("cpu"))))
 
 
 # -- the loop --------------------------------------------------------------------------------
 
 
 def training_batches(
-    split: ShardedSplit, config: TrainConfig, epoch: int, drop_last: bool
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The global training batches of ``epoch``: shuffled, augmented uint8 images and targets.
+    split: ShardedSplit,
+    config: TrainConfig,
+    epoch: int,
+    place: distributed.Distributed,
+    device: torch.device,
+) -> BatchLoader:
+    """This process's training batches of ``epoch``: shuffled, flipped uint8 images and targets.
 
-    This is the one place where training obtains its input. Every process draws the same global
-    batches (same seed) and takes its own share of each in :func:`local_share`.
+    This is the one place where training obtains its input. Each of N processes reads its own
+    shards (the data stage's loader deals them out) in batches of ``batch_size / N``, all with the
+    same number of steps; together they make the global batch.
     """
-    seed = config.seed * 1000 + epoch
-    generator = torch.Generator().manual_seed(seed)
-    batches = split.batches(config.batch_size, shuffle=True, seed=seed, drop_last=drop_last)
-    for images, targets in batches:
-        yield augment(images, generator), targets
+    options = LoaderOptions.for_device(
+        device,
+        batch_size=config.batch_size // place.world_size,
+        shuffle=True,
+        seed=config.seed * 1000 + epoch,
+        # Equal batches in every process; a lone partial batch only when it is the only one.
+        drop_last=place.enabled or len(split) > config.batch_size,
+        augment=True,
+        rank=place.rank,
+        world_size=place.world_size,
+    )
+    return split.loader(options)
 
 
-def local_share(batch: torch.Tensor, place: distributed.Distributed) -> torch.Tensor:
-    """This process's contiguous share of a global batch (all of it in a single process)."""
-    if not place.enabled:
-        return batch
-    size = len(batch) // place.world_size
-    return batch[place.rank * size : (place.rank + 1) * size]
+def global_denominator(
+    targets: torch.Tensor, weight: torch.Tensor | None, place: distributed.Distributed
+) -> torch.Tensor | int:
+    """What the global batch's summed per-image losses are divided by: its size, or the total of
+    its class weights (which needs the other processes' targets, hence an all-reduce)."""
+    if weight is None:
+        return len(targets) * place.world_size
+    local = weight[targets].sum()
+    if place.enabled:
+        local = local.clone()
+        torch.distributed.all_reduce(local)
+    return local
 
 
 def train_one_epoch(
@@ -479,17 +505,13 @@ def train_one_epoch(
     weight_sum = torch.zeros_like(loss_sum)
     correct = torch.zeros((), dtype=torch.int64, device=run.device)
     seen = 0
-    drop_last = place.enabled or len(split) > config.batch_size
     start = time.perf_counter()
-    for images, targets in training_batches(split, config, epoch, drop_last):
-        # The loss is normalised by the weight total of the global batch, so that the gradient
-        # DDP averages over N processes is the gradient of the global batch's mean loss.
-        global_targets = targets.to(run.device, non_blocking=True)
-        denominator = (
-            run.weight[global_targets].sum() if run.weight is not None else len(global_targets)
-        )
-        images = local_share(images, place).to(run.device, non_blocking=True)
-        targets = local_share(global_targets, place)
+    for images, targets in training_batches(split, config, epoch, place, run.device):
+        images = images.to(run.device, non_blocking=True)
+        targets = targets.to(run.device, non_blocking=True)
+        # Normalised by the global batch, so that the gradient DDP averages over N processes is
+        # the gradient of the global batch's mean loss (CrossEntropyLoss's "mean", with weights).
+        denominator = global_denominator(targets, run.weight, place)
         inputs = normalize(images, preprocessing).to(run.input_dtype)
         if not config.channels_last:
             inputs = inputs.contiguous()
@@ -702,6 +724,12 @@ def _fit(
     quiet: bool,
 ) -> tuple[TrainResult, Run]:
     train_split, val_split = open_splits(index)
+    if len(training_batches(train_split, config, 1, place, device)) == 0:
+        raise ValueError(
+            f"the train split ({len(train_split)} images in {len(train_split.stems)} shards) "
+            f"gives no batch of {config.batch_size // place.world_size} to each of "
+            f"{place.world_size} processes: lower --batch-size or preprocess with smaller shards"
+        )
     run = build_run(config, index, train_split, device, place)
     progress = Progress()
     saved = store.load() if store is not None and resume else None
