@@ -230,3 +230,39 @@ def test_train_publishes_a_report_and_metrics(compiled):
 def test_unknown_backend_is_named():
     with pytest.raises(ValueError, match="--tune-backend must be one of local, katib"):
         settings_from("r", "t", tune_backend="slurm")
+
+
+@pytest.mark.parametrize(
+    "backends", [[], ["--tune-backend", "katib", "--train-launcher", "trainjob"]]
+)
+def test_compile_registry_and_tag_reach_the_katib_trials_and_the_trainjob(tmp_path, backends):
+    """`invmon compile --registry R --tag T` moves the image that tune hands to Katib's trial pods
+    and train hands to the TrainJob's nodes, as well as the tasks' own images; the image found in
+    the compiled YAML is the one the rendered Experiment and TrainJob run."""
+    from invmon import katib, trainjob
+    from invmon.cli import main
+    from invmon.train import TrainConfig
+    from invmon.tune import SearchSpec
+
+    out = tmp_path / "p.yaml"
+    argv = ["compile", "--registry", "cr.example.org/team", "--tag", "7.1", "--output", str(out)]
+    assert main([*argv, *backends]) == 0
+    spec, _ = _documents(out)
+    tasks = spec["root"]["dag"]["tasks"]
+    image = "cr.example.org/team/invmon-train:7.1"
+    for stage in ("tune", "train"):
+        assert tasks[stage]["inputs"]["parameters"]["train_image"]["runtimeValue"] == {
+            "constant": image
+        }
+        executor = spec["deploymentSpec"]["executors"][f"exec-{stage}"]["container"]
+        assert executor["image"].startswith("cr.example.org/team/invmon-")
+        assert executor["image"].endswith(":7.1")
+
+    settings = katib.TrialSettings(data="s3://b/shards", image=image)
+    experiment = katib.render_experiment("e", SearchSpec(), TrainConfig(), settings)
+    trial_pod = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
+    assert trial_pod["containers"][0]["image"] == image
+    job = trainjob.render_trainjob(
+        TrainConfig(), trainjob.TrainJobSettings("t", "s3://b/shards", "s3://b/model", image=image)
+    )
+    assert job["spec"]["trainer"]["image"] == image
