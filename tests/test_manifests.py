@@ -160,3 +160,72 @@ def test_no_secret_values_in_manifests():
         "serving.kserve.io/s3-usehttps",
         "serving.kserve.io/s3-region",
     } <= set(annotations)
+
+
+def _verbs_called(fake) -> set[tuple[str, str, str]]:
+    """(API group, resource, RBAC verb) of every request the fake API server received."""
+    from fake_kubernetes import _PATH
+
+    verbs = set()
+    for method, path in fake.requests:
+        match = _PATH.match(path)
+        verb = {"POST": "create", "GET": "get" if match["name"] else "list"}[method]
+        verbs.add((match["group"], match["plural"], verb))
+    return verbs
+
+
+def test_role_grants_exactly_the_custom_object_verbs_tune_and_train_call(tmp_path):
+    """Against the FAKE Kubernetes API (no real API server runs here): a Katib search (created,
+    then followed when a retried task finds it), and a TrainJob. The Role must allow every call,
+    and grant nothing more on these resources."""
+    import json
+
+    from fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_kubernetes_server
+    from test_katib import _experiment, _succeed_on_third_read, _trial
+    from test_trainjob import CONFIG, SETTINGS, _complete_on_second_read
+
+    from invmon import katib, trainjob
+    from invmon.tune import SearchSpec, default_parameters
+
+    called = set()
+    spec = SearchSpec(parameters=default_parameters(8))
+    for existing in (False, True):
+        fake = FakeKubernetesApi(controller=_succeed_on_third_read)
+        fake.add("trials", _trial("search-1-b", "Succeeded", "0.0011", "32", "6", "0.83", "6"))
+        if existing:
+            fake.add("experiments", json.loads(json.dumps(_experiment(spec))))
+        with fake_kubernetes_server(fake) as url:
+            katib.run_experiment(
+                _experiment(spec),
+                tmp_path / str(existing),
+                spec,
+                api=custom_objects_api(url),
+                sleep=lambda s: None,
+            )
+        called |= _verbs_called(fake)
+    fake = FakeKubernetesApi(controller=_complete_on_second_read)
+    with fake_kubernetes_server(fake) as url:
+        trainjob.run_trainjob(
+            trainjob.render_trainjob(CONFIG, SETTINGS),
+            api=custom_objects_api(url),
+            sleep=lambda s: None,
+        )
+    called |= _verbs_called(fake)
+
+    role = yaml.safe_load((MANIFESTS / "base" / "pipeline-role.yaml").read_text())
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+        if resource in ("experiments", "trials", "trainjobs")
+    }
+    assert called == granted
+    assert called == {
+        ("kubeflow.org", "experiments", "create"),
+        ("kubeflow.org", "experiments", "get"),
+        ("kubeflow.org", "trials", "list"),
+        ("trainer.kubeflow.org", "trainjobs", "create"),
+        ("trainer.kubeflow.org", "trainjobs", "get"),
+    }
