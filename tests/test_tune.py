@@ -121,6 +121,23 @@ def test_median_pruning_stops_trials_behind_the_median(shards_dir, tmp_path):
     assert result.best_value == max(completed)
 
 
+def test_median_pruning_waits_for_the_start_epoch(shards_dir, tmp_path):
+    """Katib's start_step: no trial is stopped before it has reported ``start_epoch`` epochs."""
+    spec = SearchSpec(
+        parameters=[Parameter("lr", "categorical", values=(1.0, 1e-12))],
+        algorithm="random",
+        max_trials=6,
+        early_stopping="median",
+        min_trials=1,
+        start_epoch=2,
+    )
+    result = tune(shards_dir, tmp_path, spec=spec, base=TrainConfig(device="cpu", epochs=3))
+    assert result.pruned >= 1
+    with open(tmp_path / "trials.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(int(r["trained_epochs"]) == 2 for r in rows if r["state"] == "PRUNED")
+
+
 def test_hyperband_pruner_runs(shards_dir, tmp_path):
     spec = SearchSpec(
         parameters=[Parameter("lr", "double", 1e-5, 1e-2, log_scale=True)],

@@ -265,9 +265,10 @@ def _pruner(spec: SearchSpec, max_epochs: int):
 
     if spec.early_stopping == "median":
         # Katib's medianstop: from start_epoch on, stop a trial whose best value so far is worse
-        # than the median of the earlier trials' values at the same epoch.
+        # than the median of the earlier trials' values at the same epoch. Epochs are reported
+        # as steps 1, 2, ...; Optuna prunes no step below n_warmup_steps.
         return optuna.pruners.MedianPruner(
-            n_startup_trials=spec.min_trials, n_warmup_steps=spec.start_epoch - 1
+            n_startup_trials=spec.min_trials, n_warmup_steps=spec.start_epoch
         )
     if spec.early_stopping == "hyperband":
         return optuna.pruners.HyperbandPruner(
