@@ -23,16 +23,21 @@ import urllib.request
 import warnings
 from pathlib import Path
 
-from invmon.predictor import DEFAULT_MODEL_NAME, Limits
+from invmon.predictor import DEFAULT_MODEL_NAME, Limits, ServingOptions
 
 log = logging.getLogger(__name__)
 
 
-def build_model(model_dir: str, name: str = DEFAULT_MODEL_NAME, device="auto", limits=None):
+def build_model(
+    model_dir: str,
+    name: str = DEFAULT_MODEL_NAME,
+    limits: Limits | None = None,
+    options: ServingOptions | None = None,
+):
     """Create and load the predictor for ``model_dir``."""
     from invmon.predictor import BinCounterModel
 
-    model = BinCounterModel(name, model_dir, device=device, limits=limits)
+    model = BinCounterModel(name, model_dir, limits=limits, options=options)
     model.load()
     return model
 
@@ -42,30 +47,56 @@ def _quiet_framework_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*ORJSONResponse is deprecated.*")
 
 
+def model_server(limits: Limits, **kwargs):
+    """KServe's ModelServer with the predictor's strict request decoding and request limits.
+
+    See :mod:`invmon.rest` for what the strict data plane corrects. The FastAPI app is KServe's own
+    (``kserve.model_server.app``); the error handler and the body-size guard are added to it
+    before the server starts.
+    """
+    import kserve
+    from kserve.model_server import app
+
+    from invmon.rest import BodySizeLimit, StrictDataPlane, install_error_handlers
+
+    _quiet_framework_warnings()
+    server = kserve.ModelServer(**kwargs)
+    server.dataplane = StrictDataPlane(model_registry=server.registered_models)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
+    return server
+
+
 def serve(
     model_dir: str,
     port: int = 8080,
     name: str = DEFAULT_MODEL_NAME,
-    device: str = "auto",
     limits: Limits | None = None,
+    options: ServingOptions | None = None,
 ) -> None:
     """Serve ``model_dir`` over HTTP (V1 and V2) until interrupted. gRPC stays off."""
-    import kserve
-
-    _quiet_framework_warnings()
-    model = build_model(model_dir, name, device, limits)
-    kserve.ModelServer(http_port=port, enable_grpc=False, workers=1).start([model])
+    limits = limits or Limits()
+    model = build_model(model_dir, name, limits, options)
+    model_server(limits, http_port=port, enable_grpc=False, workers=1).start([model])
 
 
 def _parser() -> argparse.ArgumentParser:
     from kserve.model_server import parser as kserve_parser
+
+    from invmon.device import DEVICES, PRECISIONS
 
     parser = argparse.ArgumentParser(
         description="Serve an inventory-monitoring model folder with KServe.",
         parents=[kserve_parser],
     )
     parser.add_argument("--model_dir", required=True, help="model folder written by invmon train")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (or cuda:N)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto runs bf16 where the device supports it natively",
+    )
     parser.add_argument(
         "--max_images",
         type=int,
@@ -78,18 +109,52 @@ def _parser() -> argparse.ArgumentParser:
         default=Limits.max_image_bytes,
         help="largest encoded image accepted, in bytes",
     )
+    parser.add_argument(
+        "--max_pixels",
+        type=int,
+        default=Limits.max_pixels,
+        help="largest image accepted, in pixels (checked before decoding)",
+    )
+    parser.add_argument(
+        "--max_batch_images",
+        type=int,
+        default=ServingOptions.max_batch_images,
+        help="most images run in one model batch when concurrent requests are grouped "
+        "(1 turns grouping off)",
+    )
+    parser.add_argument(
+        "--graph",
+        choices=("frozen", "eager"),
+        default="frozen",
+        help="run the model as a frozen TorchScript graph (faster) or in eager mode",
+    )
+    parser.add_argument(
+        "--decode_threads",
+        type=int,
+        default=ServingOptions.decode_threads,
+        help="threads decoding images (0: one per CPU core)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the serving image."""
-    import kserve
-
-    _quiet_framework_warnings()
-    args = _parser().parse_args(argv)
-    limits = Limits(max_images=args.max_images, max_image_bytes=args.max_image_bytes)
-    model = build_model(args.model_dir, args.model_name, args.device, limits)
-    kserve.ModelServer(
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        limits = Limits(args.max_images, args.max_image_bytes, args.max_pixels)
+        options = ServingOptions(
+            device=args.device,
+            precision=args.precision,
+            max_batch_images=args.max_batch_images,
+            decode_threads=args.decode_threads,
+            freeze=args.graph == "frozen",
+        )
+    except ValueError as err:
+        parser.error(str(err))
+    model = build_model(args.model_dir, args.model_name, limits, options)
+    model_server(
+        limits,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
         enable_grpc=args.enable_grpc,
@@ -126,8 +191,9 @@ class LocalServer:
         self.extra_args = extra_args or []
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> LocalServer:
-        command = [
+    def command(self) -> list[str]:
+        """The server's command line: the serving image's entry point."""
+        return [
             sys.executable,
             "-m",
             "invmon.serve",
@@ -143,7 +209,10 @@ class LocalServer:
             "false",
             *self.extra_args,
         ]
-        self.process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def __enter__(self) -> LocalServer:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.process = subprocess.Popen(self.command(), env=env)
         try:
             self._wait_ready()
         except BaseException:
@@ -180,10 +249,14 @@ class LocalServer:
         self.stop()
 
 
-def post_json(url: str, body: dict, timeout: float = 60.0) -> tuple[int, dict]:
+def post_json(
+    url: str, body, timeout: float = 60.0, headers: dict | None = None
+) -> tuple[int, dict]:
     """POST a JSON body; return (HTTP status, decoded JSON answer) for success and error alike."""
     request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
