@@ -1,17 +1,30 @@
-"""Deploy: the InferenceService manifest and the local ModelServer check."""
+"""Deploy: the InferenceService manifest, the rollout against a FAKE Kubernetes API, and the
+smoke requests against a real ModelServer.
+
+No Kubernetes API server can run here; ``FakeKubernetesApi`` (tests/fake_kserve_api.py) stands in
+for it, spoken to by the real ``kubernetes`` client. The service it reports Ready points at a real
+KServe ModelServer on loopback serving the model, so the smoke request is real HTTP.
+"""
 
 import pytest
+import torch
+from fake_kserve_api import Controller, FakeKubernetesApi
 from kserve import V1beta1InferenceService
 
 from invmon.deploy import (
+    DeployError,
     ServiceSpec,
     deploy_local,
     deploy_local_from_dataset,
+    deploy_to_cluster,
+    first_test_image,
     render_inference_service,
     storage_uri,
+    toleration,
 )
 from invmon.k8s import to_typed
-from invmon.model import ModelNotFound
+from invmon.model import ModelNotFound, build_model, read_config, save_model
+from invmon.serve import LocalServer
 
 
 def _typed(manifest: dict) -> V1beta1InferenceService:
@@ -60,6 +73,9 @@ def test_gpu_service_asks_for_a_gpu():
         ({"name": "Bad_Name"}, "--name"),
         ({"deployment_mode": "Serverless"}, "deployment mode"),
         ({"min_replicas": 3, "max_replicas": 2}, "replicas"),
+        ({"min_replicas": 0}, "scale to zero"),
+        ({"canary_traffic_percent": 10}, "needs --deployment-mode Knative"),
+        ({"canary_traffic_percent": 120, "deployment_mode": "Knative"}, "between 0 and 100"),
     ],
 )
 def test_bad_service_settings_are_named(kwargs, message):
@@ -85,3 +101,166 @@ def test_local_deploy_serves_and_checks_real_requests(model_dir, arranged_dir):
 def test_local_deploy_fails_loudly_on_a_broken_model_folder(tmp_path, raw_dir):
     with pytest.raises(ModelNotFound, match=r"config\.json"):
         deploy_local(tmp_path, raw_dir / "bin-images" / "00001.jpg")
+
+
+def test_gpu_pool_placement_is_rendered_and_typed():
+    spec = ServiceSpec(
+        model_uri="s3://m/x",
+        gpus=1,
+        node_selector={"nvidia.com/gpu.present": "true"},
+        tolerations=(toleration("nvidia.com/gpu:NoSchedule"),),
+        deployment_mode="Knative",
+        min_replicas=0,
+        max_replicas=4,
+    )
+    typed = _typed(render_inference_service(spec))
+    predictor = typed.spec.predictor
+    assert predictor.node_selector == {"nvidia.com/gpu.present": "true"}
+    assert predictor.tolerations[0].key == "nvidia.com/gpu"
+    assert predictor.tolerations[0].operator == "Exists"
+    assert predictor.min_replicas == 0 and predictor.max_replicas == 4
+    assert typed.metadata.annotations["serving.kserve.io/deploymentMode"] == "Knative"
+
+
+# -- rollout against the fake Kubernetes API ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def predictor_server(model_dir):
+    """The "predictor pod": a real ModelServer serving the model on loopback."""
+    with LocalServer(model_dir) as server:
+        yield server
+
+
+@pytest.fixture
+def smoke_image(arranged_dir) -> bytes:
+    return first_test_image(arranged_dir)[0].read_bytes()
+
+
+def _spec(**kwargs) -> ServiceSpec:
+    return ServiceSpec(namespace="team", model_uri="s3://models/bin-counter", **kwargs)
+
+
+def test_rollout_against_fake_api_creates_waits_and_smoke_tests(
+    predictor_server, model_dir, smoke_image
+):
+    with FakeKubernetesApi(Controller(url=predictor_server.url, ready_after=3)) as fake:
+        report = deploy_to_cluster(
+            _spec(), smoke_image, model_dir=model_dir, api=fake.client(), poll=0.01
+        )
+        stored = fake.objects[("team", "bin-counter")]
+    assert report.action == "created" and report.generation == 1
+    assert report.smoke.url == predictor_server.url
+    assert report.smoke.v1_count == report.smoke.v2_count == report.smoke.expected_count
+    assert report.smoke.max_probability_difference <= 0.05
+    env = stored["spec"]["predictor"]["containers"][0]["env"]
+    assert env == [{"name": "STORAGE_URI", "value": "s3://models/bin-counter"}]
+    polls = [r for r in fake.requests if r[0] == "GET"]
+    assert len(polls) == 3, "waited until the fake controller reported Ready"
+
+
+def test_update_replaces_the_spec_and_splits_traffic_in_knative_mode(
+    predictor_server, model_dir, smoke_image
+):
+    with FakeKubernetesApi(Controller(url=predictor_server.url, ready_after=1)) as fake:
+        api = fake.client()
+        first = deploy_to_cluster(
+            _spec(deployment_mode="Knative"), smoke_image, model_dir, api=api, poll=0.01
+        )
+        fake.objects[("team", "bin-counter")]["metadata"]["labels"]["owner"] = "ml-team"
+        second = deploy_to_cluster(
+            _spec(
+                deployment_mode="Knative",
+                canary_traffic_percent=10,
+                image="registry.example/invmon-serve:0.2.0",
+            ),
+            smoke_image,
+            model_dir,
+            api=api,
+            poll=0.01,
+        )
+        stored = fake.objects[("team", "bin-counter")]
+    assert (first.action, second.action) == ("created", "updated")
+    assert second.generation == 2 and second.canary_traffic_percent == 10
+    predictor = stored["spec"]["predictor"]
+    assert predictor["canaryTrafficPercent"] == 10
+    assert predictor["containers"][0]["image"] == "registry.example/invmon-serve:0.2.0"
+    assert stored["metadata"]["labels"]["owner"] == "ml-team", "labels others set are kept"
+    assert [r[0] for r in fake.requests].count("PATCH") == 1
+
+
+def test_an_update_removes_settings_dropped_from_the_manifest(predictor_server, smoke_image):
+    with FakeKubernetesApi(Controller(url=predictor_server.url, ready_after=0)) as fake:
+        api = fake.client()
+        gpu = _spec(
+            gpus=1,
+            node_selector={"pool": "a100"},
+            tolerations=(toleration("nvidia.com/gpu:NoSchedule"),),
+        )
+        deploy_to_cluster(gpu, smoke_image, api=api, poll=0.01)
+        deploy_to_cluster(_spec(), smoke_image, api=api, poll=0.01)
+        predictor = fake.objects[("team", "bin-counter")]["spec"]["predictor"]
+        patch = fake.patches[-1]["spec"]["predictor"]
+    assert "nodeSelector" not in predictor and "tolerations" not in predictor
+    assert patch["nodeSelector"] is None and patch["tolerations"] is None
+    assert "nvidia.com/gpu" not in predictor["containers"][0]["resources"]["limits"]
+
+
+def test_a_stale_update_is_a_conflict_and_is_retried(predictor_server, smoke_image):
+    """Someone changes the service between deploy's read and its patch: deploy reads again."""
+    with FakeKubernetesApi(Controller(url=predictor_server.url, ready_after=0)) as fake:
+        api = fake.client()
+        deploy_to_cluster(_spec(), smoke_image, api=api, poll=0.01)
+        get = api.get_namespaced_custom_object
+        calls = []
+
+        def get_then_someone_edits(*args):
+            obj = get(*args)
+            if not calls:  # another client's patch lands right after deploy's first read
+                api.patch_namespaced_custom_object(*args, {"metadata": {"labels": {"x": "1"}}})
+            calls.append(1)
+            return obj
+
+        api.get_namespaced_custom_object = get_then_someone_edits
+        report = deploy_to_cluster(_spec(image="r/invmon-serve:2"), smoke_image, api=api, poll=0.01)
+    assert report.action == "updated" and len(calls) >= 2
+    assert fake.objects[("team", "bin-counter")]["metadata"]["labels"]["x"] == "1"
+
+
+def test_a_service_that_never_becomes_ready_fails_with_its_conditions(smoke_image):
+    with (
+        FakeKubernetesApi(Controller(never_ready=True)) as fake,
+        pytest.raises(DeployError, match="not Ready after") as failure,
+    ):
+        deploy_to_cluster(_spec(), smoke_image, api=fake.client(), timeout=0.2, poll=0.01)
+    message = str(failure.value)
+    assert "ImagePullBackOff" in message and "PredictorReady=False" in message
+
+
+def test_a_model_that_fails_to_load_fails_at_once(smoke_image):
+    with FakeKubernetesApi(Controller(failed_load=True)) as fake:
+        with pytest.raises(DeployError, match="BlockedByFailedLoad"):
+            deploy_to_cluster(_spec(), smoke_image, api=fake.client(), timeout=60, poll=0.01)
+        assert len([r for r in fake.requests if r[0] == "GET"]) == 1
+
+
+def test_switching_deployment_mode_is_refused(smoke_image, predictor_server):
+    with FakeKubernetesApi(Controller(url=predictor_server.url, ready_after=0)) as fake:
+        api = fake.client()
+        deploy_to_cluster(_spec(), smoke_image, api=api, poll=0.01)
+        with pytest.raises(DeployError, match="cannot switch it to Knative"):
+            deploy_to_cluster(_spec(deployment_mode="Knative"), smoke_image, api=api, poll=0.01)
+
+
+def test_a_service_answering_with_another_model_fails_the_smoke_check(
+    tmp_path, model_dir, smoke_image
+):
+    torch.manual_seed(1)
+    config = read_config(model_dir)
+    other = save_model(build_model(config), config, tmp_path / "other")
+    with (
+        LocalServer(other) as wrong,
+        FakeKubernetesApi(Controller(url=wrong.url)) as fake,
+        pytest.raises(DeployError, match="differ from the in-process model"),
+    ):
+        deploy_to_cluster(_spec(), smoke_image, model_dir, api=fake.client(), poll=0.01)

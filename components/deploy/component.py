@@ -15,24 +15,60 @@ def deploy(
     namespace: str = "",
     serving_image: str = "",
     service_account: str = "invmon-s3",
+    deployment_mode: str = "Standard",
+    min_replicas: int = 1,
+    max_replicas: int = 2,
+    cpu: str = "1",
+    memory: str = "2Gi",
+    gpus: int = 0,
+    canary_traffic_percent: int = -1,
+    timeout: float = 600.0,
 ):
     """Roll the model out as a KServe InferenceService, or check it behind a local ModelServer.
 
+    On a cluster: create or update the InferenceService, wait until it is Ready (the step fails
+    with the service's conditions otherwise), then send a smoke request with a test image and
+    check the answer against the model run in this step.
+
     Args:
         model: The trained model folder.
-        arranged: The arranged dataset; a test image is sent as the smoke request.
+        arranged: The arranged dataset; its first test image is the smoke request.
         target: kserve (create or update the InferenceService) or local (serve on loopback).
         name: InferenceService and model name.
         namespace: Kubernetes namespace (empty: the pipeline's own namespace).
         serving_image: Predictor image (empty: the project's serving image).
         service_account: ServiceAccount whose Secret holds KServe's S3 settings.
+        deployment_mode: Standard (Kubernetes Deployment) or Knative (scale to zero, canary).
+        min_replicas: Fewest predictor replicas (0 needs Knative).
+        max_replicas: Most predictor replicas.
+        cpu: CPU request and limit per replica.
+        memory: Memory request and limit per replica.
+        gpus: GPUs per replica.
+        canary_traffic_percent: On update in Knative mode, traffic share of the new revision
+            (-1: all traffic).
+        timeout: Seconds to wait for the service to become Ready.
     """
     from invmon import deploy as stage
 
     if target == "local":
-        report = stage.deploy_local_from_dataset(model.path, arranged.path, name=name)
-        print(report)
-    elif target == "kserve":
-        print(stage.deploy_to_cluster(model.uri, name, namespace, serving_image, service_account))
-    else:
+        print(stage.deploy_local_from_dataset(model.path, arranged.path, name=name))
+        return
+    if target != "kserve":
         raise ValueError(f"target must be kserve or local, got {target!r}")
+    spec = stage.ServiceSpec(
+        name=name,
+        namespace=namespace or stage.current_namespace(),
+        model_uri=stage.storage_uri(model.uri),
+        image=serving_image or stage.DEFAULT_IMAGES.image("serve"),
+        service_account=service_account,
+        deployment_mode=deployment_mode,
+        min_replicas=min_replicas,
+        max_replicas=max_replicas,
+        cpu=cpu,
+        memory=memory,
+        gpus=gpus,
+        canary_traffic_percent=None if canary_traffic_percent < 0 else canary_traffic_percent,
+    )
+    image, _count = stage.first_test_image(arranged.path)
+    report = stage.deploy_to_cluster(spec, image.read_bytes(), model.path, timeout=timeout)
+    print(report.to_dict())
