@@ -6,6 +6,7 @@ plain function in :mod:`invmon`. KFP ships just the function body, so every impo
 """
 
 from invmon.components.arrange.component import arrange
+from invmon.components.audit.component import audit
 from invmon.components.deploy.component import deploy
 from invmon.components.evaluate.component import evaluate
 from invmon.components.ingest.component import ingest, merge_ingest, plan_ingest
@@ -15,6 +16,7 @@ from invmon.components.tune.component import tune
 
 __all__ = [
     "arrange",
+    "audit",
     "deploy",
     "evaluate",
     "ingest",

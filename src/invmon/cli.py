@@ -1,4 +1,5 @@
-"""The ``invmon`` command: one subcommand per pipeline stage, plus synth, serve, compile and run.
+"""The ``invmon`` command: one subcommand per pipeline stage, plus synth, serve, predict, audit,
+compile and run.
 
 Every subcommand is a thin shell over the stage's function: it parses typed options, calls the
 function, and prints a short result. Bad values end with a one-line error that names them.
@@ -586,31 +587,50 @@ def _evaluate_parser(sub) -> None:
 
 def cmd_deploy(args) -> None:
     from invmon import deploy
-    from invmon.images import DEFAULT_IMAGES
 
     if args.local:
         sample = args.sample or _synthetic_sample()
         _print_json(deploy.deploy_local(args.model_uri, sample, name=args.name).to_dict())
         return
-    spec = deploy.ServiceSpec(
+    spec = _service_spec(args)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(deploy.render_inference_service(spec), sort_keys=False), end="")
+        return
+    image = (
+        Path(args.sample).read_bytes() if args.sample else Path(_synthetic_sample()).read_bytes()
+    )
+    report = deploy.deploy_to_cluster(
+        spec,
+        image,
+        model_dir=args.model,
+        timeout=args.timeout,
+        smoke_url=args.smoke_url,
+        smoke_host=args.smoke_host,
+    )
+    _print_json(report.to_dict())
+
+
+def _service_spec(args):
+    from invmon import deploy
+    from invmon.images import DEFAULT_IMAGES
+
+    return deploy.ServiceSpec(
         name=args.name,
-        namespace=args.namespace,
-        model_uri=args.model_uri,
+        namespace=args.namespace or deploy.current_namespace(),
+        model_uri=deploy.storage_uri(args.model_uri),
         image=args.image or DEFAULT_IMAGES.image("serve"),
         service_account=args.service_account,
         deployment_mode=args.deployment_mode,
         min_replicas=args.min_replicas,
         max_replicas=args.max_replicas,
+        cpu=args.cpu,
+        memory=args.memory,
         gpus=args.gpus,
-    )
-    manifest = deploy.render_inference_service(spec)
-    if args.dry_run:
-        import yaml
-
-        print(yaml.safe_dump(manifest, sort_keys=False), end="")
-        return
-    print(
-        f"InferenceService {spec.namespace}/{spec.name} {deploy.apply_inference_service(manifest)}"
+        node_selector=dict(args.node_selector or []),
+        tolerations=tuple(deploy.toleration(t) for t in args.toleration or []),
+        canary_traffic_percent=args.canary_traffic_percent,
     )
 
 
@@ -625,15 +645,22 @@ def _synthetic_sample() -> str:
     return str(path)
 
 
+def _percent(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 100, got {value}")
+    return value
+
+
 def _deploy_parser(sub) -> None:
     from invmon.deploy import DEPLOYMENT_MODES
 
     p = sub.add_parser(
         "deploy",
-        help="render/apply the KServe InferenceService",
-        description="Render and apply a KServe InferenceService for the model "
-        "(--dry-run prints it), or with --local serve a model folder on loopback "
-        "and check real requests against it.",
+        help="create or update the KServe InferenceService, wait for Ready, smoke-test it",
+        description="Create or update a KServe InferenceService for the model, wait until it is "
+        "Ready (failing with its conditions otherwise) and check a smoke request. --dry-run "
+        "prints the manifest; --local serves a model folder on loopback instead.",
     )
     p.add_argument(
         "--model-uri",
@@ -641,7 +668,9 @@ def _deploy_parser(sub) -> None:
         help="s3:// URI of the model folder (with --local: a local model folder)",
     )
     p.add_argument("--name", default="bin-counter", help="service and model name")
-    p.add_argument("--namespace", default="kubeflow-user", help="Kubernetes namespace")
+    p.add_argument(
+        "--namespace", default="", help="Kubernetes namespace (default: this pod's, or default)"
+    )
     p.add_argument("--image", help="predictor image (default: the project's serving image)")
     p.add_argument(
         "--service-account",
@@ -651,24 +680,64 @@ def _deploy_parser(sub) -> None:
     p.add_argument("--deployment-mode", choices=DEPLOYMENT_MODES, default="Standard")
     p.add_argument("--min-replicas", type=_non_negative_int, default=1)
     p.add_argument("--max-replicas", type=_positive_int, default=2)
+    p.add_argument("--cpu", default="1", help="CPU request and limit per replica (default 1)")
+    p.add_argument("--memory", default="2Gi", help="memory request and limit (default 2Gi)")
     p.add_argument("--gpus", type=_non_negative_int, default=0, help="GPUs per replica")
+    p.add_argument(
+        "--node-selector",
+        type=_key_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="node label the predictor must run on (repeatable)",
+    )
+    p.add_argument(
+        "--toleration",
+        action="append",
+        metavar="KEY[=VALUE]:EFFECT",
+        help="node taint the predictor tolerates (repeatable)",
+    )
+    p.add_argument(
+        "--canary-traffic-percent",
+        type=_percent,
+        help="on update in Knative mode: share of traffic for the new revision",
+    )
+    p.add_argument("--timeout", type=_positive_float, default=600, help="seconds to wait for Ready")
+    p.add_argument("--model", help="local copy of the model folder: the smoke answer must match it")
+    p.add_argument("--smoke-url", help="URL for the smoke request (default: the service's own)")
+    p.add_argument("--smoke-host", help="Host header for the smoke request (ingress routing)")
     p.add_argument("--dry-run", action="store_true", help="print the manifest, apply nothing")
     p.add_argument(
         "--local",
         action="store_true",
         help="serve --model-uri (a folder) on loopback and send real requests",
     )
-    p.add_argument("--sample", help="image to send with --local (default: a synthetic bin)")
+    p.add_argument("--sample", help="image for the smoke request (default: a synthetic bin)")
     p.set_defaults(func=cmd_deploy)
 
 
 def cmd_serve(args) -> None:
+    from invmon.predictor import Limits, ServingOptions
     from invmon.serve import serve
 
-    serve(args.model, port=args.port, name=args.name, device=args.device)
+    serve(
+        args.model,
+        port=args.port,
+        name=args.name,
+        limits=Limits(max_images=args.max_images, max_image_bytes=args.max_image_bytes),
+        options=ServingOptions(
+            device=args.device, precision=args.precision, max_batch_images=args.max_batch_images
+        ),
+    )
 
 
 def _serve_parser(sub) -> None:
+    from invmon.device import PRECISIONS
+    from invmon.predictor import (
+        DEFAULT_MAX_BATCH_IMAGES,
+        DEFAULT_MAX_IMAGE_BYTES,
+        DEFAULT_MAX_IMAGES,
+    )
+
     p = sub.add_parser(
         "serve",
         help="serve a model folder with KServe until stopped",
@@ -679,7 +748,148 @@ def _serve_parser(sub) -> None:
     p.add_argument("--port", type=_positive_int, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--name", default="bin-counter", help="model name in URLs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="default auto")
+    p.add_argument(
+        "--max-images",
+        type=_positive_int,
+        default=DEFAULT_MAX_IMAGES,
+        help=f"most images in one request (default {DEFAULT_MAX_IMAGES})",
+    )
+    p.add_argument(
+        "--max-image-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        help=f"largest encoded image in bytes (default {DEFAULT_MAX_IMAGE_BYTES})",
+    )
+    p.add_argument(
+        "--max-batch-images",
+        type=_positive_int,
+        default=DEFAULT_MAX_BATCH_IMAGES,
+        help="most images per model batch when concurrent requests are grouped "
+        f"(default {DEFAULT_MAX_BATCH_IMAGES}; 1 turns grouping off)",
+    )
     p.set_defaults(func=cmd_serve)
+
+
+def cmd_predict(args) -> None:
+    from invmon.predict import PredictorClient, predict_all
+
+    images = {}
+    for path in args.images:
+        try:
+            images[path] = Path(path).read_bytes()
+        except OSError as err:
+            raise FileNotFoundError(f"cannot read image {path!r}: {err.strerror}") from None
+    client = PredictorClient(args.url, args.name, args.protocol, host=args.host)
+    report = predict_all(client, images, args.batch_size)
+    if args.json:
+        _print_json(
+            {
+                "answers": {k: vars(v) for k, v in report.answers.items()},
+                "failed": report.failed,
+            }
+        )
+    else:
+        for path in args.images:
+            if path in report.answers:
+                a = report.answers[path]
+                print(
+                    f"{path}\tcount {a.count}\tconfidence {a.confidence:.3f}\t"
+                    f"expected {a.expected_count:.2f}"
+                )
+            else:
+                print(f"{path}\trefused: {report.failed[path]}", file=sys.stderr)
+    if report.failed:
+        raise RuntimeError(f"{len(report.failed)} of {len(images)} images were refused")
+
+
+def _predict_parser(sub) -> None:
+    from invmon.predict import PROTOCOLS
+
+    p = sub.add_parser(
+        "predict",
+        help="count items in images with a running predictor",
+        description="Send images to a running predictor (invmon serve, or a KServe "
+        "InferenceService) and print the count per image.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG bin photos")
+    p.add_argument("--url", required=True, help="predictor base URL, e.g. http://localhost:8080")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="v2", help="default v2")
+    p.add_argument("--name", default="bin-counter", help="model name (default bin-counter)")
+    p.add_argument("--host", help="Host header (to reach a service through an ingress gateway)")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=16, help="images per request (default 16)"
+    )
+    p.add_argument("--json", action="store_true", help="print all answers as JSON")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_audit(args) -> None:
+    from invmon.audit import AuditConfig, audit
+
+    summary = audit(
+        args.source,
+        args.out,
+        model_dir=args.model,
+        url=args.url,
+        name=args.name,
+        endpoint_url=args.endpoint_url,
+        anonymous=args.anonymous,
+        labels=args.labels,
+        config=AuditConfig(
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            limit=args.limit,
+        ),
+        device=args.device,
+    )
+    skipped = sum(len(v) for v in summary.skipped.values())
+    line = (
+        f"audit: {summary.scored} bins scored, {summary.flagged} flagged as likely mismatches, "
+        f"{skipped} skipped, in {summary.seconds:.1f}s -> {args.out}"
+    )
+    if summary.quality and summary.quality.mismatched:
+        q = summary.quality
+        line += (
+            f"\nagainst the labels: {q.flagged_mismatched} of {q.mismatched} mismatched bins "
+            f"flagged (recall {q.recall}), precision {q.precision}"
+        )
+    print(line)
+
+
+def _audit_parser(sub) -> None:
+    from invmon.audit import DEFAULT_THRESHOLD
+
+    p = sub.add_parser(
+        "audit",
+        help="flag bins whose photo disagrees with their recorded count",
+        description="Score every bin of a source in ABID's layout with the model (in "
+        "process, or through a running predictor) and flag the bins whose recorded count the "
+        "model finds unlikely. Writes audit.csv, flagged.csv and summary.json.",
+    )
+    p.add_argument("--source", required=True, help="folder or s3://BUCKET[/PREFIX] in ABID layout")
+    _add_s3_options(p)
+    scorer = p.add_mutually_exclusive_group(required=True)
+    scorer.add_argument("--model", help="model folder: score in this process")
+    scorer.add_argument("--url", help="predictor base URL: score through it")
+    p.add_argument("--name", default="bin-counter", help="model name at --url")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="flag when the model gives the recorded count a probability below this "
+        f"(default {DEFAULT_THRESHOLD})",
+    )
+    p.add_argument(
+        "--labels", help="CSV of bin_id,true_count: report the flag's precision and recall"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="default 32")
+    p.add_argument("--workers", type=_positive_int, default=16, help="reading threads (default 16)")
+    p.add_argument("--limit", type=_non_negative_int, default=0, help="most bins (0 = all)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.set_defaults(func=cmd_audit)
 
 
 # -- pipeline --------------------------------------------------------------------------------
@@ -848,6 +1058,7 @@ def cmd_run(args) -> None:
         algorithm=args.algorithm,
         weights=args.weights,
         seed=args.seed,
+        min_accuracy=args.min_accuracy,
         out=args.out,
         synth_bins=args.synth_bins,
     )
@@ -855,6 +1066,8 @@ def cmd_run(args) -> None:
 
 
 def _run_parser(sub) -> None:
+    from invmon.run import DEFAULT_MIN_ACCURACY
+
     p = sub.add_parser(
         "run",
         help="run the whole pipeline locally (kfp.local)",
@@ -886,6 +1099,13 @@ def _run_parser(sub) -> None:
     p.add_argument("--weights", default="none", help="none, imagenet, a path or an s3:// URI")
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=DEFAULT_MIN_ACCURACY,
+        help="quality gate: deploy and audit only at this test accuracy or above "
+        f"(default {DEFAULT_MIN_ACCURACY})",
+    )
+    p.add_argument(
         "--synth-bins",
         type=_positive_int,
         default=3600,
@@ -907,6 +1127,8 @@ _PARSERS: list[Callable] = [
     _evaluate_parser,
     _deploy_parser,
     _serve_parser,
+    _predict_parser,
+    _audit_parser,
     _compile_parser,
     _submit_parser,
     _run_parser,

@@ -20,6 +20,7 @@ STAGE_IMAGES = {
     "tune": "train",
     "train": "train",
     "evaluate": "train",
+    "audit": "train",
     "deploy": "serve",
 }
 

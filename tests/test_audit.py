@@ -1,0 +1,173 @@
+"""Audit: scoring bins against their recorded counts (folder, S3 and through a server)."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from invmon import abid
+from invmon.arrange import arrange
+from invmon.audit import AuditConfig, audit, read_labels
+from invmon.cli import main
+from invmon.preprocess import preprocess
+from invmon.s3 import make_client
+from invmon.serve import LocalServer
+from invmon.synth import synthesize
+from invmon.train import TrainConfig, fit
+
+
+def altered_copy(raw: Path, out: Path, fraction: float, classes: list[int], seed: int) -> Path:
+    """Copy ``raw`` with the recorded count of ``fraction`` of the bins deliberately changed.
+
+    Returns labels.csv with every bin's true count (the count before the change).
+    """
+    rng = np.random.default_rng(seed)
+    shutil.copytree(raw, out)
+    rows = []
+    for path in sorted((out / abid.METADATA_DIR).glob("*.json")):
+        document = json.loads(path.read_text())
+        true = document["EXPECTED_QUANTITY"]
+        rows.append((path.stem, true))
+        if rng.random() < fraction:
+            document["EXPECTED_QUANTITY"] = int(rng.choice([c for c in classes if c != true]))
+            path.write_text(json.dumps(document))
+    labels = out.parent / f"{out.name}-labels.csv"
+    with open(labels, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["bin_id", "true_count"])
+        writer.writerows(rows)
+    return labels
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def broken_source(raw_dir, tmp_path_factory) -> Path:
+    """The synthetic bins plus one bin of each kind that cannot be scored."""
+    out = tmp_path_factory.mktemp("audit-src") / "raw"
+    shutil.copytree(raw_dir, out)
+    (out / "bin-images" / "00001.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (out / "metadata" / "00002.json").write_text("{not json")
+    (out / "bin-images" / "00003.jpg").unlink()
+    document = json.loads((out / "metadata" / "00004.json").read_text())
+    document["EXPECTED_QUANTITY"] = 9
+    (out / "metadata" / "00004.json").write_text(json.dumps(document))
+    return out
+
+
+def test_local_audit_scores_every_bin_and_reports_the_rest(broken_source, model_dir, tmp_path):
+    summary = audit(str(broken_source), tmp_path, model_dir=model_dir, config=AuditConfig())
+    assert summary.bins == 120
+    assert summary.skipped["image not scorable"].keys() == {"00001"}
+    assert summary.skipped["invalid metadata"].keys() == {"00002"}
+    assert summary.skipped["metadata without image"].keys() == {"00003"}
+    assert summary.skipped["recorded count outside the model's classes"].keys() == {"00004"}
+    assert summary.scored == 116
+    rows = _rows(tmp_path / "audit.csv")
+    assert len(rows) == 116 and {r["bin_id"] for r in rows}.isdisjoint({"00001", "00002"})
+    flagged = _rows(tmp_path / "flagged.csv")
+    assert len(flagged) == summary.flagged == sum(r["flagged"] == "True" for r in rows)
+    probabilities = [float(r["recorded_probability"]) for r in flagged]
+    assert probabilities == sorted(probabilities), "most suspicious first"
+    for r in rows:
+        assert (r["flagged"] == "True") == (float(r["recorded_probability"]) < 0.1)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["skipped_counts"]["invalid metadata"] == 1
+
+
+def test_audit_through_a_running_predictor_matches_local(raw_dir, model_dir, tmp_path):
+    local = audit(str(raw_dir), tmp_path / "local", model_dir=model_dir)
+    with LocalServer(model_dir) as server:
+        remote = audit(str(raw_dir), tmp_path / "remote", url=server.url)
+    assert (local.scored, remote.scored) == (120, 120)
+    a = {r["bin_id"]: float(r["recorded_probability"]) for r in _rows(tmp_path / "local/audit.csv")}
+    b = {
+        r["bin_id"]: float(r["recorded_probability"]) for r in _rows(tmp_path / "remote/audit.csv")
+    }
+    assert a.keys() == b.keys()
+    assert max(abs(a[k] - b[k]) for k in a) < 0.02
+
+
+def test_audit_reads_an_s3_prefix(raw_dir, model_dir, public_bucket, s3_url, tmp_path):
+    client = make_client(s3_url, anonymous=True)
+    for folder in ("bin-images", "metadata"):
+        for path in sorted((raw_dir / folder).iterdir())[:20]:
+            client.put_object(
+                Bucket=public_bucket, Key=f"site-a/{folder}/{path.name}", Body=path.read_bytes()
+            )
+    summary = audit(
+        f"s3://{public_bucket}/site-a",
+        tmp_path,
+        model_dir=model_dir,
+        endpoint_url=s3_url,
+        anonymous=True,
+    )
+    assert summary.bins == summary.scored == 20
+
+
+def test_bad_arguments_are_named(raw_dir, model_dir, tmp_path, capsys):
+    with pytest.raises(ValueError, match="exactly one of --model"):
+        audit(str(raw_dir), tmp_path)
+    with pytest.raises(FileNotFoundError, match="no metadata/ folder"):
+        audit(str(tmp_path), tmp_path / "out", model_dir=model_dir)
+    with pytest.raises(ValueError, match="--threshold"):
+        AuditConfig(threshold=1.5)
+    labels = tmp_path / "labels.csv"
+    labels.write_text("bin,count\n1,2\n")
+    with pytest.raises(ValueError, match="bin_id and true_count"):
+        read_labels(labels)
+    with pytest.raises(SystemExit) as exit_code:
+        main(["audit", "--source", str(raw_dir), "--out", str(tmp_path / "o")])
+    assert exit_code.value.code == 2
+    assert "one of the arguments --model --url is required" in capsys.readouterr().err
+
+
+# -- the acceptance case: deliberately altered records, a model that can count ---------------
+
+COUNTING_CLASSES = [0, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def counting_model(tmp_path_factory) -> Path:
+    """A model trained well enough to count 0-2 items in small synthetic photos."""
+    root = tmp_path_factory.mktemp("counting")
+    synthesize(str(root / "raw"), 480, seed=21, max_items=2, workers=1)
+    arrange(root / "raw", root / "arranged", classes="0-2", split="0.8,0.1,0.1", seed=0)
+    preprocess(root / "arranged", root / "shards", image_size=48, shard_size=256, workers=1)
+    config = TrainConfig(epochs=6, batch_size=32, lr=2e-3, device="cpu", seed=0)
+    fit(root / "shards", config, out=root / "model", quiet=True)
+    return root / "model"
+
+
+@pytest.mark.slow
+def test_audit_flags_most_deliberately_altered_bins(counting_model, tmp_path, capsys):
+    raw = tmp_path / "fresh"
+    synthesize(str(raw), 160, seed=99, max_items=2, workers=1)  # bins the model never saw
+    labels = altered_copy(raw, tmp_path / "altered", 0.25, COUNTING_CLASSES, seed=5)
+    code = main(
+        [
+            "audit",
+            "--source",
+            str(tmp_path / "altered"),
+            "--model",
+            str(counting_model),
+            "--labels",
+            str(labels),
+            "--out",
+            str(tmp_path / "audit"),
+        ]
+    )
+    assert code == 0
+    print(capsys.readouterr().out)
+    quality = json.loads((tmp_path / "audit" / "summary.json").read_text())["quality"]
+    # This small CPU-trained model counts 0-2 items right about 70 % of the time on new bins; it
+    # flagged 25 of 38 altered bins (recall 0.66) with precision 0.78 when this test was written.
+    assert quality["mismatched"] >= 25
+    assert quality["recall"] > 0.55, quality
+    assert quality["precision"] > 0.6, quality
