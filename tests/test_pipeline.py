@@ -266,3 +266,21 @@ def test_compile_registry_and_tag_reach_the_katib_trials_and_the_trainjob(tmp_pa
         TrainConfig(), trainjob.TrainJobSettings("t", "s3://b/shards", "s3://b/model", image=image)
     )
     assert job["spec"]["trainer"]["image"] == image
+
+
+def test_deploy_and_audit_run_only_behind_the_quality_gate(compiled):
+    spec, _ = _documents(compiled)
+    root = spec["root"]["dag"]["tasks"]
+    assert "deploy" not in root and "audit" not in root
+    release = root["release"]
+    accuracy = release["inputs"]["parameters"]["accuracy"]["taskOutputParameter"]
+    assert accuracy == {"producerTask": "evaluate", "outputParameterKey": "accuracy"}
+    tasks = spec["components"][release["componentRef"]["name"]]["dag"]["tasks"]
+    (gate,) = tasks.values()
+    assert gate["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--accuracy'] >= "
+        "inputs.parameter_values['pipelinechannel--min_accuracy']"
+    )
+    inner = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(inner) == {"deploy", "audit"}
+    assert spec["root"]["inputDefinitions"]["parameters"]["min_accuracy"]["defaultValue"] == 0.4

@@ -10,20 +10,21 @@ from invmon.run import RunOptions, format_summary, run_pipeline
 
 @pytest.mark.slow
 def test_local_run_completes_every_stage(tmp_path):
+    # min_accuracy 0: a one-epoch model must still pass the quality gate here.
     options = RunOptions(
-        synth_bins=150, epochs=1, trials=1, max_trial_epochs=1, image_size=32, out=str(tmp_path)
+        synth_bins=150,
+        epochs=1,
+        trials=1,
+        max_trial_epochs=1,
+        image_size=32,
+        min_accuracy=0.0,
+        out=str(tmp_path),
     )
     summary = run_pipeline(options)
     run = Path(summary.run_dir)
-    assert list(summary.stage_seconds) == [
-        "ingest",
-        "arrange",
-        "preprocess",
-        "tune",
-        "train",
-        "evaluate",
-        "deploy",
-    ]
+    stages = list(summary.stage_seconds)
+    assert stages[:6] == ["ingest", "arrange", "preprocess", "tune", "train", "evaluate"]
+    assert set(stages[6:]) == {"deploy", "audit"}, "both ran behind the passed quality gate"
     assert {"accuracy", "rmse", "baseline_accuracy"} <= set(summary.metrics)
     assert (run / "train" / "model" / "weights.pt").is_file()
     assert "<svg" in (run / "evaluate" / "report").read_text()
@@ -40,3 +41,23 @@ def test_local_run_completes_every_stage(tmp_path):
     # The raw bins lived in the run's workspace (now deleted); the arranged images are links.
     assert not any(run.rglob("bin-images"))
     assert sum(1 for _ in (run / "arrange" / "arranged").glob("*/*/*.jpg")) == 150
+    assert summary.audit["scored"] + summary.audit["skipped"] == 150
+    assert (run / "audit" / "results" / "audit.csv").is_file()
+    assert "bins flagged" in text
+
+
+@pytest.mark.slow
+def test_a_model_below_the_quality_gate_is_neither_deployed_nor_audited(tmp_path):
+    options = RunOptions(
+        synth_bins=60,
+        epochs=1,
+        trials=1,
+        max_trial_epochs=1,
+        image_size=32,
+        min_accuracy=1.01,
+        out=str(tmp_path),
+    )
+    summary = run_pipeline(options)
+    assert list(summary.stage_seconds)[-1] == "evaluate"
+    assert not (Path(summary.run_dir) / "deploy").exists()
+    assert "deploy and audit skipped" in format_summary(summary)

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 DEMO_BUCKET = "invmon-demo"
 DEMO_BINS = 3600
-TASKS = ("ingest", "arrange", "preprocess", "tune", "train", "evaluate", "deploy")
+TASKS = ("ingest", "arrange", "preprocess", "tune", "train", "evaluate", "deploy", "audit")
+DEFAULT_MIN_ACCURACY = 0.4
 # The kfp.local task folder that marks the end of each stage (ingest ends when its parts merge).
 _TASK_FOLDERS = {"ingest": "merge-ingest"}
 
@@ -46,6 +47,7 @@ class RunOptions:
     algorithm: str = "tpe"
     weights: str = "none"
     seed: int = 0
+    min_accuracy: float = DEFAULT_MIN_ACCURACY
     synth_bins: int = DEMO_BINS
     out: str = "runs"
 
@@ -70,6 +72,7 @@ class RunOptions:
             "max_trial_epochs": self.max_trial_epochs or (2 if embedded else 10),
             "train_epochs": self.epochs if self.epochs is not None else (10 if embedded else 0),
             "weights": self.weights,
+            "min_accuracy": self.min_accuracy,
             "deploy_target": "local",
         }
 
@@ -83,6 +86,8 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
+    min_accuracy: float | None = None
+    audit: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """Return a JSON-serialisable form."""
@@ -130,7 +135,9 @@ def run_pipeline(options: RunOptions) -> RunSummary:
             build_pipeline()(**options.pipeline_arguments())
     seconds = time.monotonic() - start
     (run_dir,) = set(root.iterdir()) - before
-    return summarize_run(run_dir, seconds, pipeline_start)
+    summary = summarize_run(run_dir, seconds, pipeline_start)
+    summary.min_accuracy = options.min_accuracy
+    return summary
 
 
 def summarize_run(run_dir: Path, seconds: float, pipeline_start: float) -> RunSummary:
@@ -150,12 +157,15 @@ def summarize_run(run_dir: Path, seconds: float, pipeline_start: float) -> RunSu
         summary.stage_seconds[task] = round(end - previous, 1)
         previous = end
     summary.metrics = _read_metadata(run_dir / "evaluate" / "executor_output.json", "metrics")
+    summary.audit = _read_metadata(run_dir / "audit" / "executor_output.json", "metrics")
     summary.artifacts = {
         "model": str(run_dir / "train" / "model"),
         "evaluation report": str(run_dir / "evaluate" / "report"),
         "search": str(run_dir / "tune" / "search"),
         "arranged data": str(run_dir / "arrange" / "arranged"),
     }
+    if summary.audit:
+        summary.artifacts["audit (flagged bins)"] = str(run_dir / "audit" / "results")
     return summary
 
 
@@ -179,6 +189,17 @@ def format_summary(summary: RunSummary) -> str:
             f"RMSE {m.get('rmse', float('nan')):.3f} "
             f"(baseline {m.get('baseline_rmse', float('nan')):.3f}), "
             f"off-by-one accuracy {m.get('off_by_one_accuracy', float('nan')):.3f}"
+        )
+    if "deploy" not in summary.stage_seconds and summary.min_accuracy is not None and m:
+        lines.append(
+            f"quality gate: accuracy below min_accuracy {summary.min_accuracy}; "
+            "deploy and audit skipped"
+        )
+    if summary.audit:
+        a = summary.audit
+        lines.append(
+            f"audit: {a.get('flagged', 0):.0f} of {a.get('scored', 0):.0f} bins flagged as likely "
+            "count mismatches"
         )
     lines += [f"  {name}: {path}" for name, path in summary.artifacts.items()]
     return "\n".join(lines)
