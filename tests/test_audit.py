@@ -83,7 +83,7 @@ def test_local_audit_scores_every_bin_and_reports_the_rest(broken_source, model_
 
 def test_audit_through_a_running_predictor_matches_local(raw_dir, model_dir, tmp_path):
     local = audit(str(raw_dir), tmp_path / "local", model_dir=model_dir)
-    with LocalServer(model_dir) as server:
+    with LocalServer(model_dir, extra_args=["--graph", "frozen"]) as server:
         remote = audit(str(raw_dir), tmp_path / "remote", url=server.url)
     assert (local.scored, remote.scored) == (120, 120)
     a = {r["bin_id"]: float(r["recorded_probability"]) for r in _rows(tmp_path / "local/audit.csv")}

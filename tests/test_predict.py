@@ -10,7 +10,7 @@ from invmon.serve import LocalServer
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    with LocalServer(model_dir) as running:
+    with LocalServer(model_dir, extra_args=["--graph", "frozen"]) as running:
         yield running
 
 

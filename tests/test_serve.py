@@ -30,6 +30,8 @@ MAX_PIXELS = 2_000_000
 @pytest.fixture(scope="module")
 def server(model_dir):
     limits = [
+        "--graph",
+        "frozen",  # the in-process reference below runs the same graph: answers agree exactly
         "--max_images",
         str(MAX_IMAGES),
         "--max_image_bytes",
@@ -389,8 +391,28 @@ def test_server_keeps_serving_after_bad_requests(server, images):
     assert status == 200
 
 
-def test_concurrent_requests_each_get_their_own_answer(server, raw_dir, counter):
+@pytest.fixture(scope="module")
+def default_server(model_dir):
+    """The predictor with its default settings (here: a TorchInductor-compiled graph)."""
+    with LocalServer(model_dir, name=NAME, startup_timeout=600) as running:
+        yield running
+
+
+def test_default_graph_choice():
+    import shutil
+
+    from invmon.inference import resolve_graph
+
+    expected = "compiled" if shutil.which("g++") else "frozen"
+    assert resolve_graph("auto", torch.device("cpu")) == expected
+    assert resolve_graph("auto", torch.device("cuda")) == "frozen"
+    with pytest.raises(ValueError, match="--graph must be one of"):
+        resolve_graph("jit", torch.device("cpu"))
+
+
+def test_concurrent_requests_each_get_their_own_answer(default_server, raw_dir, counter):
     """Requests grouped into one model batch are answered per request, in the right order."""
+    server = default_server
     bins = [(raw_dir / "bin-images" / f"{n:05d}.jpg").read_bytes() for n in range(1, 17)]
     expected = counter.predict_bytes(bins).probabilities
 

@@ -2,11 +2,16 @@
 
 A CNN on a CPU or GPU runs a batch of eight images in far less than eight times the time of one,
 so a predictor that answers concurrent clients one at a time wastes most of its hardware.
-:class:`ContinuousBatcher` runs one batch at a time on a dedicated thread. A request that arrives
-while the model is idle starts at once (no timer, so an idle server answers as fast as without
-batching); requests that arrive while a batch is running wait for it and then run together as the
-next batch. Under load, batches grow by themselves to what the arrival rate and the model's speed
-call for, up to ``max_batch_images``.
+:class:`ContinuousBatcher` runs one batch at a time on a dedicated thread. Requests that arrive
+while a batch is running wait for it and then run together as the next batch, so under load
+batches grow by themselves to what the arrival rate and the model's speed call for, up to
+``max_batch_images``.
+
+When the model is idle, a request starts at once unless other requests are already on their way
+(announced with :meth:`ContinuousBatcher.expect`, for example while their images are decoded):
+then the batcher waits for them, at most ``max_wait`` seconds. Without that, clients that all got
+their answers from one batch come back together, the first one to finish decoding runs alone, and
+batches alternate between one image and all the others. A lone request never waits.
 """
 
 from __future__ import annotations
@@ -57,23 +62,62 @@ class ContinuousBatcher(Generic[Item, Result]):
         run_batch: Callable[[Sequence[Item]], Sequence[Result]],
         size: Callable[[Item], int],
         max_batch_images: int = 32,
+        max_wait: float = 0.02,
     ):
         if max_batch_images < 1:
             raise ValueError(f"max_batch_images must be >= 1, got {max_batch_images}")
         self._run_batch, self._size = run_batch, size
-        self.max_batch_images = max_batch_images
+        self.max_batch_images, self.max_wait = max_batch_images, max_wait
         self._pending: deque[tuple[Item, asyncio.Future]] = deque()
+        self._expected = 0
+        self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.stats = BatchStats()
 
-    async def submit(self, item: Item) -> Result:
-        """Queue ``item`` and return its result once the batch holding it has run."""
+    def expect(self) -> None:
+        """Announce a request that will be submitted (or :meth:`cancel_expected`) soon."""
+        self._expected += 1
+
+    def cancel_expected(self) -> None:
+        """Withdraw an announcement: that request will not come (it was refused)."""
+        self._expected = max(0, self._expected - 1)
+        if self._arrived:
+            self._arrived.set()
+
+    async def submit(self, item: Item, expected: bool = False) -> Result:
+        """Queue ``item`` and return its result once the batch holding it has run.
+
+        ``expected`` says that :meth:`expect` announced this request.
+        """
+        if expected:
+            self._expected = max(0, self._expected - 1)
         future = asyncio.get_running_loop().create_future()
         self._pending.append((item, future))
+        if self._arrived:
+            self._arrived.set()
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
         return await future
+
+    def _queued_images(self) -> int:
+        return sum(self._size(item) for item, future in self._pending if not future.done())
+
+    async def _gather_expected(self) -> None:
+        """While requests are on their way and the batch is not full, wait a little for them."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait
+        while self._expected and self._queued_images() < self.max_batch_images:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._arrived = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+            finally:
+                self._arrived = None
 
     def _next_batch(self) -> list[tuple[Item, asyncio.Future]]:
         batch, images = [], 0
@@ -90,7 +134,11 @@ class ContinuousBatcher(Generic[Item, Result]):
 
     async def _drain(self) -> None:
         loop = asyncio.get_running_loop()
-        while batch := self._next_batch():
+        while True:
+            await self._gather_expected()
+            batch = self._next_batch()
+            if not batch:
+                return
             items = [item for item, _ in batch]
             self.stats.record(len(items), sum(self._size(i) for i in items))
             try:

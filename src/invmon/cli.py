@@ -725,13 +725,17 @@ def cmd_serve(args) -> None:
         name=args.name,
         limits=Limits(max_images=args.max_images, max_image_bytes=args.max_image_bytes),
         options=ServingOptions(
-            device=args.device, precision=args.precision, max_batch_images=args.max_batch_images
+            device=args.device,
+            precision=args.precision,
+            max_batch_images=args.max_batch_images,
+            graph=args.graph,
         ),
     )
 
 
 def _serve_parser(sub) -> None:
     from invmon.device import PRECISIONS
+    from invmon.inference import GRAPHS
     from invmon.predictor import (
         DEFAULT_MAX_BATCH_IMAGES,
         DEFAULT_MAX_IMAGE_BYTES,
@@ -749,6 +753,13 @@ def _serve_parser(sub) -> None:
     p.add_argument("--name", default="bin-counter", help="model name in URLs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--precision", choices=PRECISIONS, default="auto", help="default auto")
+    p.add_argument(
+        "--graph",
+        choices=GRAPHS,
+        default="auto",
+        help="how the model runs: auto (compiled on a CPU with a C++ compiler, else frozen), "
+        "compiled, frozen or eager",
+    )
     p.add_argument(
         "--max-images",
         type=_positive_int,

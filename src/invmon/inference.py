@@ -8,6 +8,8 @@ probabilities and expected counts.
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +43,31 @@ class Predictions:
         )
 
 
+GRAPHS = ("auto", "eager", "frozen", "compiled")
+
+
+def resolve_graph(name: str, device: torch.device) -> str:
+    """The graph mode for ``name`` on ``device``: ``auto`` compiles on a CPU with a C++ compiler."""
+    if name not in GRAPHS:
+        raise ValueError(f"--graph must be one of {', '.join(GRAPHS)}, got {name!r}")
+    if name != "auto":
+        return name
+    has_compiler = shutil.which(os.environ.get("CXX", "g++")) is not None
+    return "compiled" if device.type == "cpu" and has_compiler else "frozen"
+
+
+def compiled(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` compiled by TorchInductor for inference, weights frozen and prepacked.
+
+    The batch dimension is dynamic, so batches of any size share one compiled graph (batch size 1
+    gets its own); the first call of each compiles, so warm the model up before serving.
+    """
+    import torch._inductor.config as inductor
+
+    inductor.freezing = True
+    return torch.compile(model, dynamic=True)
+
+
 def frozen(model: torch.nn.Module, image_size: int, device: torch.device, dtype):
     """``model`` traced and frozen for inference at ``image_size`` in precision ``dtype``."""
     example = torch.zeros((2, 3, image_size, image_size), device=device)
@@ -65,18 +92,25 @@ class Counter:
         device: str = "auto",
         precision: str = "auto",
         freeze: bool = False,
+        graph: str | None = None,
     ) -> Counter:
         """Load the model folder written by train.
 
-        ``freeze`` turns the model into a frozen TorchScript graph for serving: batch norm folded
-        into the convolutions and convolution + ReLU fused by oneDNN, which on a CPU runs a batch
-        of ResNet50 about 1.3x faster than eager mode (measured in benchmarks/predictor.py).
+        ``graph`` says how the model runs (see :data:`GRAPHS`): ``eager``; ``frozen``, a frozen
+        TorchScript graph with batch norm folded into the convolutions and convolution + ReLU
+        fused by oneDNN; or ``compiled`` by TorchInductor with frozen, prepacked weights, the
+        fastest on a CPU but seconds to compile and needing a C++ compiler (``auto`` picks it
+        when one is there, else ``frozen``). ``freeze=True`` is ``graph="frozen"``. The figures
+        are in docs/benchmarks.md.
         """
         torch_device = resolve_device(device)
         model, config = load_model(model_dir, torch_device)
         dtype = resolve_precision(precision, torch_device)
-        if freeze:
+        graph = resolve_graph(graph or ("frozen" if freeze else "eager"), torch_device)
+        if graph == "frozen":
             model = frozen(model, config.preprocessing.image_size, torch_device, dtype)
+        elif graph == "compiled":
+            model = compiled(model)
         return cls(model, config, torch_device, dtype)
 
     @property

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 import math
 import os
 import uuid
@@ -34,6 +35,8 @@ from invmon.batching import ContinuousBatcher
 from invmon.inference import Counter, Predictions
 from invmon.rest import split_bytes_elements
 from invmon.transforms import DEFAULT_MAX_PIXELS, InvalidImage, prepare
+
+log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "bin-counter"
 DEFAULT_MAX_IMAGES = 64
@@ -69,7 +72,7 @@ class ServingOptions:
     precision: str = "auto"
     max_batch_images: int = DEFAULT_MAX_BATCH_IMAGES
     decode_threads: int = 0  # 0: one per CPU core
-    freeze: bool = True  # a frozen TorchScript graph (see Counter.from_model_dir)
+    graph: str = "auto"  # how the model runs: see Counter.from_model_dir
 
     def __post_init__(self):
         if self.max_batch_images < 1:
@@ -112,9 +115,9 @@ class BinCounterModel(Model):
             self.model_dir,
             device=self.options.device,
             precision=self.options.precision,
-            freeze=self.options.freeze,
+            graph=self.options.graph,
         )
-        self.counter.warm_up()
+        self.counter.warm_up((1, 2, 8))
         threads = self.options.decode_threads or os.cpu_count() or 1
         self._decoder = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         self.batcher = ContinuousBatcher(
@@ -127,6 +130,14 @@ class BinCounterModel(Model):
         """Release the decode and inference threads."""
         self.ready = False
         if self.batcher:
+            stats = self.batcher.stats
+            log.info(
+                "%d batches ran %d requests, %d images (largest %d)",
+                stats.batches,
+                stats.requests,
+                stats.images,
+                stats.largest,
+            )
             self.batcher.close()
         if self._decoder:
             self._decoder.shutdown(wait=False, cancel_futures=True)
@@ -167,14 +178,23 @@ class BinCounterModel(Model):
             raise InvalidInput(f"image {position}: {err}") from None
 
     async def _decode(self, encoded: list[bytes]) -> torch.Tensor:
-        """Decode and resize the images in parallel on the decode threads."""
+        """Decode and resize the images in parallel on the decode threads.
+
+        The batcher is told a request is coming while its images decode, so that it can wait for
+        it instead of starting a batch without it (see :mod:`invmon.batching`).
+        """
         loop = asyncio.get_running_loop()
-        arrays = await asyncio.gather(
-            *(
-                loop.run_in_executor(self._decoder, self._prepare_one, position, data)
-                for position, data in enumerate(encoded)
+        self.batcher.expect()
+        try:
+            arrays = await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._decoder, self._prepare_one, position, data)
+                    for position, data in enumerate(encoded)
+                )
             )
-        )
+        except BaseException:
+            self.batcher.cancel_expected()
+            raise
         return torch.from_numpy(np.stack(arrays))
 
     async def _parse_v1(self, payload: dict) -> _Request:
@@ -259,7 +279,8 @@ class BinCounterModel(Model):
 
     async def predict(self, request: _Request, headers=None) -> tuple[_Request, Predictions]:
         """Run the request's images in the next model batch (off the event loop)."""
-        return request, await self.batcher.submit(request.inputs)
+        expected = request.inputs.dtype == torch.uint8  # announced while decoding
+        return request, await self.batcher.submit(request.inputs, expected=expected)
 
     async def postprocess(self, result, headers=None, response_headers=None):
         """Answer in the protocol the request came in."""

@@ -84,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     from kserve.model_server import parser as kserve_parser
 
     from invmon.device import DEVICES, PRECISIONS
+    from invmon.inference import GRAPHS
 
     parser = argparse.ArgumentParser(
         description="Serve an inventory-monitoring model folder with KServe.",
@@ -124,9 +125,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--graph",
-        choices=("frozen", "eager"),
-        default="frozen",
-        help="run the model as a frozen TorchScript graph (faster) or in eager mode",
+        choices=GRAPHS,
+        default=ServingOptions.graph,
+        help="how the model runs: frozen TorchScript graph, TorchInductor-compiled (fastest on "
+        "CPU, slower start, needs a C++ compiler), eager, or auto",
     )
     parser.add_argument(
         "--decode_threads",
@@ -148,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
             precision=args.precision,
             max_batch_images=args.max_batch_images,
             decode_threads=args.decode_threads,
-            freeze=args.graph == "frozen",
+            graph=args.graph,
         )
     except ValueError as err:
         parser.error(str(err))

@@ -1,0 +1,231 @@
+"""Predictor throughput and latency under 8 concurrent clients, against a naive predictor.
+
+Both predictors load the same model folder and run behind the same KServe ModelServer HTTP stack
+on loopback; 8 client threads send single-image V2 requests (binary-data extension, as Triton's
+clients do) back to back for a fixed time. Reported per predictor: images/s, p50 and p99 latency,
+errors; then whether both give the same count for every image, and the throughput ratio last.
+
+- naive: PIL decode, torchvision transforms, eager fp32, one image at a time in the handler
+  (benchmarks/naive_predictor.py);
+- predictor: the real one (decode threads, grouping of concurrent requests into batches,
+  bf16 where the CPU supports it, a frozen graph with fused convolutions);
+- predictor, no grouping: the same with ``--max_batch_images 1``, to show what grouping adds.
+
+Images: the real ABID sample when ABID_SAMPLE_DIR is set (or --images DIR), else synthetic bins.
+Model: --model DIR, or (default) a model trained for a short time on those images at --image-size,
+so that its predictions are confident enough for the comparison to mean something.
+
+    flock /tmp/invmon-cpu.lock .venv/bin/python benchmarks/predictor.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from invmon.predict import _v2_outputs, v2_binary_request
+from invmon.serve import LocalServer
+
+NAME = "bin-counter"
+HERE = Path(__file__).resolve().parent
+
+
+class NaiveServer(LocalServer):
+    """benchmarks/naive_predictor.py in a subprocess on loopback."""
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            str(HERE / "naive_predictor.py"),
+            "--model_dir",
+            self.model_dir,
+            "--http_port",
+            str(self.port),
+            "--configure_logging",
+            "false",
+        ]
+
+
+def load_images(folder: Path | None, count: int) -> list[bytes]:
+    """Bin photos from ``folder``/bin-images, or ``count`` synthetic bins."""
+    if folder is not None:
+        paths = sorted((folder / "bin-images").glob("*.jpg"))[:count]
+        return [p.read_bytes() for p in paths]
+    from invmon.synth import make_bin
+
+    return [make_bin(seed=7, number=n, max_items=5)[1] for n in range(1, count + 1)]
+
+
+def train_quick_model(images_dir: Path | None, image_size: int, out: Path) -> Path:
+    """A model trained for two epochs on the benchmark's images (labels from their metadata)."""
+    from invmon.arrange import arrange
+    from invmon.preprocess import preprocess
+    from invmon.synth import synthesize
+    from invmon.train import TrainConfig, fit
+
+    if images_dir is None:
+        images_dir = out / "raw"
+        synthesize(str(images_dir), 300, seed=7, max_items=5)
+    arrange(images_dir, out / "arranged", classes="0-5", split="0.8,0.1,0.1", seed=0)
+    preprocess(out / "arranged", out / "shards", image_size=image_size, workers=2)
+    config = TrainConfig(epochs=2, batch_size=16, lr=1e-3, device="cpu")
+    fit(out / "shards", config, out=out / "model", quiet=True)
+    return out / "model"
+
+
+class Load:
+    """Client threads sending single-image V2 requests back to back."""
+
+    def __init__(self, url: str, bodies: list[tuple[bytes, int]], clients: int, seconds: float):
+        self.host, self.port = url.removeprefix("http://").split(":")
+        self.bodies, self.clients, self.seconds = bodies, clients, seconds
+        self.latencies: list[float] = []
+        self.statuses: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+    def _client(self, offset: int, stop_at: float) -> None:
+        connection = http.client.HTTPConnection(self.host, int(self.port), timeout=120)
+        i, latencies, statuses = offset, [], {}
+        while time.monotonic() < stop_at:
+            body, json_length = self.bodies[i % len(self.bodies)]
+            start = time.perf_counter()
+            connection.request(
+                "POST",
+                f"/v2/models/{NAME}/infer",
+                body,
+                {"Inference-Header-Content-Length": str(json_length)},
+            )
+            response = connection.getresponse()
+            response.read()
+            latencies.append(time.perf_counter() - start)
+            statuses[response.status] = statuses.get(response.status, 0) + 1
+            i += self.clients
+        connection.close()
+        with self.lock:
+            self.latencies += latencies
+            for status, n in statuses.items():
+                self.statuses[status] = self.statuses.get(status, 0) + n
+
+    def run(self) -> dict:
+        stop_at = time.monotonic() + self.seconds
+        threads = [
+            threading.Thread(target=self._client, args=(k, stop_at)) for k in range(self.clients)
+        ]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - start
+        ok = self.statuses.get(200, 0)
+        latencies = np.array(self.latencies) * 1000
+        return {
+            "images_per_s": ok / elapsed,
+            "p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99)),
+            "requests": int(sum(self.statuses.values())),
+            "errors": int(sum(n for s, n in self.statuses.items() if s != 200)),
+        }
+
+
+def counts_of(url: str, bodies: list[tuple[bytes, int]]) -> list[int]:
+    """The count each image gets, asked one request at a time."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=120)
+    counts = []
+    for body, json_length in bodies:
+        connection.request(
+            "POST",
+            f"/v2/models/{NAME}/infer",
+            body,
+            {"Inference-Header-Content-Length": str(json_length)},
+        )
+        response = connection.getresponse()
+        answer = response.read()
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        counts.append(int(_v2_outputs(answer, headers)["count"][0]))
+    connection.close()
+    return counts
+
+
+def measure(server: LocalServer, bodies, clients: int, seconds: float, warmup: float) -> dict:
+    with server:
+        Load(server.url, bodies, clients, warmup).run()
+        result = Load(server.url, bodies, clients, seconds).run()
+        result["counts"] = counts_of(server.url, bodies)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="model folder (default: train a quick one)")
+    parser.add_argument("--images", type=Path, help="folder with bin-images/ (default: sample)")
+    parser.add_argument("--count", type=int, default=300, help="images to cycle through")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per run")
+    parser.add_argument("--warmup", type=float, default=5.0)
+    parser.add_argument("--skip-unbatched", action="store_true")
+    parser.add_argument(
+        "--server-args", default="", help="extra flags for the predictor, e.g. '--graph frozen'"
+    )
+    args = parser.parse_args()
+
+    folder = args.images or (
+        Path(os.environ["ABID_SAMPLE_DIR"]) if "ABID_SAMPLE_DIR" in os.environ else None
+    )
+    images = load_images(folder, args.count)
+    source = (
+        f"{len(images)} real ABID images from {folder}"
+        if folder
+        else f"{len(images)} synthetic bins"
+    )
+    work = Path(tempfile.mkdtemp(prefix="invmon-bench-"))
+    model = args.model or train_quick_model(folder, args.image_size, work)
+    bodies = [v2_binary_request([image]) for image in images]
+    print(
+        f"model {model}; {source}; {args.clients} clients, {args.seconds:.0f}s per run", flush=True
+    )
+
+    runs = {"naive": measure(NaiveServer(model), bodies, args.clients, args.seconds, args.warmup)}
+    flags = args.server_args.split()
+    predictor = LocalServer(model, extra_args=flags, startup_timeout=600)
+    runs["predictor"] = measure(predictor, bodies, args.clients, args.seconds, args.warmup)
+    if not args.skip_unbatched:
+        unbatched = LocalServer(
+            model, extra_args=[*flags, "--max_batch_images", "1"], startup_timeout=600
+        )
+        runs["predictor, no grouping"] = measure(
+            unbatched, bodies, args.clients, args.seconds, args.warmup
+        )
+
+    print(
+        f"\n{'predictor':<24}{'images/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'requests':>10}{'errors':>8}"
+    )
+    for name, r in runs.items():
+        print(
+            f"{name:<24}{r['images_per_s']:>10.1f}{r['p50_ms']:>9.1f}{r['p99_ms']:>9.1f}"
+            f"{r['requests']:>10}{r['errors']:>8}"
+        )
+    naive_counts = np.array(runs["naive"]["counts"])
+    for name in list(runs)[1:]:
+        same = float((np.array(runs[name]["counts"]) == naive_counts).mean())
+        print(f"same count as naive ({name}): {same:.2%} of {len(naive_counts)} images")
+    summary = {k: {m: v for m, v in r.items() if m != "counts"} for k, r in runs.items()}
+    print(json.dumps(summary))
+    ratio = runs["predictor"]["images_per_s"] / runs["naive"]["images_per_s"]
+    print(f"throughput ratio predictor/naive: {ratio:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
