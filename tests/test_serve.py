@@ -369,7 +369,7 @@ def test_schema_errors_in_json_requests_are_400_not_422(server):
     assert status == 400 and "shape" in answer["error"], answer
 
 
-def test_request_body_over_the_limit_is_refused_unread(server):
+def test_request_body_over_the_limit_is_refused_without_being_kept(server):
     limit = MAX_IMAGES * (MAX_IMAGE_BYTES * 4 // 3 + 1024) + 1024 * 1024
     status, answer, _ = post_bytes(
         _v1(server), b"x" * (limit + 1), {"Content-Type": "application/json"}

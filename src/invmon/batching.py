@@ -114,7 +114,7 @@ class ContinuousBatcher(Generic[Item, Result]):
             self._arrived = asyncio.Event()
             try:
                 await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
                 return
             finally:
                 self._arrived = None

@@ -202,7 +202,11 @@ def install_error_handlers(app) -> None:
 
 
 class BodySizeLimit:
-    """ASGI middleware: refuse request bodies over ``max_bytes`` with HTTP 413."""
+    """ASGI middleware: refuse request bodies over ``max_bytes`` with HTTP 413.
+
+    The body of a refused request is read and dropped chunk by chunk (never held in memory), so
+    the client, still sending, gets the 413 instead of a reset connection.
+    """
 
     def __init__(self, app, max_bytes: int):
         self.app, self.max_bytes = app, max_bytes
@@ -212,6 +216,7 @@ class BodySizeLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await _discard_body(receive)
             return await self._refuse(send, int(declared))
         received = 0
 
@@ -221,6 +226,8 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    if message.get("more_body"):
+                        await _discard_body(receive)
                     raise _TooLarge(received)
             return message
 
@@ -241,6 +248,13 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+async def _discard_body(receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return
 
 
 class _TooLarge(Exception):
