@@ -136,6 +136,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
     @dsl.pipeline(
         name="release",
         description="Deploy the model and audit the bins, when the test accuracy passes the gate.",
+        pipeline_config=settings.workspace.config() if settings.workspace else None,
     )
     def release(
         model: Input[Model],

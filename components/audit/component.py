@@ -15,6 +15,7 @@ def audit(
     flagged: Output[Markdown],
     threshold: float = 0.1,
     device: str = "auto",
+    workspace: str = "",
 ):
     """Flag the bins whose photo disagrees with their recorded item count.
 
@@ -30,14 +31,16 @@ def audit(
         flagged: The most suspicious bins, as a table in the Kubeflow UI.
         threshold: Flag when the recorded count's probability is below this.
         device: auto, cpu or cuda.
+        workspace: The pipeline workspace path, when the ingested bins live in it.
     """
     import csv
     import os
 
     from invmon import audit as stage
+    from invmon import workspace as shared
 
     summary = stage.audit(
-        raw.path,
+        str(shared.resolve(raw.path)),
         results.path,
         model_dir=model.path,
         config=stage.AuditConfig(threshold=threshold),

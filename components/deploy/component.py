@@ -23,6 +23,7 @@ def deploy(
     gpus: int = 0,
     canary_traffic_percent: int = -1,
     timeout: float = 600.0,
+    workspace: str = "",
 ):
     """Roll the model out as a KServe InferenceService, or check it behind a local ModelServer.
 
@@ -47,6 +48,7 @@ def deploy(
         canary_traffic_percent: On update in Knative mode, traffic share of the new revision
             (-1: all traffic).
         timeout: Seconds to wait for the service to become Ready.
+        workspace: The pipeline workspace path, when the arranged images live in it.
     """
     from invmon import deploy as stage
 

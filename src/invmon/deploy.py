@@ -589,14 +589,13 @@ def deploy_local(
 
 def first_test_image(arranged: str | Path) -> tuple[Path, int]:
     """The first test image of an arranged dataset and its recorded count."""
-    from invmon import abid
-    from invmon.arrange import read_manifest
+    from invmon.arrange import image_locator, read_manifest
 
     rows = [r for r in read_manifest(arranged) if r[2] == "test"]
     if not rows:
         raise ValueError(f"arranged dataset {str(arranged)!r} has no test image to send")
     bin_id, count, split = rows[0]
-    return Path(arranged) / split / str(count) / f"{bin_id}{abid.IMAGE_SUFFIX}", count
+    return image_locator(arranged)(bin_id, count, split), count
 
 
 def deploy_local_from_dataset(
