@@ -6,8 +6,11 @@ for it, spoken to by the real ``kubernetes`` client. The service it reports Read
 KServe ModelServer on loopback serving the model, so the smoke request is real HTTP.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
+import yaml
 from fake_kserve_api import Controller, FakeKubernetesApi
 from kserve import V1beta1InferenceService
 
@@ -25,6 +28,8 @@ from invmon.deploy import (
 from invmon.k8s import to_typed
 from invmon.model import ModelNotFound, build_model, read_config, save_model
 from invmon.serve import LocalServer
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _typed(manifest: dict) -> V1beta1InferenceService:
@@ -187,6 +192,26 @@ def test_update_replaces_the_spec_and_splits_traffic_in_knative_mode(
     assert predictor["containers"][0]["image"] == "registry.example/invmon-serve:0.2.0"
     assert stored["metadata"]["labels"]["owner"] == "ml-team", "labels others set are kept"
     assert [r[0] for r in fake.requests].count("PATCH") == 1
+    assert _verbs(fake.requests) <= _role_verbs("serving.kserve.io", "inferenceservices")
+
+
+HTTP_VERBS = {"POST": "create", "GET": "get", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+
+
+def _verbs(requests: list[tuple[str, str]]) -> set[str]:
+    """The Kubernetes verbs of the HTTP requests the fake API server received."""
+    return {HTTP_VERBS[method] for method, _path in requests}
+
+
+def _role_verbs(group: str, resource: str) -> set[str]:
+    """The verbs manifests/base's pipeline Role grants on ``resource``."""
+    role = yaml.safe_load((ROOT / "manifests" / "base" / "pipeline-role.yaml").read_text())
+    return {
+        verb
+        for rule in role["rules"]
+        if group in rule["apiGroups"] and resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
 
 
 def test_an_update_removes_settings_dropped_from_the_manifest(predictor_server, smoke_image):
