@@ -6,6 +6,7 @@ import pytest
 import yaml
 from kfp import components
 
+from invmon.cli import main
 from invmon.compiler import compile_pipeline, parse_toleration, settings_from
 from invmon.images import IMAGE_NAMES, ImageSet
 
@@ -284,3 +285,23 @@ def test_deploy_and_audit_run_only_behind_the_quality_gate(compiled):
     inner = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
     assert set(inner) == {"deploy", "audit"}
     assert spec["root"]["inputDefinitions"]["parameters"]["min_accuracy"]["defaultValue"] == 0.4
+
+
+def _task_inputs(spec: dict, task_name: str) -> dict:
+    """The input parameters of the task ``task_name``, wherever in the DAG (or a branch) it is."""
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    for dag in dags:
+        if task_name in dag["tasks"]:
+            return dag["tasks"][task_name]["inputs"]["parameters"]
+    raise AssertionError(f"no task {task_name!r} in the compiled pipeline")
+
+
+def test_compile_registry_and_tag_set_the_inference_service_image(tmp_path):
+    out = tmp_path / "p.yaml"
+    main(["compile", "--registry", "registry.local:5000/ml", "--tag", "3.1", "--output", str(out)])
+    spec, _ = _documents(out)
+    image = _task_inputs(spec, "deploy")["serving_image"]["runtimeValue"]["constant"]
+    assert image == "registry.local:5000/ml/invmon-serve:3.1"
+    default, _ = _documents(COMMITTED)
+    committed = _task_inputs(default, "deploy")["serving_image"]["runtimeValue"]["constant"]
+    assert committed == ImageSet().image("serve")
