@@ -424,16 +424,3 @@ def test_concurrent_requests_each_get_their_own_answer(default_server, raw_dir, 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(one, range(len(bins))))
     assert np.allclose(np.array(answers), expected, atol=2e-2)
-
-
-def test_compiled_normalisation_is_bit_identical_to_the_shared_one():
-    from invmon.inference import compiled_normalizer
-    from invmon.transforms import Preprocessing
-
-    preprocessing = Preprocessing(image_size=32)
-    fused = compiled_normalizer(preprocessing)
-    for n in (1, 3):
-        batch = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8)
-        out = fused(batch)
-        assert torch.equal(out, normalize(batch, preprocessing))
-        assert out.is_contiguous(memory_format=torch.channels_last)

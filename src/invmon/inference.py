@@ -7,7 +7,6 @@ probabilities and expected counts.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import os
 import shutil
@@ -21,7 +20,7 @@ import torch
 
 from invmon.device import autocast, resolve_device, resolve_precision
 from invmon.model import ModelConfig, load_model
-from invmon.transforms import DEFAULT_MAX_PIXELS, Preprocessing, normalize, prepare
+from invmon.transforms import DEFAULT_MAX_PIXELS, normalize, prepare
 
 
 @dataclass(frozen=True)
@@ -69,15 +68,6 @@ def compiled(model: torch.nn.Module) -> torch.nn.Module:
     return torch.compile(model, dynamic=True)
 
 
-def compiled_normalizer(preprocessing: Preprocessing):
-    """:func:`normalize` for ``preprocessing``, compiled by TorchInductor into one fused pass.
-
-    Eager normalisation makes four passes over the float batch (convert, subtract, divide, copy to
-    channels_last); fused, it reads the uint8 batch once. Same arithmetic, same result.
-    """
-    return torch.compile(functools.partial(normalize, preprocessing=preprocessing), dynamic=True)
-
-
 def frozen(model: torch.nn.Module, image_size: int, device: torch.device, dtype):
     """``model`` traced and frozen for inference at ``image_size`` in precision ``dtype``."""
     example = torch.zeros((2, 3, image_size, image_size), device=device)
@@ -91,13 +81,9 @@ def frozen(model: torch.nn.Module, image_size: int, device: torch.device, dtype)
 class Counter:
     """A loaded counting model that predicts on batches of preprocessed or encoded images."""
 
-    def __init__(self, model, config: ModelConfig, device: torch.device, dtype, normalizer=None):
+    def __init__(self, model, config: ModelConfig, device: torch.device, dtype):
         self.model, self.config, self.device, self.dtype = model, config, device, dtype
         self.class_counts = np.asarray(config.classes, dtype=np.int64)
-        # normalize(batch) for this model's preprocessing; compiled alongside a compiled model.
-        self._normalize = normalizer or functools.partial(
-            normalize, preprocessing=config.preprocessing
-        )
 
     @classmethod
     def from_model_dir(
@@ -121,13 +107,11 @@ class Counter:
         model, config = load_model(model_dir, torch_device)
         dtype = resolve_precision(precision, torch_device)
         graph = resolve_graph(graph or ("frozen" if freeze else "eager"), torch_device)
-        normalizer = None
         if graph == "frozen":
             model = frozen(model, config.preprocessing.image_size, torch_device, dtype)
         elif graph == "compiled":
             model = compiled(model)
-            normalizer = compiled_normalizer(config.preprocessing)
-        return cls(model, config, torch_device, dtype, normalizer)
+        return cls(model, config, torch_device, dtype)
 
     @property
     def image_size(self) -> int:
@@ -144,7 +128,8 @@ class Counter:
     def predict_uint8(self, images: torch.Tensor | np.ndarray) -> Predictions:
         """Predict on a uint8 (N, 3, S, S) batch, as preprocess and :func:`prepare` produce."""
         batch = torch.as_tensor(np.asarray(images)) if isinstance(images, np.ndarray) else images
-        return self.predictions(self.predict_logits(self._normalize(batch.to(self.device))))
+        inputs = normalize(batch.to(self.device), self.config.preprocessing)
+        return self.predictions(self.predict_logits(inputs))
 
     def predict_bytes(
         self, encoded: Sequence[bytes], max_pixels: int = DEFAULT_MAX_PIXELS
@@ -156,7 +141,7 @@ class Counter:
     def to_inputs(self, batch: torch.Tensor) -> torch.Tensor:
         """Model input on the device: uint8 images normalised, float tensors as they are."""
         if batch.dtype == torch.uint8:
-            return self._normalize(batch.to(self.device))
+            return normalize(batch.to(self.device), self.config.preprocessing)
         return batch.to(self.device, torch.float32)
 
     def predict_many(self, batches: Sequence[torch.Tensor]) -> list[Predictions]:
