@@ -35,6 +35,34 @@ def test_every_stage_has_a_subcommand():
     assert set(COMMANDS) <= set(choices)
 
 
+def test_top_level_help_lists_every_command_with_its_help_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    full = build_parser()._subparsers._group_actions[0]
+    for choice in full._choices_actions:
+        assert f"{choice.dest} {choice.help}" in out
+
+
+@pytest.mark.parametrize("args", [["--help"], ["synth", "--help"], ["compile", "--help"]])
+def test_light_commands_do_not_import_the_heavy_stages(args):
+    """Only the command being run has its parser built, so help and the data stages start fast."""
+    code = (
+        "import sys\n"
+        "from invmon.cli import main\n"
+        "try:\n"
+        f"    main({args!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for m in ('torch', 'kserve', 'kubernetes') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:

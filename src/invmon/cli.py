@@ -24,6 +24,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+# The one-line help of each subcommand, shown by `invmon --help`.
+COMMAND_HELP = {
+    "synth": "write synthetic bins in ABID's layout and schema",
+    "ingest": "copy bin images and metadata from S3",
+    "ingest-plan": "cut a bucket into parts for parallel ingest",
+    "ingest-merge": "join the parts of a parallel ingest",
+    "arrange": "label bins by count and split train/val/test",
+    "preprocess": "decode and resize once into training shards",
+    "tune": "search learning rate, batch size and epochs",
+    "train": "train the ResNet50 counting model",
+    "evaluate": "evaluate a model on the test split",
+    "deploy": "create or update the KServe InferenceService, wait for Ready, smoke-test it",
+    "serve": "serve a model folder with KServe until stopped",
+    "predict": "count items in images with a running predictor",
+    "audit": "flag bins whose photo disagrees with their recorded count",
+    "compile": "compile the pipeline to Kubeflow IR YAML",
+    "submit": "compile and start a run on a Kubeflow Pipelines server",
+    "run": "run the whole pipeline locally (kfp.local)",
+}
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -85,7 +106,7 @@ def cmd_synth(args) -> None:
 def _synth_parser(sub) -> None:
     p = sub.add_parser(
         "synth",
-        help="write synthetic bins in ABID's layout and schema",
+        help=COMMAND_HELP["synth"],
         description="Write synthetic bin photos and metadata exactly in ABID's "
         "layout, to a folder or s3://BUCKET/PREFIX.",
     )
@@ -128,7 +149,7 @@ def _ingest_parser(sub) -> None:
 
     p = sub.add_parser(
         "ingest",
-        help="copy bin images and metadata from S3",
+        help=COMMAND_HELP["ingest"],
         description="Copy bin-images/ and metadata/ from S3 into a folder, many "
         "requests at once, retrying throttled and failed requests; a re-run resumes.",
     )
@@ -170,7 +191,7 @@ def cmd_ingest_plan(args) -> None:
 def _ingest_plan_parser(sub) -> None:
     p = sub.add_parser(
         "ingest-plan",
-        help="cut a bucket into parts for parallel ingest",
+        help=COMMAND_HELP["ingest-plan"],
         description="List the image keys once and print one JSON line per part (a key "
         "range of about equal size), for `invmon ingest --part`.",
     )
@@ -188,7 +209,7 @@ def cmd_ingest_merge(args) -> None:
 def _ingest_merge_parser(sub) -> None:
     p = sub.add_parser(
         "ingest-merge",
-        help="join the parts of a parallel ingest",
+        help=COMMAND_HELP["ingest-merge"],
         description="Join the folders written by `invmon ingest --part` (hard links where "
         "possible) and merge their reports.",
     )
@@ -209,7 +230,7 @@ def _arrange_parser(sub) -> None:
 
     p = sub.add_parser(
         "arrange",
-        help="label bins by count and split train/val/test",
+        help=COMMAND_HELP["arrange"],
         description="Label each bin with EXPECTED_QUANTITY and write "
         "<split>/<count>/<id>.jpg plus manifest.csv.",
     )
@@ -253,7 +274,7 @@ def cmd_preprocess(args) -> None:
 def _preprocess_parser(sub) -> None:
     p = sub.add_parser(
         "preprocess",
-        help="decode and resize once into training shards",
+        help=COMMAND_HELP["preprocess"],
         description="Decode and resize every arranged image once into uint8 "
         "shards that the trainer reads without decoding JPEG.",
     )
@@ -443,7 +464,7 @@ def _tune_parser(sub) -> None:
 
     p = sub.add_parser(
         "tune",
-        help="search learning rate, batch size and epochs",
+        help=COMMAND_HELP["tune"],
         description="Katib-style hyperparameter search; each trial runs the training loop "
         "(locally with Optuna and pruning, or as a Katib Experiment on a cluster). Writes "
         "best.json and trials.csv.",
@@ -534,7 +555,7 @@ def _join(location: str, name: str) -> str:
 def _train_parser(sub) -> None:
     p = sub.add_parser(
         "train",
-        help="train the ResNet50 counting model",
+        help=COMMAND_HELP["train"],
         description="Train ResNet50 with the original two-layer head. Prints one timestamped "
         "line of Katib-style name=value metrics per epoch, checkpoints every epoch and "
         "resumes on its own. Runs the same under torchrun (one process per GPU).",
@@ -574,7 +595,7 @@ def cmd_evaluate(args) -> None:
 def _evaluate_parser(sub) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="evaluate a model on the test split",
+        help=COMMAND_HELP["evaluate"],
         description="Accuracy, RMSE, off-by-one accuracy, per-class scores and "
         "the confusion matrix, beside the majority-class baseline.",
     )
@@ -657,7 +678,7 @@ def _deploy_parser(sub) -> None:
 
     p = sub.add_parser(
         "deploy",
-        help="create or update the KServe InferenceService, wait for Ready, smoke-test it",
+        help=COMMAND_HELP["deploy"],
         description="Create or update a KServe InferenceService for the model, wait until it is "
         "Ready (failing with its conditions otherwise) and check a smoke request. --dry-run "
         "prints the manifest; --local serves a model folder on loopback instead.",
@@ -744,7 +765,7 @@ def _serve_parser(sub) -> None:
 
     p = sub.add_parser(
         "serve",
-        help="serve a model folder with KServe until stopped",
+        help=COMMAND_HELP["serve"],
         description="Serve a model folder with KServe's ModelServer (V1 and V2 "
         "REST) until interrupted.",
     )
@@ -819,7 +840,7 @@ def _predict_parser(sub) -> None:
 
     p = sub.add_parser(
         "predict",
-        help="count items in images with a running predictor",
+        help=COMMAND_HELP["predict"],
         description="Send images to a running predictor (invmon serve, or a KServe "
         "InferenceService) and print the count per image.",
     )
@@ -874,7 +895,7 @@ def _audit_parser(sub) -> None:
 
     p = sub.add_parser(
         "audit",
-        help="flag bins whose photo disagrees with their recorded count",
+        help=COMMAND_HELP["audit"],
         description="Score every bin of a source in ABID's layout with the model (in "
         "process, or through a running predictor) and flag the bins whose recorded count the "
         "model finds unlikely. Writes audit.csv, flagged.csv and summary.json.",
@@ -997,7 +1018,7 @@ def _compile_parser(sub) -> None:
 
     p = sub.add_parser(
         "compile",
-        help="compile the pipeline to Kubeflow IR YAML",
+        help=COMMAND_HELP["compile"],
         description="Compile the pipeline for a Kubeflow cluster (upload the YAML "
         "in the UI or submit it with kfp run create).",
     )
@@ -1028,7 +1049,7 @@ def _submit_parser(sub) -> None:
 
     p = sub.add_parser(
         "submit",
-        help="compile and start a run on a Kubeflow Pipelines server",
+        help=COMMAND_HELP["submit"],
         description="Compile the pipeline and start a run of it through kfp.Client.",
     )
     p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://HOST/pipeline")
@@ -1081,7 +1102,7 @@ def _run_parser(sub) -> None:
 
     p = sub.add_parser(
         "run",
-        help="run the whole pipeline locally (kfp.local)",
+        help=COMMAND_HELP["run"],
         description="Run the pipeline on this machine through kfp.local. Without "
         "--source, an embedded S3 server holds synthetic bins.",
     )
@@ -1126,28 +1147,32 @@ def _run_parser(sub) -> None:
     p.set_defaults(func=cmd_run)
 
 
-_PARSERS: list[Callable] = [
-    _synth_parser,
-    _ingest_parser,
-    _ingest_plan_parser,
-    _ingest_merge_parser,
-    _arrange_parser,
-    _preprocess_parser,
-    _tune_parser,
-    _train_parser,
-    _evaluate_parser,
-    _deploy_parser,
-    _serve_parser,
-    _predict_parser,
-    _audit_parser,
-    _compile_parser,
-    _submit_parser,
-    _run_parser,
-]
+# Each subcommand's parser builder. Builders import the stage they describe (for the choices
+# of its options), so only the command being run is built in full: `invmon --help` and the light
+# stages do not import PyTorch, kserve or kfp.
+_PARSERS: dict[str, Callable] = {
+    "synth": _synth_parser,
+    "ingest": _ingest_parser,
+    "ingest-plan": _ingest_plan_parser,
+    "ingest-merge": _ingest_merge_parser,
+    "arrange": _arrange_parser,
+    "preprocess": _preprocess_parser,
+    "tune": _tune_parser,
+    "train": _train_parser,
+    "evaluate": _evaluate_parser,
+    "deploy": _deploy_parser,
+    "serve": _serve_parser,
+    "predict": _predict_parser,
+    "audit": _audit_parser,
+    "compile": _compile_parser,
+    "submit": _submit_parser,
+    "run": _run_parser,
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``invmon`` parser with every subcommand."""
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The ``invmon`` parser: every subcommand in full, or only ``only`` in full (the others are
+    listed with their help line; ``only=""`` lists them all that way)."""
     parser = _Parser(
         prog=PROG,
         description="Count items in warehouse bin photos: a Kubeflow "
@@ -1157,14 +1182,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
-    for add in _PARSERS:
-        add(sub)
+    for name, add in _PARSERS.items():
+        if only is None or only == name:
+            add(sub)
+        else:
+            sub.add_parser(name, help=COMMAND_HELP[name])
     return parser
+
+
+def _command(argv: list[str]) -> str:
+    """The subcommand named in ``argv`` ("" when there is none or it is unknown)."""
+    words = [word for word in argv if not word.startswith("-")]
+    return words[0] if words and words[0] in _PARSERS else ""
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``invmon`` console script."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(only=_command(argv)).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
