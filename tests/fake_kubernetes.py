@@ -1,11 +1,13 @@
 """A FAKE Kubernetes API server for custom objects, on loopback over real HTTP.
 
-No real API server (nor Katib or Kubeflow Trainer controllers) can run on this machine, so the
-create/wait/fail logic is tested against this stand-in. The code under test talks to it through
-the real ``kubernetes`` client (``CustomObjectsApi`` over HTTP), so URLs, verbs, label selectors
-and JSON bodies are exercised as they would be against a cluster; what is fake is the server side:
-it stores objects in memory and a test-supplied ``controller`` plays the operator, changing an
-object's status each time it is read.
+No real API server (nor the Katib, Kubeflow Trainer or KServe controllers) can run on this
+machine, so the create/update/wait/fail logic of tune, train and deploy is tested against this
+stand-in. The code under test talks to it through the real ``kubernetes`` client
+(``CustomObjectsApi`` over HTTP), so URLs, verbs, label selectors, content types and JSON bodies
+are exercised as they would be against a cluster. What is fake is the server side: it keeps
+objects in memory, keeps ``generation`` and ``resourceVersion`` as the API server does (a merge
+patch with a stale resourceVersion is a 409 Conflict), and a test-supplied ``controller`` plays
+the operator, updating an object's status each time it is read.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -24,29 +27,62 @@ _PATH = re.compile(
     r"(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?$"
 )
 
+# controller(obj, reads): called on every GET of an object with the number of reads since it was
+# created or its spec last changed; it may change ``obj`` (its status) in place.
+ControllerFn = Callable[[dict, int], None]
+
 
 class FakeKubernetesApi:
-    """In-memory custom objects plus a request log; ``controller(obj, reads)`` updates status."""
+    """In-memory custom objects, a request log, and an HTTP server for them.
+
+    Use as a context manager (``with FakeKubernetesApi(...) as fake: fake.client()``), or serve it
+    with :func:`fake_kubernetes_server`. Objects are keyed ``(plural, namespace, name)``.
+    """
 
     def __init__(
         self,
-        controller: Callable[[dict, int], None] | None = None,
+        controller: ControllerFn | None = None,
         forbidden_namespaces: tuple[str, ...] = (),
     ):
+        self.controller = controller
         self.forbidden_namespaces = forbidden_namespaces
         self.objects: dict[tuple[str, str, str], dict] = {}
-        self.requests: list[tuple[str, str]] = []
         self.reads: dict[tuple[str, str, str], int] = {}
-        self.controller = controller
-        self.lock = threading.Lock()
+        self.requests: list[tuple[str, str]] = []
+        self.patches: list[dict] = []
+        self.url = ""
+        self._version = 0
+        self._lock = threading.Lock()
+        self._serving = None
+
+    # -- test helpers -------------------------------------------------------------------------
 
     def add(self, plural: str, obj: dict) -> None:
         """Store an object as if a controller had created it (for example a Katib Trial)."""
         meta = obj["metadata"]
-        self.objects[(plural, meta["namespace"], meta["name"])] = obj
+        with self._lock:
+            self._stamp(obj, generation=1)
+            self.objects[(plural, meta["namespace"], meta["name"])] = obj
 
-    def handle(self, method: str, path: str, query: dict, body: dict | None) -> tuple[int, dict]:
-        with self.lock:
+    def client(self):
+        """The real kubernetes client's ``CustomObjectsApi``, talking to this fake."""
+        return custom_objects_api(self.url)
+
+    def __enter__(self) -> FakeKubernetesApi:
+        self._serving = fake_kubernetes_server(self)
+        self.url = self._serving.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._serving.__exit__(*exc)
+
+    # -- the API ------------------------------------------------------------------------------
+
+    def handle(
+        self, method: str, path: str, query: dict, body: dict | None, content_type: str = ""
+    ) -> tuple[int, dict]:
+        """Answer one request: (HTTP status, JSON body)."""
+        with self._lock:
             self.requests.append((method, path))
             match = _PATH.match(path)
             if not match:
@@ -55,27 +91,34 @@ class FakeKubernetesApi:
             if namespace in self.forbidden_namespaces:  # as when RBAC does not allow it
                 return 403, _status(403, "Forbidden", f"{plural} is forbidden in {namespace}")
             if method == "POST" and name is None:
-                return self._create(plural, namespace, body)
+                return self._create((plural, namespace, body["metadata"]["name"]), body)
             if method == "GET" and name is not None:
-                return self._get(plural, namespace, name)
+                return self._get((plural, namespace, name))
             if method == "GET":
                 return self._list(plural, namespace, query.get("labelSelector", [""])[0])
+            if method == "PATCH" and name is not None:
+                return self._patch((plural, namespace, name), body, content_type)
             return 405, _status(405, "MethodNotAllowed", method)
 
-    def _create(self, plural, namespace, body):
-        key = (plural, namespace, body["metadata"]["name"])
+    def _stamp(self, obj: dict, generation: int) -> None:
+        self._version += 1
+        obj["metadata"].update({"generation": generation, "resourceVersion": str(self._version)})
+
+    def _create(self, key, body):
         if key in self.objects:
             return 409, _status(409, "AlreadyExists", f"{key[2]} already exists")
         obj = copy.deepcopy(body)
-        obj["metadata"].setdefault("namespace", namespace)
+        obj["metadata"].setdefault("namespace", key[1])
         obj["metadata"]["creationTimestamp"] = "2026-01-05T10:00:00Z"
+        obj["metadata"]["uid"] = f"uid-{len(self.objects) + 1}"
+        self._stamp(obj, generation=1)
         self.objects[key] = obj
+        self.reads[key] = 0
         return 201, obj
 
-    def _get(self, plural, namespace, name):
-        key = (plural, namespace, name)
+    def _get(self, key):
         if key not in self.objects:
-            return 404, _status(404, "NotFound", f"{name} not found")
+            return 404, _status(404, "NotFound", f"{key[2]} not found")
         self.reads[key] = self.reads.get(key, 0) + 1
         if self.controller is not None:
             self.controller(self.objects[key], self.reads[key])
@@ -92,10 +135,99 @@ class FakeKubernetesApi:
         ]
         return 200, {"apiVersion": "v1", "kind": "List", "items": items}
 
+    def _patch(self, key, patch, content_type):
+        if content_type != "application/merge-patch+json":
+            return 415, _status(415, "UnsupportedMediaType", "merge patch only")
+        current = self.objects.get(key)
+        if current is None:
+            return 404, _status(404, "NotFound", f"{key[2]} not found")
+        version = (patch.get("metadata") or {}).get("resourceVersion")
+        if version is not None and version != current["metadata"]["resourceVersion"]:
+            return 409, _status(409, "Conflict", "the object has been modified")
+        obj = apply_merge_patch(copy.deepcopy(current), patch)
+        generation = current["metadata"]["generation"]
+        if obj.get("spec") != current.get("spec"):
+            generation += 1
+            self.reads[key] = 0
+        self._stamp(obj, generation)
+        self.objects[key] = obj
+        self.patches.append(patch)
+        return 200, obj
+
+
+@dataclass
+class Controller:
+    """A fake KServe controller: what status an InferenceService shows when it is read.
+
+    ``ready_after`` reads after each spec change the service becomes Ready with ``url`` as its
+    address; ``never_ready`` keeps it not ready with ``failure_condition``; ``failed_load``
+    reports KServe's BlockedByFailedLoad model status.
+    """
+
+    url: str = "http://127.0.0.1:1"
+    ready_after: int = 2
+    never_ready: bool = False
+    failed_load: bool = False
+    failure_condition: dict = field(
+        default_factory=lambda: {
+            "type": "PredictorReady",
+            "status": "False",
+            "reason": "ImagePullBackOff",
+            "message": "Back-off pulling image registry.example/invmon-serve:missing",
+        }
+    )
+
+    def __call__(self, obj: dict, reads: int) -> None:
+        obj["status"] = self.status(obj, reads)
+
+    def status(self, obj: dict, reads: int) -> dict:
+        generation = obj["metadata"]["generation"]
+        if self.failed_load:
+            return {
+                "observedGeneration": generation,
+                "conditions": [{"type": "Ready", "status": "False", "reason": "ModelLoadFailed"}],
+                "modelStatus": {
+                    "transitionStatus": "BlockedByFailedLoad",
+                    "lastFailureInfo": {"reason": "ModelLoadFailed", "message": "no config.json"},
+                },
+            }
+        if self.never_ready or reads < self.ready_after:
+            return {
+                "observedGeneration": generation - 1,
+                "conditions": [
+                    dict(self.failure_condition),
+                    {"type": "Ready", "status": "False", "reason": "PredictorNotReady"},
+                ],
+            }
+        return {
+            "observedGeneration": generation,
+            "url": f"http://{obj['metadata']['name']}.{obj['metadata']['namespace']}.example.com",
+            "address": {"url": self.url},
+            "conditions": [
+                {"type": "PredictorReady", "status": "True"},
+                {"type": "Ready", "status": "True"},
+            ],
+        }
+
+
+def apply_merge_patch(target, patch):
+    """RFC 7386, as the API server applies application/merge-patch+json."""
+    if not isinstance(patch, dict):
+        return patch
+    if not isinstance(target, dict):
+        target = {}
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        else:
+            target[key] = apply_merge_patch(target.get(key), value)
+    return target
+
 
 def _status(code: int, reason: str, message: str) -> dict:
     return {
         "kind": "Status",
+        "apiVersion": "v1",
         "status": "Failure",
         "code": code,
         "reason": reason,
@@ -112,7 +244,8 @@ def fake_kubernetes_server(fake: FakeKubernetesApi) -> Iterator[str]:
             url = urlparse(self.path)
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length)) if length else None
-            code, payload = fake.handle(method, url.path, parse_qs(url.query), body)
+            content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+            code, payload = fake.handle(method, url.path, parse_qs(url.query), body, content_type)
             data = json.dumps(payload).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
@@ -125,6 +258,9 @@ def fake_kubernetes_server(fake: FakeKubernetesApi) -> Iterator[str]:
 
         def do_POST(self):
             self._respond("POST")
+
+        def do_PATCH(self):
+            self._respond("PATCH")
 
         def log_message(self, *args):
             pass

@@ -1,7 +1,7 @@
 """Deploy: the InferenceService manifest, the rollout against a FAKE Kubernetes API, and the
 smoke requests against a real ModelServer.
 
-No Kubernetes API server can run here; ``FakeKubernetesApi`` (tests/fake_kserve_api.py) stands in
+No Kubernetes API server can run here; ``FakeKubernetesApi`` (tests/fake_kubernetes.py) stands in
 for it, spoken to by the real ``kubernetes`` client. The service it reports Ready points at a real
 KServe ModelServer on loopback serving the model, so the smoke request is real HTTP.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fake_kserve_api import Controller, FakeKubernetesApi
+from fake_kubernetes import Controller, FakeKubernetesApi
 from kserve import V1beta1InferenceService
 
 from invmon.deploy import (
@@ -30,6 +30,8 @@ from invmon.model import ModelNotFound, build_model, read_config, save_model
 from invmon.serve import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
+# Where the fake API server keeps the InferenceService that _spec() describes.
+SERVICE_KEY = ("inferenceservices", "team", "bin-counter")
 
 
 def _typed(manifest: dict) -> V1beta1InferenceService:
@@ -153,7 +155,7 @@ def test_rollout_against_fake_api_creates_waits_and_smoke_tests(
         report = deploy_to_cluster(
             _spec(), smoke_image, model_dir=model_dir, api=fake.client(), poll=0.01
         )
-        stored = fake.objects[("team", "bin-counter")]
+        stored = fake.objects[SERVICE_KEY]
     assert report.action == "created" and report.generation == 1
     assert report.smoke.url == predictor_server.url
     assert report.smoke.v1_count == report.smoke.v2_count == report.smoke.expected_count
@@ -172,7 +174,7 @@ def test_update_replaces_the_spec_and_splits_traffic_in_knative_mode(
         first = deploy_to_cluster(
             _spec(deployment_mode="Knative"), smoke_image, model_dir, api=api, poll=0.01
         )
-        fake.objects[("team", "bin-counter")]["metadata"]["labels"]["owner"] = "ml-team"
+        fake.objects[SERVICE_KEY]["metadata"]["labels"]["owner"] = "ml-team"
         second = deploy_to_cluster(
             _spec(
                 deployment_mode="Knative",
@@ -184,7 +186,7 @@ def test_update_replaces_the_spec_and_splits_traffic_in_knative_mode(
             api=api,
             poll=0.01,
         )
-        stored = fake.objects[("team", "bin-counter")]
+        stored = fake.objects[SERVICE_KEY]
     assert (first.action, second.action) == ("created", "updated")
     assert second.generation == 2 and second.canary_traffic_percent == 10
     predictor = stored["spec"]["predictor"]
@@ -224,7 +226,7 @@ def test_an_update_removes_settings_dropped_from_the_manifest(predictor_server, 
         )
         deploy_to_cluster(gpu, smoke_image, api=api, poll=0.01)
         deploy_to_cluster(_spec(), smoke_image, api=api, poll=0.01)
-        predictor = fake.objects[("team", "bin-counter")]["spec"]["predictor"]
+        predictor = fake.objects[SERVICE_KEY]["spec"]["predictor"]
         patch = fake.patches[-1]["spec"]["predictor"]
     assert "nodeSelector" not in predictor and "tolerations" not in predictor
     assert patch["nodeSelector"] is None and patch["tolerations"] is None
@@ -249,7 +251,7 @@ def test_a_stale_update_is_a_conflict_and_is_retried(predictor_server, smoke_ima
         api.get_namespaced_custom_object = get_then_someone_edits
         report = deploy_to_cluster(_spec(image="r/invmon-serve:2"), smoke_image, api=api, poll=0.01)
     assert report.action == "updated" and len(calls) >= 2
-    assert fake.objects[("team", "bin-counter")]["metadata"]["labels"]["x"] == "1"
+    assert fake.objects[SERVICE_KEY]["metadata"]["labels"]["x"] == "1"
 
 
 def test_a_service_that_never_becomes_ready_fails_with_its_conditions(smoke_image):
