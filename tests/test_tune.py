@@ -147,3 +147,21 @@ def test_hyperband_pruner_runs(shards_dir, tmp_path):
     )
     result = tune(shards_dir, tmp_path, spec=spec, base=TrainConfig(device="cpu", epochs=2))
     assert len(result.trials) == 3 and result.trial_epochs <= 6
+
+
+def test_a_seeded_hyperband_search_repeats(shards_dir, tmp_path):
+    """Hyperband's brackets depend on the study's name: a seeded search must not depend on a
+    random one, so two runs stop the same trials at the same epochs."""
+    spec = SearchSpec(
+        parameters=[Parameter("lr", "double", 1e-5, 1e-2, log_scale=True)],
+        algorithm="random",
+        max_trials=5,
+        early_stopping="hyperband",
+    )
+    tables = []
+    for run in ("a", "b"):
+        base = TrainConfig(device="cpu", epochs=9)
+        tune(shards_dir, tmp_path / run, spec=spec, base=base, seed=3)
+        with open(tmp_path / run / "trials.csv") as handle:
+            tables.append([(r["state"], r["trained_epochs"]) for r in csv.DictReader(handle)])
+    assert tables[0] == tables[1]

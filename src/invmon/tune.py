@@ -303,6 +303,9 @@ def run_local(data: str | Path, spec: SearchSpec, base: TrainConfig, seed: int =
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
+        # Hyperband assigns trials to brackets by a hash of the study name: a fixed name keeps a
+        # seeded search repeatable (Optuna's default name is random).
+        study_name=f"invmon-search-{seed}",
         direction=spec.objective_type,
         sampler=_sampler(spec, seed),
         pruner=_pruner(spec, _max_epochs(spec, base)),
