@@ -93,6 +93,18 @@ def test_every_algorithm_runs_locally(algorithm, shards_dir, tmp_path):
     assert len(result.trials) == 2 and 1e-4 <= result.best_parameters["lr"] <= 1e-3
 
 
+def _median_spec(start_epoch: int) -> SearchSpec:
+    """Median stopping between two learning rates whose curves differ from the first epoch."""
+    return SearchSpec(
+        parameters=[Parameter("lr", "categorical", values=(1.0, 1e-12))],
+        algorithm="random",
+        max_trials=6,
+        early_stopping="median",
+        min_trials=1,
+        start_epoch=start_epoch,
+    )
+
+
 def test_median_pruning_stops_trials_behind_the_median(shards_dir, tmp_path):
     """Trials are pruned through train's on_epoch hook: the loop is fit's, not a copy.
 
@@ -100,15 +112,9 @@ def test_median_pruning_stops_trials_behind_the_median(shards_dir, tmp_path):
     it in the first epoch (on this tiny set a sane rate is not reliably better than the initial
     model within 3 epochs). Seeded training repeats each curve exactly, so a repeat of the worse
     one falls behind the median."""
-    spec = SearchSpec(
-        parameters=[Parameter("lr", "categorical", values=(1.0, 1e-12))],
-        algorithm="random",
-        max_trials=6,
-        early_stopping="median",
-        min_trials=1,
-        start_epoch=1,
+    result = tune(
+        shards_dir, tmp_path, spec=_median_spec(1), base=TrainConfig(device="cpu", epochs=3)
     )
-    result = tune(shards_dir, tmp_path, spec=spec, base=TrainConfig(device="cpu", epochs=3))
     assert {t["lr"] for t in result.trials} == {1.0, 1e-12}
     assert result.pruned >= 1
     assert result.best_parameters == {"lr": 1e-12}
@@ -123,15 +129,9 @@ def test_median_pruning_stops_trials_behind_the_median(shards_dir, tmp_path):
 
 def test_median_pruning_waits_for_the_start_epoch(shards_dir, tmp_path):
     """Katib's start_step: no trial is stopped before it has reported ``start_epoch`` epochs."""
-    spec = SearchSpec(
-        parameters=[Parameter("lr", "categorical", values=(1.0, 1e-12))],
-        algorithm="random",
-        max_trials=6,
-        early_stopping="median",
-        min_trials=1,
-        start_epoch=2,
+    result = tune(
+        shards_dir, tmp_path, spec=_median_spec(2), base=TrainConfig(device="cpu", epochs=3)
     )
-    result = tune(shards_dir, tmp_path, spec=spec, base=TrainConfig(device="cpu", epochs=3))
     assert result.pruned >= 1
     with open(tmp_path / "trials.csv") as handle:
         rows = list(csv.DictReader(handle))
