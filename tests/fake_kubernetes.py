@@ -17,7 +17,7 @@ import json
 import re
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
@@ -53,7 +53,7 @@ class FakeKubernetesApi:
         self.url = ""
         self._version = 0
         self._lock = threading.Lock()
-        self._serving = None
+        self._serving = ExitStack()
 
     # -- test helpers -------------------------------------------------------------------------
 
@@ -69,12 +69,11 @@ class FakeKubernetesApi:
         return custom_objects_api(self.url)
 
     def __enter__(self) -> FakeKubernetesApi:
-        self._serving = fake_kubernetes_server(self)
-        self.url = self._serving.__enter__()
+        self.url = self._serving.enter_context(fake_kubernetes_server(self))
         return self
 
     def __exit__(self, *exc) -> None:
-        self._serving.__exit__(*exc)
+        self._serving.close()
 
     # -- the API ------------------------------------------------------------------------------
 
