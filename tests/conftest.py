@@ -74,6 +74,18 @@ def model_dir(shards_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def counting_model(tmp_path_factory) -> Path:
+    """A model trained well enough to count 0-2 items in small synthetic photos."""
+    root = tmp_path_factory.mktemp("counting")
+    synthesize(str(root / "raw"), 480, seed=21, max_items=2, workers=1)
+    arrange(root / "raw", root / "arranged", classes="0-2", split="0.8,0.1,0.1", seed=0)
+    preprocess(root / "arranged", root / "shards", image_size=48, shard_size=256, workers=1)
+    config = TrainConfig(epochs=6, batch_size=32, lr=2e-3, device="cpu", seed=0)
+    fit(root / "shards", config, out=root / "model", quiet=True)
+    return root / "model"
+
+
+@pytest.fixture(scope="session")
 def sample_dir() -> Path:
     """The real ABID sample named by ABID_SAMPLE_DIR; tests using it are skipped without it."""
     value = os.environ.get("ABID_SAMPLE_DIR")

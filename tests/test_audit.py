@@ -9,14 +9,11 @@ import numpy as np
 import pytest
 
 from invmon import abid
-from invmon.arrange import arrange
 from invmon.audit import AuditConfig, audit, read_labels
 from invmon.cli import main
-from invmon.preprocess import preprocess
 from invmon.s3 import make_client
 from invmon.serve import LocalServer
 from invmon.synth import synthesize
-from invmon.train import TrainConfig, fit
 
 
 def altered_copy(raw: Path, out: Path, fraction: float, classes: list[int], seed: int) -> Path:
@@ -131,18 +128,6 @@ def test_bad_arguments_are_named(raw_dir, model_dir, tmp_path, capsys):
 # -- the acceptance case: deliberately altered records, a model that can count ---------------
 
 COUNTING_CLASSES = [0, 1, 2]
-
-
-@pytest.fixture(scope="module")
-def counting_model(tmp_path_factory) -> Path:
-    """A model trained well enough to count 0-2 items in small synthetic photos."""
-    root = tmp_path_factory.mktemp("counting")
-    synthesize(str(root / "raw"), 480, seed=21, max_items=2, workers=1)
-    arrange(root / "raw", root / "arranged", classes="0-2", split="0.8,0.1,0.1", seed=0)
-    preprocess(root / "arranged", root / "shards", image_size=48, shard_size=256, workers=1)
-    config = TrainConfig(epochs=6, batch_size=32, lr=2e-3, device="cpu", seed=0)
-    fit(root / "shards", config, out=root / "model", quiet=True)
-    return root / "model"
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ import torch
 
 from invmon.cli import _train_config, build_parser
 from invmon.model import CONFIG_FILE, WEIGHTS_FILE, load_model
+from invmon.quantize import CALIBRATION_FILE
 from invmon.train import (
     EpochResult,
     Progress,
@@ -308,8 +309,9 @@ def test_data_model_and_checkpoints_on_s3(shards_dir, s3_url, tmp_path, monkeypa
     assert seen == [["runs/1/checkpoint/checkpoint.pt"]]
     listed = client.list_objects_v2(Bucket="training", Prefix="runs/1/")
     keys = {o["Key"] for o in listed["Contents"]}
+    model_files = (WEIGHTS_FILE, CONFIG_FILE, "history.json", REPORT_FILE, CALIBRATION_FILE)
     assert keys == {
-        f"runs/1/model/{name}" for name in (WEIGHTS_FILE, CONFIG_FILE, "history.json", REPORT_FILE)
+        f"runs/1/model/{name}" for name in model_files
     }  # the checkpoint is removed once the model is saved
     client.download_file("training", f"runs/1/model/{WEIGHTS_FILE}", str(tmp_path / "w.pt"))
     assert "fc.3.weight" in torch.load(tmp_path / "w.pt", weights_only=True)

@@ -14,6 +14,8 @@ import torch
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# Inference may also run int8 on a CPU (invmon.quantize); training never does.
+INFERENCE_PRECISIONS = ("auto", "int8", *PRECISIONS[1:])
 
 
 def resolve_device(name: str = "auto") -> torch.device:

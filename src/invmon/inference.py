@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from invmon.device import autocast, resolve_device, resolve_precision
+from invmon import quantize
+from invmon.device import INFERENCE_PRECISIONS, autocast, resolve_device, resolve_precision
 from invmon.model import ModelConfig, load_model
 from invmon.transforms import DEFAULT_MAX_PIXELS, normalize, prepare
 
@@ -44,6 +45,30 @@ class Predictions:
 
 
 GRAPHS = ("auto", "eager", "frozen", "compiled")
+_FLOAT_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def resolve_inference_precision(name: str, device: torch.device, model_dir: str | Path) -> str:
+    """The precision to run ``model_dir`` in: ``int8``, or a float one for :func:`autocast`.
+
+    ``auto`` is int8 on a CPU when the model folder holds an int8 calibration that train found
+    faithful enough (int8 is the fastest there, see :mod:`invmon.quantize`), else what
+    :func:`invmon.device.resolve_precision` picks.
+    """
+    if name not in INFERENCE_PRECISIONS:
+        raise ValueError(
+            f"--precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {name!r}"
+        )
+    if name == "int8" and not quantize.int8_supported(device):
+        raise ValueError(
+            f"--precision int8 runs on a CPU with PyTorch's {quantize.ENGINE} quantized engine, "
+            f"not on {device}; use bf16, fp16 or fp32"
+        )
+    if name == "auto" and quantize.int8_supported(device):
+        fidelity = quantize.read_fidelity(model_dir)
+        if fidelity is not None and fidelity.serves_int8:
+            return "int8"
+    return name
 
 
 def resolve_graph(name: str, device: torch.device) -> str:
@@ -81,8 +106,11 @@ def frozen(model: torch.nn.Module, image_size: int, device: torch.device, dtype)
 class Counter:
     """A loaded counting model that predicts on batches of preprocessed or encoded images."""
 
-    def __init__(self, model, config: ModelConfig, device: torch.device, dtype):
+    def __init__(
+        self, model, config: ModelConfig, device: torch.device, dtype, precision: str = "fp32"
+    ):
         self.model, self.config, self.device, self.dtype = model, config, device, dtype
+        self.precision = precision  # what the model runs in, for logs and reports
         self.class_counts = np.asarray(config.classes, dtype=np.int64)
 
     @classmethod
@@ -96,22 +124,36 @@ class Counter:
     ) -> Counter:
         """Load the model folder written by train.
 
-        ``graph`` says how the model runs (see :data:`GRAPHS`): ``eager``; ``frozen``, a frozen
-        TorchScript graph with batch norm folded into the convolutions and convolution + ReLU
-        fused by oneDNN; or ``compiled`` by TorchInductor with frozen, prepacked weights, the
-        fastest on a CPU but seconds to compile and needing a C++ compiler (``auto`` picks it
-        when one is there, else ``frozen``). ``freeze=True`` is ``graph="frozen"``. The figures
-        are in docs/benchmarks.md.
+        ``precision`` is one of :data:`INFERENCE_PRECISIONS` (see
+        :func:`resolve_inference_precision`). ``graph`` says how a float model runs (see
+        :data:`GRAPHS`): ``eager``; ``frozen``, a frozen TorchScript graph with batch norm folded
+        into the convolutions and convolution + ReLU fused by oneDNN; or ``compiled`` by
+        TorchInductor with frozen, prepacked weights, the fastest float graph on a CPU but seconds
+        to compile and needing a C++ compiler (``auto`` picks it when one is there, else
+        ``frozen``). ``freeze=True`` is ``graph="frozen"``. An int8 model
+        always runs as the quantized FX graph. The figures are in docs/benchmarks.md.
         """
         torch_device = resolve_device(device)
         model, config = load_model(model_dir, torch_device)
-        dtype = resolve_precision(precision, torch_device)
+        size = config.preprocessing.image_size
         graph = resolve_graph(graph or ("frozen" if freeze else "eager"), torch_device)
+        int8 = resolve_inference_precision(precision, torch_device, model_dir) == "int8"
+        # An int8 model re-checks close calls with the float model, in the float precision
+        # ``auto`` would pick (see invmon.quantize.RecheckedInt8).
+        dtype = resolve_precision("auto" if int8 else precision, torch_device)
+        int8_model = quantize.quantized(model, model_dir, size) if int8 else None
         if graph == "frozen":
-            model = frozen(model, config.preprocessing.image_size, torch_device, dtype)
+            model = frozen(model, size, torch_device, dtype)
         elif graph == "compiled":
             model = compiled(model)
-        return cls(model, config, torch_device, dtype)
+        if int8_model is not None:
+            fidelity = quantize.read_fidelity(model_dir)
+            margin = fidelity.margin if fidelity is not None else 0.0
+            model = quantize.RecheckedInt8(
+                int8_model, model, margin, lambda: autocast(torch_device, dtype)
+            )
+            return cls(model, config, torch_device, None, precision="int8")
+        return cls(model, config, torch_device, dtype, precision=_FLOAT_NAMES[dtype])
 
     @property
     def image_size(self) -> int:
@@ -158,7 +200,11 @@ class Counter:
         """Run the model once per batch size, so the first requests do not pay for setup."""
         size = self.image_size
         for n in batch_sizes:
-            self.predict_many([torch.zeros((n, 3, size, size), dtype=torch.uint8)])
+            batch = torch.zeros((n, 3, size, size), dtype=torch.uint8)
+            self.predict_many([batch])
+            if isinstance(self.model, quantize.RecheckedInt8):  # its float model, too
+                with torch.inference_mode():
+                    self.model.warm_up(self.to_inputs(batch))
 
     def predictions(self, logits: torch.Tensor) -> Predictions:
         """Turn logits into counts, probabilities and expected counts."""
