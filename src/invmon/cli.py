@@ -755,7 +755,7 @@ def cmd_serve(args) -> None:
 
 
 def _serve_parser(sub) -> None:
-    from invmon.device import PRECISIONS
+    from invmon.device import INFERENCE_PRECISIONS
     from invmon.inference import GRAPHS
     from invmon.predictor import (
         DEFAULT_MAX_BATCH_IMAGES,
@@ -773,13 +773,19 @@ def _serve_parser(sub) -> None:
     p.add_argument("--port", type=_positive_int, default=8080, help="HTTP port (default 8080)")
     p.add_argument("--name", default="bin-counter", help="model name in URLs")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="default auto")
+    p.add_argument(
+        "--precision",
+        choices=INFERENCE_PRECISIONS,
+        default="auto",
+        help="auto (default): int8 on a CPU when the model folder has an int8 calibration, "
+        "else bf16 where the device runs it natively, else fp32",
+    )
     p.add_argument(
         "--graph",
         choices=GRAPHS,
         default="auto",
-        help="how the model runs: auto (compiled on a CPU with a C++ compiler, else frozen), "
-        "compiled, frozen or eager",
+        help="how a float model runs: auto (compiled on a CPU with a C++ compiler, else "
+        "frozen), compiled, frozen or eager",
     )
     p.add_argument(
         "--max-images",

@@ -118,6 +118,9 @@ class BinCounterModel(Model):
             graph=self.options.graph,
         )
         self.counter.warm_up((1, 2, 8))
+        log.info(
+            "model %s loaded: %s on %s", self.name, self.counter.precision, self.counter.device
+        )
         threads = self.options.decode_threads or os.cpu_count() or 1
         self._decoder = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         self.batcher = ContinuousBatcher(
@@ -139,6 +142,11 @@ class BinCounterModel(Model):
                 stats.largest,
             )
             self.batcher.close()
+        rechecked = getattr(self.counter.model, "rechecked", None) if self.counter else None
+        if rechecked is not None:
+            log.info(
+                "int8: %d of %d images re-checked in float", rechecked, self.counter.model.images
+            )
         if self._decoder:
             self._decoder.shutdown(wait=False, cancel_futures=True)
 

@@ -83,7 +83,7 @@ def serve(
 def _parser() -> argparse.ArgumentParser:
     from kserve.model_server import parser as kserve_parser
 
-    from invmon.device import DEVICES, PRECISIONS
+    from invmon.device import DEVICES, INFERENCE_PRECISIONS
     from invmon.inference import GRAPHS
 
     parser = argparse.ArgumentParser(
@@ -94,9 +94,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (or cuda:N)")
     parser.add_argument(
         "--precision",
-        choices=PRECISIONS,
+        choices=INFERENCE_PRECISIONS,
         default="auto",
-        help="auto runs bf16 where the device supports it natively",
+        help="auto runs int8 on a CPU when the model folder has an int8 calibration (train "
+        "writes one), else bf16 where the device supports it natively, else fp32",
     )
     parser.add_argument(
         "--max_images",
