@@ -7,6 +7,7 @@ import pytest
 
 from invmon.data import DatasetIndex
 from invmon.evaluate import confusion_matrix, count_metrics, evaluate, per_class_scores
+from invmon.inference import Counter
 
 
 def test_count_metrics():
@@ -34,6 +35,7 @@ def test_evaluate_writes_metrics_predictions_and_report(model_dir, shards_dir, t
     assert result.baseline_count in range(6)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["accuracy"] == result.accuracy
+    assert saved["precision"] == Counter.from_model_dir(model_dir, device="cpu").precision
     assert len((tmp_path / "predictions.csv").read_text().splitlines()) == test_images + 1
     html = (tmp_path / "report.html").read_text()
     assert "<svg" in html and "Confusion matrix" in html and "majority baseline" in html

@@ -42,6 +42,8 @@ class Evaluation:
     baseline_count: int
     baseline_accuracy: float
     baseline_rmse: float
+    # What the model ran in: the precision a predictor on this device serves (auto).
+    precision: str = "fp32"
 
     def to_dict(self) -> dict:
         """Return a JSON-serialisable form."""
@@ -134,6 +136,7 @@ def evaluate(
         baseline_count=baseline,
         baseline_accuracy=baseline_metrics["accuracy"],
         baseline_rmse=baseline_metrics["rmse"],
+        precision=counter.precision,
     )
     _write_outputs(Path(out), evaluation, test.ids, true_counts, predicted_counts, expected)
     return evaluation
