@@ -8,6 +8,8 @@ import base64
 import io
 import json
 import struct
+import subprocess
+import sys
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -424,3 +426,14 @@ def test_concurrent_requests_each_get_their_own_answer(default_server, raw_dir, 
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(one, range(len(bins))))
     assert np.allclose(np.array(answers), expected, atol=2e-2)
+
+
+def test_the_serving_image_logs_the_predictors_lines_where_kserve_logs():
+    """Without this, KServe's logging setup drops what the predictor logs (precision, batches)."""
+    code = (
+        "import logging; from invmon.serve import _log_with_kserve; _log_with_kserve(None); "
+        "logging.getLogger('invmon.predictor').info('model loaded: int8 on cpu')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    line = (out.stdout + out.stderr).strip()  # KServe logs to stderr
+    assert "invmon.predictor INFO" in line and line.endswith("model loaded: int8 on cpu"), out

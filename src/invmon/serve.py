@@ -140,10 +140,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_with_kserve(log_config_file: str | None) -> None:
+    """Configure KServe's logging now, and send invmon's INFO lines through its handlers.
+
+    KServe configures only its own and uvicorn's loggers, so without this what the predictor
+    logs (the precision the model runs in, batching and int8 re-check counts) would be dropped.
+    """
+    from kserve import logging as kserve_logging
+
+    kserve_logging.configure_logging(log_config_file)
+    ours = logging.getLogger("invmon")
+    ours.setLevel(logging.INFO)
+    handlers = logging.getLogger(kserve_logging.KSERVE_LOGGER_NAME).handlers
+    if handlers:  # else KServe left logging to whoever configured the root logger
+        ours.handlers, ours.propagate = list(handlers), False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the serving image."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.configure_logging:
+        _log_with_kserve(args.log_config_file)
     try:
         limits = Limits(args.max_images, args.max_image_bytes, args.max_pixels)
         options = ServingOptions(
