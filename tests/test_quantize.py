@@ -154,3 +154,12 @@ def test_calibration_sample_spreads_over_the_split():
     assert quantize.calibration_sample(10, 64).tolist() == list(range(10))
     picked = quantize.calibration_sample(1000, 4)
     assert picked.tolist() == [0, 333, 666, 999]
+
+
+def test_warm_up_is_not_counted_as_re_checked_requests(model_dir, tmp_path):
+    faithful = with_fidelity(model_dir, tmp_path / "faithful", 1.0, rechecked=0.1)
+    counter = Counter.from_model_dir(faithful, device="cpu")
+    counter.warm_up((1, 2))
+    assert (counter.model.images, counter.model.rechecked) == (0, 0)
+    counter.predict_uint8(fresh_bins(3, counter.image_size))
+    assert counter.model.images == 3

@@ -205,6 +205,8 @@ class Counter:
             if isinstance(self.model, quantize.RecheckedInt8):  # its float model, too
                 with torch.inference_mode():
                     self.model.warm_up(self.to_inputs(batch))
+        if isinstance(self.model, quantize.RecheckedInt8):
+            self.model.images = self.model.rechecked = 0  # count requests only
 
     def predictions(self, logits: torch.Tensor) -> Predictions:
         """Turn logits into counts, probabilities and expected counts."""

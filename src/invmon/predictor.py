@@ -119,7 +119,7 @@ class BinCounterModel(Model):
         )
         self.counter.warm_up((1, 2, 8))
         log.info(
-            "model %s loaded: %s on %s", self.name, self.counter.precision, self.counter.device
+            "model %r loaded: %s on %s", self.name, self.counter.precision, self.counter.device
         )
         threads = self.options.decode_threads or os.cpu_count() or 1
         self._decoder = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
