@@ -138,10 +138,10 @@ def test_a_calibration_with_other_observers_is_refused_by_name(model_dir, tmp_pa
 
 def test_int8_is_refused_off_the_cpu_and_unknown_precisions_are_named(model_dir):
     with pytest.raises(ValueError, match="--precision int8 runs on a CPU"):
-        resolve_inference_precision("int8", torch.device("cuda"), model_dir)
+        resolve_inference_precision("int8", torch.device("cuda"), quantize.read_fidelity(model_dir))
     with pytest.raises(ValueError, match=r"one of auto, int8, bf16, fp16, fp32, got 'int4'"):
-        resolve_inference_precision("int4", CPU, model_dir)
-    assert resolve_inference_precision("fp32", CPU, model_dir) == "fp32"
+        resolve_inference_precision("int4", CPU, quantize.read_fidelity(model_dir))
+    assert resolve_inference_precision("fp32", CPU, quantize.read_fidelity(model_dir)) == "fp32"
 
 
 def test_calibration_needs_images(model_dir):

@@ -48,12 +48,14 @@ GRAPHS = ("auto", "eager", "frozen", "compiled")
 _FLOAT_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def resolve_inference_precision(name: str, device: torch.device, model_dir: str | Path) -> str:
-    """The precision to run ``model_dir`` in: ``int8``, or a float one for :func:`autocast`.
+def resolve_inference_precision(
+    name: str, device: torch.device, fidelity: quantize.Fidelity | None
+) -> str:
+    """The precision to run a model in: ``int8``, or a float one for :func:`autocast`.
 
-    ``auto`` is int8 on a CPU when the model folder holds an int8 calibration that train found
-    faithful enough (int8 is the fastest there, see :mod:`invmon.quantize`), else what
-    :func:`invmon.device.resolve_precision` picks.
+    ``auto`` is int8 on a CPU when the model folder's int8 calibration is one train found
+    faithful enough (``fidelity``, see :mod:`invmon.quantize`; int8 is the fastest there), else
+    what :func:`invmon.device.resolve_precision` picks.
     """
     if name not in INFERENCE_PRECISIONS:
         raise ValueError(
@@ -64,10 +66,9 @@ def resolve_inference_precision(name: str, device: torch.device, model_dir: str 
             f"--precision int8 runs on a CPU with PyTorch's {quantize.ENGINE} quantized engine, "
             f"not on {device}; use bf16, fp16 or fp32"
         )
-    if name == "auto" and quantize.int8_supported(device):
-        fidelity = quantize.read_fidelity(model_dir)
-        if fidelity is not None and fidelity.serves_int8:
-            return "int8"
+    faithful = fidelity is not None and fidelity.serves_int8
+    if name == "auto" and faithful and quantize.int8_supported(device):
+        return "int8"
     return name
 
 
@@ -137,17 +138,20 @@ class Counter:
         model, config = load_model(model_dir, torch_device)
         size = config.preprocessing.image_size
         graph = resolve_graph(graph or ("frozen" if freeze else "eager"), torch_device)
-        int8 = resolve_inference_precision(precision, torch_device, model_dir) == "int8"
+        calibration = (
+            quantize.read_calibration(model_dir) if quantize.int8_supported(torch_device) else None
+        )
+        fidelity = quantize.Fidelity.from_state(calibration) if calibration is not None else None
+        int8 = resolve_inference_precision(precision, torch_device, fidelity) == "int8"
         # An int8 model re-checks close calls with the float model, in the float precision
         # ``auto`` would pick (see invmon.quantize.RecheckedInt8).
         dtype = resolve_precision("auto" if int8 else precision, torch_device)
-        int8_model = quantize.quantized(model, model_dir, size) if int8 else None
+        int8_model = quantize.quantized(model, model_dir, calibration, size) if int8 else None
         if graph == "frozen":
             model = frozen(model, size, torch_device, dtype)
         elif graph == "compiled":
             model = compiled(model)
         if int8_model is not None:
-            fidelity = quantize.read_fidelity(model_dir)
             margin = fidelity.margin if fidelity is not None else 0.0
             model = quantize.RecheckedInt8(
                 int8_model, model, margin, lambda: autocast(torch_device, dtype)

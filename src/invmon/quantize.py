@@ -204,22 +204,29 @@ def measure_fidelity(
     margin = 2 * float(torch.quantile(moved.double(), 0.99))
     top2 = int8.topk(2, dim=1).values
     close = (top2[:, 0] - top2[:, 1]) < margin
-    answer = torch.where(close, reference.argmax(dim=1), int8.argmax(dim=1))
+    expected, alone = reference.argmax(dim=1), int8.argmax(dim=1)
+    checked = torch.where(close, expected, alone)
     return Fidelity(
         images=len(reference),
-        agreement=float((int8.argmax(dim=1) == reference.argmax(dim=1)).double().mean()),
+        agreement=float((alone == expected).double().mean()),
         margin=margin,
         rechecked=float(close.double().mean()),
-        checked_agreement=float((answer == reference.argmax(dim=1)).double().mean()),
+        checked_agreement=float((checked == expected).double().mean()),
     )
+
+
+def read_calibration(model_dir: str | Path) -> dict[str, torch.Tensor] | None:
+    """The tensors of the folder's calibration file (None when it has none)."""
+    path = Path(model_dir) / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_fidelity(model_dir: str | Path) -> Fidelity | None:
     """The fidelity train measured for the folder's calibration (None: no calibration or none)."""
-    path = Path(model_dir) / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    return Fidelity.from_state(torch.load(path, map_location="cpu", weights_only=True))
+    state = read_calibration(model_dir)
+    return None if state is None else Fidelity.from_state(state)
 
 
 class RecheckedInt8(nn.Module):
@@ -282,20 +289,24 @@ def save_calibration(
     return path
 
 
-def quantized(model: nn.Module, model_dir: str | Path, image_size: int) -> nn.Module:
-    """The int8 model built from float ``model`` and the calibration in ``model_dir``.
+def quantized(
+    model: nn.Module,
+    model_dir: str | Path,
+    calibration: dict[str, torch.Tensor] | None,
+    image_size: int,
+) -> nn.Module:
+    """The int8 model built from float ``model`` and ``model_dir``'s calibration (its tensors).
 
     Raises ModelNotFound without a calibration, and ValueError naming the file when it does not
     fit this model (other weights, or observers laid out by another PyTorch version).
     """
     path = Path(model_dir) / CALIBRATION_FILE
-    if not path.is_file():
+    if calibration is None:
         raise ModelNotFound(
             f"no {CALIBRATION_FILE} in model folder {str(model_dir)!r}: int8 needs the calibration "
             "that invmon train writes; use --precision bf16 or fp32 for this folder"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return convert(model, state, image_size, where=str(path))
+    return convert(model, calibration, image_size, where=str(path))
 
 
 def convert(
