@@ -87,6 +87,18 @@ def train_quick_model(image_size: int, out: Path) -> Path:
     return out / "model"
 
 
+def infer(connection: http.client.HTTPConnection, body: bytes, json_length: int):
+    """Send one binary V2 request on a kept-alive connection; return the response and its body."""
+    connection.request(
+        "POST",
+        f"/v2/models/{NAME}/infer",
+        body,
+        {"Inference-Header-Content-Length": str(json_length)},
+    )
+    response = connection.getresponse()
+    return response, response.read()
+
+
 class Load:
     """Client threads sending single-image V2 requests back to back."""
 
@@ -103,14 +115,7 @@ class Load:
         while time.monotonic() < stop_at:
             body, json_length = self.bodies[i % len(self.bodies)]
             start = time.perf_counter()
-            connection.request(
-                "POST",
-                f"/v2/models/{NAME}/infer",
-                body,
-                {"Inference-Header-Content-Length": str(json_length)},
-            )
-            response = connection.getresponse()
-            response.read()
+            response, _ = infer(connection, body, json_length)
             latencies.append(time.perf_counter() - start)
             statuses[response.status] = statuses.get(response.status, 0) + 1
             i += self.clients
@@ -148,14 +153,7 @@ def counts_of(url: str, bodies: list[tuple[bytes, int]]) -> list[int]:
     connection = http.client.HTTPConnection(host, int(port), timeout=120)
     counts = []
     for body, json_length in bodies:
-        connection.request(
-            "POST",
-            f"/v2/models/{NAME}/infer",
-            body,
-            {"Inference-Header-Content-Length": str(json_length)},
-        )
-        response = connection.getresponse()
-        answer = response.read()
+        response, answer = infer(connection, body, json_length)
         headers = {k.lower(): v for k, v in response.getheaders()}
         counts.append(int(_v2_outputs(answer, headers)["count"][0]))
     connection.close()
@@ -213,8 +211,9 @@ def main() -> None:
 
     from invmon.device import resolve_precision
     from invmon.inference import resolve_inference_precision
+    from invmon.quantize import read_fidelity
 
-    precision = resolve_inference_precision("auto", torch.device("cpu"), model)
+    precision = resolve_inference_precision("auto", torch.device("cpu"), read_fidelity(model))
     if precision == "auto":
         precision = "bf16" if resolve_precision("auto", torch.device("cpu")) else "fp32"
     print(
