@@ -755,7 +755,7 @@ def cmd_serve(args) -> None:
 
 
 def _serve_parser(sub) -> None:
-    from invmon.device import INFERENCE_PRECISIONS
+    from invmon.device import INFERENCE_PRECISION_HELP, INFERENCE_PRECISIONS
     from invmon.inference import GRAPHS
     from invmon.predictor import (
         DEFAULT_MAX_BATCH_IMAGES,
@@ -777,8 +777,7 @@ def _serve_parser(sub) -> None:
         "--precision",
         choices=INFERENCE_PRECISIONS,
         default="auto",
-        help="auto (default): int8 on a CPU when the model folder has an int8 calibration, "
-        "else bf16 where the device runs it natively, else fp32",
+        help=INFERENCE_PRECISION_HELP,
     )
     p.add_argument(
         "--graph",

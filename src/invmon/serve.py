@@ -83,7 +83,7 @@ def serve(
 def _parser() -> argparse.ArgumentParser:
     from kserve.model_server import parser as kserve_parser
 
-    from invmon.device import DEVICES, INFERENCE_PRECISIONS
+    from invmon.device import DEVICES, INFERENCE_PRECISION_HELP, INFERENCE_PRECISIONS
     from invmon.inference import GRAPHS
 
     parser = argparse.ArgumentParser(
@@ -96,8 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         "--precision",
         choices=INFERENCE_PRECISIONS,
         default="auto",
-        help="auto runs int8 on a CPU when the model folder has an int8 calibration (train "
-        "writes one), else bf16 where the device supports it natively, else fp32",
+        help=INFERENCE_PRECISION_HELP,
     )
     parser.add_argument(
         "--max_images",
