@@ -27,8 +27,8 @@ from pathlib import Path
 from PIL import Image
 
 from invmon.model import ModelConfig, build_model, save_model
-from invmon.predict import v2_binary_request
-from invmon.serve import LocalServer, v1_request, v2_request
+from invmon.predict import v1_request, v2_binary_request, v2_request
+from invmon.serve import LocalServer
 from invmon.synth import make_bin
 from invmon.transforms import Preprocessing
 

@@ -45,7 +45,9 @@ def test_top_level_help_lists_every_command_with_its_help_line(capsys):
         assert f"{choice.dest} {choice.help}" in out
 
 
-@pytest.mark.parametrize("args", [["--help"], ["synth", "--help"], ["compile", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["synth", "--help"], ["compile", "--help"], ["predict", "--help"]]
+)
 def test_light_commands_do_not_import_the_heavy_stages(args):
     """Only the command being run has its parser built, so help and the data stages start fast."""
     code = (

@@ -19,8 +19,9 @@ import torch
 from PIL import Image
 
 from invmon.inference import Counter
+from invmon.predict import post_json, v1_request, v2_request
 from invmon.predictor import BinCounterModel
-from invmon.serve import LocalServer, post_json, v1_request, v2_request
+from invmon.serve import LocalServer
 from invmon.transforms import normalize, prepare
 
 NAME = "bin-counter"

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from invmon.images import DEFAULT_IMAGES
-from invmon.predictor import DEFAULT_MODEL_NAME
+from invmon.predict import DEFAULT_MODEL_NAME
 
 log = logging.getLogger(__name__)
 
@@ -383,7 +383,7 @@ def smoke_check(
     precision moves them a little), and the counts must match unless the in-process answer is a
     near tie.
     """
-    from invmon.serve import post_json, v1_request, v2_request
+    from invmon.predict import post_json, v1_request, v2_request
 
     headers = {"Host": host} if host else None
     start = time.monotonic()

@@ -8,6 +8,7 @@ request are sent again one by one, so the bad one is reported and skipped and no
 
 from __future__ import annotations
 
+import base64
 import json
 import struct
 import urllib.error
@@ -17,10 +18,50 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from invmon.predictor import DEFAULT_MODEL_NAME
-from invmon.serve import v1_request
-
+DEFAULT_MODEL_NAME = "bin-counter"
 PROTOCOLS = ("v1", "v2")
+
+
+def post_json(
+    url: str, body, timeout: float = 60.0, headers: dict | None = None
+) -> tuple[int, dict]:
+    """POST a JSON body; return (HTTP status, decoded JSON answer) for success and error alike."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        text = err.read()
+        try:
+            return err.code, json.loads(text or b"{}")
+        except json.JSONDecodeError:
+            return err.code, {"error": text.decode(errors="replace")}
+
+
+def v1_request(images: list[bytes]) -> dict:
+    """A V1 predict body for encoded images."""
+    return {"instances": [{"image": {"b64": base64.b64encode(b).decode()}} for b in images]}
+
+
+def v2_request(images: list[bytes], request_id: str | None = None) -> dict:
+    """A V2 (Open Inference Protocol) JSON body carrying encoded images as base64 BYTES."""
+    body = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [len(images)],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(b).decode() for b in images],
+            }
+        ]
+    }
+    if request_id:
+        body["id"] = request_id
+    return body
 
 
 @dataclass(frozen=True)

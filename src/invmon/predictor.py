@@ -38,7 +38,6 @@ from invmon.transforms import DEFAULT_MAX_PIXELS, InvalidImage, prepare
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_NAME = "bin-counter"
 DEFAULT_MAX_IMAGES = 64
 # An ABID photo is about 57 KB; 10 MB leaves room for large PNGs from other cameras.
 DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024

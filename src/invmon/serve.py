@@ -9,8 +9,6 @@ how a local pipeline run "deploys" and how the tests send real HTTP.
 from __future__ import annotations
 
 import argparse
-import base64
-import json
 import logging
 import os
 import signal
@@ -23,7 +21,8 @@ import urllib.request
 import warnings
 from pathlib import Path
 
-from invmon.predictor import DEFAULT_MODEL_NAME, Limits, ServingOptions
+from invmon.predict import DEFAULT_MODEL_NAME
+from invmon.predictor import Limits, ServingOptions
 
 log = logging.getLogger(__name__)
 
@@ -267,48 +266,6 @@ class LocalServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def post_json(
-    url: str, body, timeout: float = 60.0, headers: dict | None = None
-) -> tuple[int, dict]:
-    """POST a JSON body; return (HTTP status, decoded JSON answer) for success and error alike."""
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", **(headers or {})},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        text = err.read()
-        try:
-            return err.code, json.loads(text or b"{}")
-        except json.JSONDecodeError:
-            return err.code, {"error": text.decode(errors="replace")}
-
-
-def v1_request(images: list[bytes]) -> dict:
-    """A V1 predict body for encoded images."""
-    return {"instances": [{"image": {"b64": base64.b64encode(b).decode()}} for b in images]}
-
-
-def v2_request(images: list[bytes], request_id: str | None = None) -> dict:
-    """A V2 (Open Inference Protocol) JSON body carrying encoded images as base64 BYTES."""
-    body = {
-        "inputs": [
-            {
-                "name": "image",
-                "shape": [len(images)],
-                "datatype": "BYTES",
-                "data": [base64.b64encode(b).decode() for b in images],
-            }
-        ]
-    }
-    if request_id:
-        body["id"] = request_id
-    return body
 
 
 if __name__ == "__main__":
