@@ -219,6 +219,10 @@ class BinCounterModel(Model):
         return _Request("v1", await self._decode(encoded))
 
     async def _parse_v2(self, request: InferRequest) -> _Request:
+        # Checked before any decoding or inference: a bad output name needs only the request.
+        unknown = [o.name for o in request.request_outputs or [] if o.name not in V2_OUTPUTS]
+        if unknown:
+            raise InvalidInput(f"unknown output {unknown[0]!r}; allowed: {', '.join(V2_OUTPUTS)}")
         if len(request.inputs) != 1:
             raise InvalidInput(
                 "expected exactly one input (BYTES images or FP32 tensors), "
@@ -336,10 +340,6 @@ def v2_response(
         output.set_data_from_numpy(array, binary_data=False)
         outputs.append(output)
     requested = request.request_outputs if request else None
-    if requested:
-        unknown = [o.name for o in requested if o.name not in V2_OUTPUTS]
-        if unknown:
-            raise InvalidInput(f"unknown output {unknown[0]!r}; allowed: {', '.join(V2_OUTPUTS)}")
     return InferResponse(
         response_id=(request.id if request else None) or str(uuid.uuid4()),
         model_name=name,
