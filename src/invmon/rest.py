@@ -145,7 +145,7 @@ def _decode_input(spec, position: int, binary: bytes, offset: int) -> tuple[Infe
 def _check_raw_size(name: str, shape: list[int], datatype: str, raw: bytes) -> None:
     element = DATATYPE_SIZES[datatype]
     if element is None:
-        elements = split_bytes_elements(raw, name)
+        elements = split_bytes_elements(raw, name, copy=False)
         if len(elements) != math.prod(shape):
             raise InvalidInput(
                 f"input {name!r} holds {len(elements)} BYTES elements, its shape {shape} "
@@ -158,8 +158,11 @@ def _check_raw_size(name: str, shape: list[int], datatype: str, raw: bytes) -> N
         )
 
 
-def split_bytes_elements(raw: bytes, name: str = "input") -> list[bytes]:
-    """Split binary BYTES tensor data (4-byte little-endian length, then the bytes, repeated)."""
+def split_bytes_elements(raw: bytes, name: str = "input", copy: bool = True) -> list:
+    """Split binary BYTES tensor data (4-byte little-endian length, then the bytes, repeated).
+
+    With ``copy=False`` the elements are memoryviews into ``raw`` (enough to count or measure
+    them without copying every image)."""
     elements, offset, view = [], 0, memoryview(raw)
     while offset < len(raw):
         if offset + 4 > len(raw):
@@ -171,7 +174,8 @@ def split_bytes_elements(raw: bytes, name: str = "input") -> list[bytes]:
                 f"input {name!r}: a BYTES element announces {length} bytes, only "
                 f"{len(raw) - offset} remain"
             )
-        elements.append(bytes(view[offset : offset + length]))
+        element = view[offset : offset + length]
+        elements.append(bytes(element) if copy else element)
         offset += length
     return elements
 
