@@ -21,7 +21,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,6 @@ class BatchStats:
     requests: int = 0
     images: int = 0
     largest: int = 0
-    sizes: dict[int, int] = field(default_factory=dict)
 
     def record(self, requests: int, images: int) -> None:
         """Count one batch of ``requests`` requests holding ``images`` images."""
@@ -46,7 +45,6 @@ class BatchStats:
         self.requests += requests
         self.images += images
         self.largest = max(self.largest, images)
-        self.sizes[images] = self.sizes.get(images, 0) + 1
 
 
 class ContinuousBatcher(Generic[Item, Result]):

@@ -59,7 +59,6 @@ class ServiceSpec:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict, ...] = ()
     canary_traffic_percent: int | None = None
-    serving_args: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.name or not set(self.name) <= _NAME_CHARS or not self.name[0].isalpha():
@@ -118,7 +117,6 @@ def render_inference_service(spec: ServiceSpec) -> dict:
             "8080",
             "--enable_grpc",
             "false",
-            *spec.serving_args,
         ],
         # KServe's storage initializer downloads STORAGE_URI into /mnt/models before start,
         # with the credentials of the ServiceAccount below.
