@@ -252,6 +252,8 @@ def test_a_stale_update_is_a_conflict_and_is_retried(predictor_server, smoke_ima
         report = deploy_to_cluster(_spec(image="r/invmon-serve:2"), smoke_image, api=api, poll=0.01)
     assert report.action == "updated" and len(calls) >= 2
     assert fake.objects[SERVICE_KEY]["metadata"]["labels"]["x"] == "1"
+    # The other client's patch, deploy's refused (409) one, and its retry after reading again.
+    assert [method for method, _ in fake.requests].count("PATCH") == 3
 
 
 def test_a_service_that_never_becomes_ready_fails_with_its_conditions(smoke_image):

@@ -401,13 +401,13 @@ def default_server(model_dir):
         yield running
 
 
-def test_default_graph_choice():
-    import shutil
-
+def test_default_graph_choice(monkeypatch):
     from invmon.inference import resolve_graph
 
-    expected = "compiled" if shutil.which("g++") else "frozen"
-    assert resolve_graph("auto", torch.device("cpu")) == expected
+    monkeypatch.setenv("CXX", sys.executable)  # a program that exists: compile on a CPU
+    assert resolve_graph("auto", torch.device("cpu")) == "compiled"
+    monkeypatch.setenv("CXX", "no-such-compiler")  # none: the frozen graph
+    assert resolve_graph("auto", torch.device("cpu")) == "frozen"
     assert resolve_graph("auto", torch.device("cuda")) == "frozen"
     with pytest.raises(ValueError, match="--graph must be one of"):
         resolve_graph("jit", torch.device("cpu"))

@@ -164,4 +164,5 @@ def test_a_seeded_hyperband_search_repeats(shards_dir, tmp_path):
         tune(shards_dir, tmp_path / run, spec=spec, base=base, seed=3)
         with open(tmp_path / run / "trials.csv") as handle:
             tables.append([(r["state"], r["trained_epochs"]) for r in csv.DictReader(handle)])
+    assert any(state == "PRUNED" for state, _ in tables[0]), tables[0]  # else nothing to repeat
     assert tables[0] == tables[1]
