@@ -23,18 +23,21 @@ from pathlib import Path
 
 import numpy as np
 
+from invmon import cluster
 from invmon.images import DEFAULT_IMAGES
 from invmon.predict import DEFAULT_MODEL_NAME
 
 log = logging.getLogger(__name__)
 
 KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+INFERENCE_SERVICE = cluster.Resource(
+    KSERVE_GROUP, KSERVE_VERSION, KSERVE_PLURAL, "InferenceService"
+)
 DEPLOYMENT_MODES = ("Standard", "Knative")
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # KServe gives up on a model that cannot load; waiting longer would not help.
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
-_NAMESPACE_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 class DeployError(RuntimeError):
@@ -150,7 +153,7 @@ def render_inference_service(spec: ServiceSpec) -> dict:
             "name": spec.name,
             "namespace": spec.namespace,
             "annotations": {DEPLOYMENT_MODE_ANNOTATION: spec.deployment_mode},
-            "labels": {"app.kubernetes.io/part-of": "inventory-monitoring"},
+            "labels": dict(cluster.PART_OF),
         },
         "spec": {"predictor": predictor},
     }
@@ -178,17 +181,6 @@ def toleration(text: str) -> dict:
 # -- rolling out on a cluster ------------------------------------------------------------------
 
 
-def custom_objects_api():
-    """A ``CustomObjectsApi`` from the in-cluster ServiceAccount, else the local kubeconfig."""
-    from kubernetes import client, config
-
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
-    return client.CustomObjectsApi()
-
-
 def _api_args(namespace: str) -> tuple:
     return (KSERVE_GROUP, KSERVE_VERSION, namespace, KSERVE_PLURAL)
 
@@ -213,7 +205,7 @@ def apply_inference_service(
         if err.status != 409:
             raise DeployError(_api_failure("create", namespace, name, err)) from None
     for attempt in range(attempts):
-        existing = api.get_namespaced_custom_object(*_api_args(namespace), name)
+        existing = cluster.get(api, INFERENCE_SERVICE, namespace, name)
         patch = update_patch(manifest, existing, canary_traffic_percent)
         try:
             return "updated", api.patch_namespaced_custom_object(*_api_args(namespace), name, patch)
@@ -287,10 +279,7 @@ def is_ready(obj: dict, generation: int) -> bool:
     observed = status.get("observedGeneration")
     if observed is not None and observed < generation:
         return False
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True"
-        for c in status.get("conditions") or []
-    )
+    return cluster.condition(obj, "Ready") is not None
 
 
 def _failed_load(obj: dict) -> str | None:
@@ -319,7 +308,7 @@ def wait_until_ready(
     """
     deadline, last = clock() + timeout, None
     while True:
-        obj = api.get_namespaced_custom_object(*_api_args(namespace), name)
+        obj = cluster.get(api, INFERENCE_SERVICE, namespace, name)
         if is_ready(obj, generation):
             return obj
         text = conditions_text(obj)
@@ -476,7 +465,7 @@ def deploy_to_cluster(
     match. ``smoke_url`` overrides the URL the service reports (for example an ingress gateway,
     with ``smoke_host`` as the Host header it routes on).
     """
-    api = api or custom_objects_api()
+    api = api or cluster.custom_objects_api()
     manifest = render_inference_service(spec)
     start = time.monotonic()
     action, stored = apply_inference_service(manifest, api, spec.canary_traffic_percent)
@@ -507,8 +496,7 @@ def deploy_to_cluster(
 
 def current_namespace(default: str = "default") -> str:
     """The namespace this pod runs in (its ServiceAccount's), else ``default``."""
-    path = Path(_NAMESPACE_FILE)
-    return path.read_text().strip() if path.is_file() else default
+    return cluster.current_namespace(default)
 
 
 def storage_uri(artifact_uri: str) -> str:
