@@ -25,8 +25,11 @@ from pathlib import Path
 import numpy as np
 import urllib3
 
-from invmon.netsim import Faults, free_port, process, wait_for_port
-from invmon.s3 import make_client, make_public_bucket
+from invmon.data.s3 import make_client, make_public_bucket
+
+# The network simulator is test support, kept under tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from support.netsim import Faults, free_port, process, wait_for_port
 
 BUCKET = "abid-benchmark"
 
@@ -122,7 +125,7 @@ def raw_gets(url: str, keys: list[str], threads: int) -> float:
 
 FUNCTION = """
 import json, sys
-from invmon.ingest import ingest
+from invmon.stages.ingest import ingest
 url, bucket, out, workers, limit = sys.argv[1:6]
 report = ingest(f"s3://{bucket}", out, endpoint_url=url, anonymous=True, workers=int(workers),
                 limit=int(limit) or None)

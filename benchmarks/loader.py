@@ -3,7 +3,8 @@
 The original project trained from class folders through torchvision's ImageFolder, decoding and
 transforming every JPEG again in every epoch (PIL, ``Resize((224, 224))``, a random flip,
 ``ToTensor``, ``Normalize``) in a DataLoader. Ours reads the preprocessed uint8 shards of the
-same photos (:class:`invmon.data.BatchLoader`: gather, flip the whole batch) and normalises on
+same photos (:class:`invmon.data.shards.BatchLoader`: gather, flip the whole batch) and normalises
+on
 the training device. Both run in one process with one thread, so img/s is per core.
 
     ABID_SAMPLE_DIR=/path/to/abid-sample .venv/bin/python benchmarks/loader.py
@@ -56,8 +57,8 @@ def measure_original(arranged: Path) -> dict:
 def measure_ours(shards: Path, normalize_on_cpu: bool) -> dict:
     import torch
 
-    from invmon.data import DatasetIndex, LoaderOptions
-    from invmon.transforms import normalize
+    from invmon.data.shards import DatasetIndex, LoaderOptions
+    from invmon.data.transforms import normalize
 
     torch.set_num_threads(1)
     index = DatasetIndex.read(shards)
@@ -84,8 +85,8 @@ def main() -> None:
         else:
             report(measure_ours(Path(folder), normalize_on_cpu=what == "ours+normalize"))
         return
-    from invmon.arrange import arrange
-    from invmon.preprocess import preprocess
+    from invmon.stages.arrange import arrange
+    from invmon.stages.preprocess import preprocess
 
     sample = sample_dir()
     with tempfile.TemporaryDirectory() as tmp:

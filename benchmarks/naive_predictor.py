@@ -20,10 +20,10 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 from PIL import Image
 from torchvision import transforms
 
-from invmon.model import load_model
-from invmon.predictor import Limits
-from invmon.rest import split_bytes_elements
-from invmon.serve import model_server
+from invmon.serving.predictor import Limits
+from invmon.serving.rest import split_bytes_elements
+from invmon.serving.server import model_server
+from invmon.training.model import load_model
 
 
 class NaiveCounter(Model):

@@ -9,7 +9,7 @@ errors; then whether both give the same count for every image, and the throughpu
   (benchmarks/naive_predictor.py);
 - predictor: the real one with its defaults (decode threads, grouping of concurrent requests into
   batches; int8 with close calls re-checked in bf16 when train found int8 faithful for this model,
-  else bf16 where the CPU supports it; see invmon.quantize);
+  else bf16 where the CPU supports it; see invmon.training.quantize);
 - predictor, no grouping: the same with ``--max_batch_images 1``, to show what grouping adds.
 
 Images: the real ABID sample when ABID_SAMPLE_DIR is set (or --images DIR), else synthetic bins.
@@ -34,8 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from invmon.predict import _v2_outputs, v2_binary_request
-from invmon.serve import LocalServer
+from invmon.serving.client import _v2_outputs, v2_binary_request
+from invmon.serving.server import LocalServer
 
 NAME = "bin-counter"
 HERE = Path(__file__).resolve().parent
@@ -62,7 +62,7 @@ def load_images(folder: Path | None, count: int) -> list[bytes]:
     if folder is not None:
         paths = sorted((folder / "bin-images").glob("*.jpg"))[:count]
         return [p.read_bytes() for p in paths]
-    from invmon.synth import make_bin
+    from invmon.data.synth import make_bin
 
     return [make_bin(seed=7, number=n, max_items=5)[1] for n in range(1, count + 1)]
 
@@ -74,10 +74,10 @@ def train_quick_model(image_size: int, out: Path) -> Path:
     for minutes on 300 real photos answers nearly the same for every photo (two epochs: "5" for
     all 300), which makes "same count as the naive predictor" say nothing.
     """
-    from invmon.arrange import arrange
-    from invmon.preprocess import preprocess
-    from invmon.synth import synthesize
-    from invmon.train import TrainConfig, fit
+    from invmon.data.synth import synthesize
+    from invmon.stages.arrange import arrange
+    from invmon.stages.preprocess import preprocess
+    from invmon.training.loop import TrainConfig, fit
 
     synthesize(str(out / "raw"), 600, seed=7, max_items=3, workers=2)
     arrange(out / "raw", out / "arranged", classes="0-3", split="0.8,0.1,0.1", seed=0)
@@ -198,7 +198,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="invmon-bench-"))
     model = args.model or train_quick_model(args.image_size, work)
     bodies = [v2_binary_request([image]) for image in images]
-    from invmon.synth import make_bin
+    from invmon.data.synth import make_bin
 
     # Counts are compared on the load's photos and on new bins like the quick model's training
     # data, where its answers spread over every class.
@@ -209,9 +209,9 @@ def main() -> None:
     }
     import torch
 
-    from invmon.device import resolve_precision
-    from invmon.inference import resolve_inference_precision
-    from invmon.quantize import read_fidelity
+    from invmon.serving.counter import resolve_inference_precision
+    from invmon.training.device import resolve_precision
+    from invmon.training.quantize import read_fidelity
 
     precision = resolve_inference_precision("auto", torch.device("cpu"), read_fidelity(model))
     if precision == "auto":

@@ -2,7 +2,7 @@
 
 The original project decoded and transformed every photo with PIL and torchvision in each epoch:
 ``Image.open(path).convert("RGB")`` then ``Resize((224, 224))``, ``ToTensor()``, ``Normalize``.
-Ours is ``invmon.transforms.prepare`` (the function the predictor also runs), once per photo,
+Ours is ``invmon.data.transforms.prepare`` (the function the predictor also runs), once per photo,
 writing uint8 shards. Each measurement runs in its own process (one thread per process), so that
 its peak memory is its own.
 
@@ -53,7 +53,7 @@ def measure_original(arranged: Path) -> dict:
 
 
 def measure_prepare(arranged: Path) -> dict:
-    from invmon.transforms import prepare
+    from invmon.data.transforms import prepare
 
     photos = _photos(arranged)
     start = time.perf_counter()
@@ -65,7 +65,7 @@ def measure_prepare(arranged: Path) -> dict:
 
 
 def measure_stage(arranged: Path, workers: int) -> dict:
-    from invmon.preprocess import preprocess
+    from invmon.stages.preprocess import preprocess
 
     out = Path(tempfile.mkdtemp())
     try:
@@ -78,7 +78,7 @@ def measure_stage(arranged: Path, workers: int) -> dict:
 
 def arrange_sample(raw: Path, out: Path, copies: int) -> Path:
     """Arrange the sample (``copies`` times over, under new bin ids) into class folders."""
-    from invmon.arrange import arrange
+    from invmon.stages.arrange import arrange
 
     if copies > 1:
         many = out / "raw"
@@ -123,7 +123,7 @@ def main() -> None:
         )
         ours = measure_in_child(__file__, "prepare", str(one))
         print(
-            f"invmon.transforms.prepare (one core):               "
+            f"invmon.data.transforms.prepare (one core):               "
             f"{ours['images_per_second']:7.1f} img/s per core, "
             f"peak RSS {ours['peak_rss_mib']} MiB"
         )

@@ -38,9 +38,9 @@ VARIANTS = (
 
 def make_dataset(root: Path) -> Path:
     """Synthetic bins through the project's own synth, arrange and preprocess stages."""
-    from invmon.arrange import arrange
-    from invmon.preprocess import preprocess
-    from invmon.synth import synthesize
+    from invmon.data.synth import synthesize
+    from invmon.stages.arrange import arrange
+    from invmon.stages.preprocess import preprocess
 
     synthesize(str(root / "raw"), BINS, seed=1)
     arrange(root / "raw", root / "arranged", classes="0-5", split="0.7,0.15,0.15", seed=0)
@@ -49,8 +49,8 @@ def make_dataset(root: Path) -> Path:
 
 
 def search(shards: Path, out: Path, early_stopping: str, start_epoch: int):
-    from invmon.train import TrainConfig
-    from invmon.tune import Parameter, SearchSpec, tune
+    from invmon.training.loop import TrainConfig
+    from invmon.training.search import Parameter, SearchSpec, tune
 
     spec = SearchSpec(
         parameters=[

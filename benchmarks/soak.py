@@ -26,11 +26,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from invmon.model import ModelConfig, build_model, save_model
-from invmon.predict import v1_request, v2_binary_request, v2_request
-from invmon.serve import LocalServer
-from invmon.synth import make_bin
-from invmon.transforms import Preprocessing
+from invmon.data.synth import make_bin
+from invmon.data.transforms import Preprocessing
+from invmon.serving.client import v1_request, v2_binary_request, v2_request
+from invmon.serving.server import LocalServer
+from invmon.training.model import ModelConfig, build_model, save_model
 
 NAME = "bin-counter"
 MAX_IMAGES = 8

@@ -3,7 +3,7 @@
 Both train the same ResNet50 with the original two-layer head, on the same batches (8 images of
 224 px, as the reference figures in the product brief), with Adam, at the same precision. The bare
 loop is the least a PyTorch training step can be: tensors already normalised in memory, then
-forward, loss, backward, step. The train loop is :func:`invmon.train.train_one_epoch` on
+forward, loss, backward, step. The train loop is :func:`invmon.training.loop.train_one_epoch` on
 preprocessed shards: it also gathers each batch from the memory-mapped shards, flips images,
 normalises on the device, steps the learning-rate schedule and the gradient scaler and keeps its
 metrics. Also measured: the bare loop in fp32 with the NCHW layout (what bf16 autocast and
@@ -42,9 +42,9 @@ VARIANTS = {
 
 def make_dataset(root: Path) -> Path:
     """Synthetic bins through the project's own synth, arrange and preprocess stages."""
-    from invmon.arrange import arrange
-    from invmon.preprocess import preprocess
-    from invmon.synth import synthesize
+    from invmon.data.synth import synthesize
+    from invmon.stages.arrange import arrange
+    from invmon.stages.preprocess import preprocess
 
     synthesize(str(root / "raw"), BINS, seed=0, workers=1)
     arrange(root / "raw", root / "arranged", classes="0-5", split="0.8,0,0.2", seed=0)
@@ -55,8 +55,8 @@ def make_dataset(root: Path) -> Path:
 def _setup(shards: Path, precision: str):
     import torch
 
-    from invmon.data import DatasetIndex
-    from invmon.train import TrainConfig, build_run, seed_everything
+    from invmon.data.shards import DatasetIndex
+    from invmon.training.loop import TrainConfig, build_run, seed_everything
 
     seed_everything(0)
     index = DatasetIndex.read(shards)
@@ -73,14 +73,14 @@ def _setup(shards: Path, precision: str):
 
 
 def _single_process():
-    from invmon.distributed import Distributed
+    from invmon.training.distributed import Distributed
 
     return Distributed()
 
 
 def measure_loop(shards: Path) -> float:
     """Images/s of train_one_epoch over the second of two epochs (the first warms up)."""
-    from invmon.train import train_one_epoch
+    from invmon.training.loop import train_one_epoch
 
     config, index, split, run = _setup(shards, "bf16")
     train_one_epoch(run, split, config, index.preprocessing, epoch=1)
@@ -94,7 +94,7 @@ def measure_bare(shards: Path, precision: str) -> float:
     """Images/s of the plainest loop over the same batches, already normalised in memory."""
     import torch
 
-    from invmon.transforms import normalize
+    from invmon.data.transforms import normalize
 
     _config, index, split, run = _setup(shards, precision)
     model, optimizer = run.plain_model, run.optimizer

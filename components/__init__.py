@@ -1,7 +1,8 @@
 """Thin KFP components, one folder per pipeline stage.
 
 Each ``<stage>/component.py`` holds a lightweight ``@dsl.component`` whose base image is that
-stage's image (see :mod:`invmon.images`) and whose body only adapts KFP artifacts to the stage's
+stage's image (see :mod:`invmon.cluster.container_images`) and whose body only adapts KFP artifacts
+to the stage's
 plain function in :mod:`invmon`. KFP ships just the function body, so every import is inside it.
 """
 

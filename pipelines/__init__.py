@@ -1,19 +1,24 @@
-"""The Kubeflow pipeline that wires the stage components together."""
+"""The Kubeflow pipeline that wires the stage components together, and the commands that compile
+it, submit it to a cluster and run it locally.
 
-from invmon.pipelines.inventory_pipeline import (
-    PIPELINE_NAME,
-    ClusterSettings,
-    Toleration,
-    WorkspaceSettings,
-    build_pipeline,
-    inventory_monitoring,
-)
+Importing this package imports nothing heavy; ``build_pipeline`` and the other names below load the
+pipeline module (and kfp) on first use, so that ``invmon compile --help`` starts fast.
+"""
 
-__all__ = [
+import importlib
+
+_EXPORTS = (
     "PIPELINE_NAME",
     "ClusterSettings",
     "Toleration",
     "WorkspaceSettings",
     "build_pipeline",
     "inventory_monitoring",
-]
+)
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module("invmon.pipelines.inventory_pipeline"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

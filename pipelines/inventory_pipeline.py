@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Input, Model
 
+from invmon.cluster.container_images import DEFAULT_IMAGES, ImageSet
 from invmon.components import (
     arrange,
     audit,
@@ -23,7 +24,6 @@ from invmon.components import (
     train,
     tune,
 )
-from invmon.images import DEFAULT_IMAGES, ImageSet
 
 PIPELINE_NAME = "inventory-monitoring"
 TUNE_BACKENDS = ("local", "katib")

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from invmon.arrange import arrange
-from invmon.preprocess import preprocess
-from invmon.s3 import embedded_s3_server, make_client, make_public_bucket
-from invmon.synth import synthesize
-from invmon.train import TrainConfig, fit
+from invmon.data.s3 import embedded_s3_server, make_client, make_public_bucket
+from invmon.data.synth import synthesize
+from invmon.stages.arrange import arrange
+from invmon.stages.preprocess import preprocess
+from invmon.training.loop import TrainConfig, fit
 
 TINY_IMAGE_SIZE = 32
 

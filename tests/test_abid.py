@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from invmon import abid
+from invmon.data import abid
 
 
 def test_bin_ids_are_padded_to_five_digits_then_plain():

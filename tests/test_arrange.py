@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from invmon.arrange import SPLITS, arrange, parse_classes, parse_split, read_manifest
+from invmon.stages.arrange import SPLITS, arrange, parse_classes, parse_split, read_manifest
 
 
 def test_layout_manifest_and_counts(arranged_dir, raw_dir):
@@ -101,7 +101,7 @@ def test_data_report_has_counts_drops_image_sizes_and_the_split_check(raw_dir, t
 
 
 def test_a_bin_in_two_splits_is_found(arranged_dir, tmp_path):
-    from invmon.arrange import splits_overlap
+    from invmon.stages.arrange import splits_overlap
 
     out = tmp_path / "arranged"
     shutil.copytree(arranged_dir, out)
@@ -121,8 +121,8 @@ def test_images_are_hard_links_by_default(raw_dir, tmp_path):
 
 
 def test_refer_mode_writes_no_image_and_preprocess_reads_the_raw_folder(raw_dir, tmp_path):
-    from invmon.arrange import image_locator
-    from invmon.preprocess import preprocess
+    from invmon.stages.arrange import image_locator
+    from invmon.stages.preprocess import preprocess
 
     report = arrange(raw_dir, tmp_path / "out", images="refer")
     assert report.layout == "raw"
@@ -136,7 +136,7 @@ def test_refer_mode_writes_no_image_and_preprocess_reads_the_raw_folder(raw_dir,
 
 
 def test_raw_may_be_a_workspace_pointer(raw_dir, tmp_path):
-    from invmon import workspace
+    from invmon.data import workspace
 
     workspace.write_pointer(tmp_path / "artifact", raw_dir)
     report = arrange(tmp_path / "artifact", tmp_path / "out", images="link-or-refer")

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from invmon import abid
-from invmon.audit import AuditConfig, audit, read_labels
 from invmon.cli import main
-from invmon.s3 import make_client
-from invmon.serve import LocalServer
-from invmon.synth import synthesize
+from invmon.data import abid
+from invmon.data.s3 import make_client
+from invmon.data.synth import synthesize
+from invmon.serving.server import LocalServer
+from invmon.stages.audit import AuditConfig, audit, read_labels
 
 
 def altered_copy(raw: Path, out: Path, fraction: float, classes: list[int], seed: int) -> Path:

@@ -10,11 +10,11 @@ import json
 import pytest
 from PIL import Image
 
-from invmon.arrange import arrange
-from invmon.ingest import ingest
-from invmon.preprocess import preprocess
-from invmon.s3 import make_client
-from invmon.synth import make_bin
+from invmon.data.s3 import make_client
+from invmon.data.synth import make_bin
+from invmon.stages.arrange import arrange
+from invmon.stages.ingest import ingest
+from invmon.stages.preprocess import preprocess
 
 
 def _document(count, **changes) -> bytes:

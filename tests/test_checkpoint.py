@@ -9,8 +9,8 @@ import sys
 import pytest
 import torch
 
-from invmon.checkpoint import CHECKPOINT_FILE, CheckpointStore
-from invmon.train import TrainConfig, fit
+from invmon.training.checkpoint import CHECKPOINT_FILE, CheckpointStore
+from invmon.training.loop import TrainConfig, fit
 
 EPOCHS = 4
 
@@ -124,7 +124,7 @@ def test_a_file_that_is_not_a_checkpoint_is_named(tmp_path):
 
 
 def test_s3_checkpoint_store_round_trip(s3_url, monkeypatch):
-    from invmon.s3 import make_client
+    from invmon.data.s3 import make_client
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")

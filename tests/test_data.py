@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from invmon.data import DatasetIndex, LoaderOptions, augment, epoch_order
-from invmon.preprocess import preprocess
+from invmon.data.shards import DatasetIndex, LoaderOptions, augment, epoch_order
+from invmon.stages.preprocess import preprocess
 
 
 @pytest.fixture(scope="module")

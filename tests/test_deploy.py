@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from fake_kubernetes import Controller, FakeKubernetesApi
 from kserve import V1beta1InferenceService
+from support.fake_kubernetes import Controller, FakeKubernetesApi
 
-from invmon.deploy import (
+from invmon.cluster.inference_service import (
     DeployError,
     ServiceSpec,
     deploy_local,
@@ -25,9 +25,9 @@ from invmon.deploy import (
     storage_uri,
     toleration,
 )
-from invmon.k8s import to_typed
-from invmon.model import ModelNotFound, build_model, read_config, save_model
-from invmon.serve import LocalServer
+from invmon.cluster.typed import to_typed
+from invmon.serving.server import LocalServer
+from invmon.training.model import ModelNotFound, build_model, read_config, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where the fake API server keeps the InferenceService that _spec() describes.

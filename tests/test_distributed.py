@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from invmon import distributed
-from invmon.distributed import AllReduceBatchNorm2d
-from invmon.model import load_model
-from invmon.preprocess import preprocess
-from invmon.train import TrainConfig
+from invmon.stages.preprocess import preprocess
+from invmon.training import distributed
+from invmon.training.distributed import AllReduceBatchNorm2d
+from invmon.training.loop import TrainConfig
+from invmon.training.model import load_model
 
 # fp64: in fp32, rounding alone moves some of ResNet50's gradients at initialisation by tens of
 # percent (measured), which would hide any real difference between one process and two.
@@ -38,7 +38,7 @@ def _free_port() -> int:
 
 def same_global_batches(split, config, epoch, place, device):
     """Each process's contiguous share of the global batches one process would train on."""
-    from invmon.data import LoaderOptions
+    from invmon.data.shards import LoaderOptions
 
     options = LoaderOptions(
         config.batch_size, shuffle=True, seed=config.seed * 1000 + epoch, drop_last=True
@@ -57,7 +57,7 @@ def _fit_worker(rank: int, world: int, port: int, shards: str, out: str):
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    from invmon import train
+    from invmon.training import loop as train
 
     train.training_batches = same_global_batches
     train.fit(shards, MECHANICS, out=out, quiet=True)
@@ -149,7 +149,7 @@ def test_the_train_command_runs_under_torchrun(small_shards, tmp_path):
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused(monkeypatch):
-    from invmon.train import fit
+    from invmon.training.loop import fit
 
     monkeypatch.setattr(
         distributed, "init", lambda device: distributed.Distributed(rank=0, world_size=3)

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from invmon.data import DatasetIndex
-from invmon.evaluate import confusion_matrix, count_metrics, evaluate, per_class_scores
-from invmon.inference import Counter
+from invmon.data.shards import DatasetIndex
+from invmon.serving.counter import Counter
+from invmon.stages.evaluate import confusion_matrix, count_metrics, evaluate, per_class_scores
 
 
 def test_count_metrics():
@@ -42,7 +42,7 @@ def test_evaluate_writes_metrics_predictions_and_report(model_dir, shards_dir, t
 
 
 def test_model_and_data_must_agree_on_image_size(model_dir, arranged_dir, tmp_path):
-    from invmon.preprocess import preprocess
+    from invmon.stages.preprocess import preprocess
 
     preprocess(arranged_dir, tmp_path / "s48", image_size=48, workers=1)
     with pytest.raises(ValueError, match="48px"):

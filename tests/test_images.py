@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from invmon.images import IMAGE_NAMES
+from invmon.cluster.container_images import IMAGE_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILES = [ROOT / "images" / name / "Dockerfile" for name in IMAGE_NAMES]

@@ -1,6 +1,6 @@
 """Ingest against a misbehaving S3: throttling, dropped connections, cut bodies, a killed run.
 
-The S3 server is moto's, over real HTTP; the misbehaviour comes from ``invmon.netsim``, a proxy in
+The S3 server is moto's, over real HTTP; the misbehaviour comes from ``support.netsim``, a proxy in
 front of it that answers a seeded share of requests with 503 SlowDown, closes connections without
 an answer, or cuts GET bodies off halfway.
 """
@@ -15,10 +15,10 @@ import urllib.request
 
 import numpy as np
 import pytest
+from support.netsim import Faults, running
 
-from invmon.ingest import ingest, read_report
-from invmon.netsim import Faults, running
-from invmon.s3 import RetryPolicy, make_client
+from invmon.data.s3 import RetryPolicy, make_client
+from invmon.stages.ingest import ingest, read_report
 
 # Short waits keep the tests fast; the production policy backs off for seconds.
 QUICK = RetryPolicy(attempts=10, base=0.005, slowdown_base=0.01, cap=0.2)

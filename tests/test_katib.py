@@ -12,13 +12,13 @@ import sys
 
 import pytest
 import yaml
-from fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_kubernetes_server
+from support.fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_kubernetes_server
 
-from invmon import katib
 from invmon.cli import build_parser, main
-from invmon.cluster import PodPlacement
-from invmon.train import TrainConfig
-from invmon.tune import ALGORITHMS, Parameter, SearchSpec, default_parameters
+from invmon.cluster import katib
+from invmon.cluster.objects import PodPlacement
+from invmon.training.loop import TrainConfig
+from invmon.training.search import ALGORITHMS, Parameter, SearchSpec, default_parameters
 
 # Katib's default StdOut metrics collector filter (BRIEF section 5).
 KATIB_FILTER = re.compile(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)")

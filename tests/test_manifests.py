@@ -8,7 +8,7 @@ import pytest
 import yaml
 from kserve import V1beta1InferenceService
 
-from invmon.k8s import to_typed
+from invmon.cluster.typed import to_typed
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -164,7 +164,7 @@ def test_no_secret_values_in_manifests():
 
 def _verbs_called(fake) -> set[tuple[str, str, str]]:
     """(API group, resource, RBAC verb) of every request the fake API server received."""
-    from fake_kubernetes import _PATH
+    from support.fake_kubernetes import _PATH
 
     verbs = set()
     for method, path in fake.requests:
@@ -180,12 +180,16 @@ def test_role_grants_exactly_the_custom_object_verbs_tune_and_train_call(tmp_pat
     and grant nothing more on these resources."""
     import json
 
-    from fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_kubernetes_server
+    from support.fake_kubernetes import (
+        FakeKubernetesApi,
+        custom_objects_api,
+        fake_kubernetes_server,
+    )
     from test_katib import _experiment, _succeed_on_third_read, _trial
     from test_trainjob import CONFIG, SETTINGS, _complete_on_second_read
 
-    from invmon import katib, trainjob
-    from invmon.tune import SearchSpec, default_parameters
+    from invmon.cluster import katib, trainjob
+    from invmon.training.search import SearchSpec, default_parameters
 
     called = set()
     spec = SearchSpec(parameters=default_parameters(8))

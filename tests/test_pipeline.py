@@ -7,8 +7,8 @@ import yaml
 from kfp import components
 
 from invmon.cli import main
-from invmon.compiler import compile_pipeline, parse_toleration, settings_from
-from invmon.images import IMAGE_NAMES, ImageSet
+from invmon.cluster.container_images import IMAGE_NAMES, ImageSet
+from invmon.pipelines.compile import compile_pipeline, parse_toleration, settings_from
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "pipelines" / "inventory_pipeline.yaml"
@@ -240,10 +240,10 @@ def test_compile_registry_and_tag_reach_the_katib_trials_and_the_trainjob(tmp_pa
     """`invmon compile --registry R --tag T` moves the image that tune hands to Katib's trial pods
     and train hands to the TrainJob's nodes, as well as the tasks' own images; the image found in
     the compiled YAML is the one the rendered Experiment and TrainJob run."""
-    from invmon import katib, trainjob
     from invmon.cli import main
-    from invmon.train import TrainConfig
-    from invmon.tune import SearchSpec
+    from invmon.cluster import katib, trainjob
+    from invmon.training.loop import TrainConfig
+    from invmon.training.search import SearchSpec
 
     out = tmp_path / "p.yaml"
     argv = ["compile", "--registry", "cr.example.org/team", "--tag", "7.1", "--output", str(out)]

@@ -3,9 +3,9 @@
 import pytest
 
 from invmon.cli import main
-from invmon.inference import Counter
-from invmon.predict import PredictError, PredictorClient, predict_all
-from invmon.serve import LocalServer
+from invmon.serving.client import PredictError, PredictorClient, predict_all
+from invmon.serving.counter import Counter
+from invmon.serving.server import LocalServer
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from invmon.arrange import read_manifest
-from invmon.data import DatasetIndex
-from invmon.preprocess import preprocess
-from invmon.synth import make_bin
-from invmon.transforms import InvalidImage, Preprocessing, normalize, prepare
+from invmon.data.shards import DatasetIndex
+from invmon.data.synth import make_bin
+from invmon.data.transforms import InvalidImage, Preprocessing, normalize, prepare
+from invmon.stages.arrange import read_manifest
+from invmon.stages.preprocess import preprocess
 
 
 def _jpeg(width=480, height=330, colour=(200, 180, 90)) -> bytes:

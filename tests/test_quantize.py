@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from invmon import quantize
-from invmon.inference import Counter, resolve_inference_precision
-from invmon.model import ModelConfig, ModelNotFound, build_model, read_config, save_model
-from invmon.synth import make_bin
-from invmon.transforms import Preprocessing, prepare
+from invmon.data.synth import make_bin
+from invmon.data.transforms import Preprocessing, prepare
+from invmon.serving.counter import Counter, resolve_inference_precision
+from invmon.training import quantize
+from invmon.training.model import ModelConfig, ModelNotFound, build_model, read_config, save_model
 
 CPU = torch.device("cpu")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from invmon.run import RunOptions, format_summary, run_pipeline
+from invmon.pipelines.local_run import RunOptions, format_summary, run_pipeline
 
 
 @pytest.mark.slow

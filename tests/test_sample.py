@@ -5,9 +5,9 @@ import json
 import pytest
 from conftest import public_bucket_on
 
-from invmon.arrange import arrange, read_manifest
-from invmon.ingest import ingest
-from invmon.s3 import make_client
+from invmon.data.s3 import make_client
+from invmon.stages.arrange import arrange, read_manifest
+from invmon.stages.ingest import ingest
 
 
 @pytest.mark.sample

@@ -18,11 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-from invmon.inference import Counter
-from invmon.predict import post_json, v1_request, v2_request
-from invmon.predictor import BinCounterModel
-from invmon.serve import LocalServer
-from invmon.transforms import normalize, prepare
+from invmon.data.transforms import normalize, prepare
+from invmon.serving.client import post_json, v1_request, v2_request
+from invmon.serving.counter import Counter
+from invmon.serving.predictor import BinCounterModel
+from invmon.serving.server import LocalServer
 
 NAME = "bin-counter"
 MAX_IMAGES = 6
@@ -402,7 +402,7 @@ def default_server(model_dir):
 
 
 def test_default_graph_choice(monkeypatch):
-    from invmon.inference import resolve_graph
+    from invmon.serving.counter import resolve_graph
 
     monkeypatch.setenv("CXX", sys.executable)  # a program that exists: compile on a CPU
     assert resolve_graph("auto", torch.device("cpu")) == "compiled"
@@ -432,9 +432,12 @@ def test_concurrent_requests_each_get_their_own_answer(default_server, raw_dir, 
 def test_the_serving_image_logs_the_predictors_lines_where_kserve_logs():
     """Without this, KServe's logging setup drops what the predictor logs (precision, batches)."""
     code = (
-        "import logging; from invmon.serve import _log_with_kserve; _log_with_kserve(None); "
-        "logging.getLogger('invmon.predictor').info('model loaded: int8 on cpu')"
+        "import logging; from invmon.serving.server import _log_with_kserve; "
+        "_log_with_kserve(None); "
+        "logging.getLogger('invmon.serving.predictor').info('model loaded: int8 on cpu')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     line = (out.stdout + out.stderr).strip()  # KServe logs to stderr
-    assert "invmon.predictor INFO" in line and line.endswith("model loaded: int8 on cpu"), out
+    assert "invmon.serving.predictor INFO" in line and line.endswith("model loaded: int8 on cpu"), (
+        out
+    )

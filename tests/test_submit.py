@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from invmon.compiler import settings_from
-from invmon.submit import parse_params, submit
+from invmon.pipelines.compile import settings_from
+from invmon.pipelines.submit import parse_params, submit
 
 
 class FakeKfpApiServer:

@@ -4,8 +4,8 @@ import json
 
 from PIL import Image
 
-from invmon import abid
-from invmon.synth import make_bin, synthesize
+from invmon.data import abid
+from invmon.data.synth import make_bin, synthesize
 
 
 def test_layout_and_schema_match_abid(raw_dir):
@@ -59,7 +59,7 @@ def test_metadata_count_matches_the_drawn_items():
 
 
 def test_synth_writes_to_s3(s3_url, public_bucket):
-    from invmon.s3 import make_client
+    from invmon.data.s3 import make_client
 
     report = synthesize(
         f"s3://{public_bucket}/abid", 5, seed=1, endpoint_url=s3_url, anonymous=True, workers=1

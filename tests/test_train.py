@@ -11,9 +11,7 @@ import pytest
 import torch
 
 from invmon.cli import _train_config, build_parser
-from invmon.model import CONFIG_FILE, WEIGHTS_FILE, load_model
-from invmon.quantize import CALIBRATION_FILE
-from invmon.train import (
+from invmon.training.loop import (
     EpochResult,
     Progress,
     TrainConfig,
@@ -25,7 +23,9 @@ from invmon.train import (
     schedule_factor,
     to_flags,
 )
-from invmon.training_report import REPORT_FILE
+from invmon.training.model import CONFIG_FILE, WEIGHTS_FILE, load_model
+from invmon.training.quantize import CALIBRATION_FILE
+from invmon.training.report import REPORT_FILE
 
 # Katib's default StdOut metrics collector filter (BRIEF section 5).
 KATIB_REGEX = re.compile(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)")
@@ -283,7 +283,7 @@ def _upload(client, folder, bucket, prefix):
 
 def test_data_model_and_checkpoints_on_s3(shards_dir, s3_url, tmp_path, monkeypatch):
     """A training pod that only sees S3: dataset in, model folder out, checkpoint alongside."""
-    from invmon.s3 import make_client
+    from invmon.data.s3 import make_client
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")  # moto accepts any signature
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")

@@ -3,12 +3,12 @@ package's typed Trainer models) and the create/wait/fail logic against a FAKE Ku
 """
 
 import pytest
-from fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_kubernetes_server
+from support.fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_kubernetes_server
 
-from invmon import trainjob
 from invmon.cli import _train_config, build_parser
-from invmon.cluster import PodPlacement
-from invmon.train import TrainConfig
+from invmon.cluster import trainjob
+from invmon.cluster.objects import PodPlacement
+from invmon.training.loop import TrainConfig
 
 SETTINGS = trainjob.TrainJobSettings(
     name="train-run-7",
@@ -139,8 +139,8 @@ def test_train_on_cluster_end_to_end_with_a_fake_trainer_controller(
     ``invmon train`` part; torchrun is what the runtime adds) against a real S3 server, then marks
     the job Complete. train_on_cluster must then hand back a loadable model folder."""
     from invmon.cli import main
-    from invmon.model import load_model
-    from invmon.s3 import make_client
+    from invmon.data.s3 import make_client
+    from invmon.training.model import load_model
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from invmon.train import TrainConfig
-from invmon.tune import ALGORITHMS, Parameter, SearchSpec, default_parameters, tune
+from invmon.training.loop import TrainConfig
+from invmon.training.search import ALGORITHMS, Parameter, SearchSpec, default_parameters, tune
 
 
 def test_search_space_maps_onto_katib_parameter_specs():

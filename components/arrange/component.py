@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Output
 
-from invmon.images import DEFAULT_IMAGES
+from invmon.cluster.container_images import DEFAULT_IMAGES
 
 
 @dsl.component(base_image=DEFAULT_IMAGES.for_stage("arrange"), install_kfp_package=False)
@@ -30,7 +30,7 @@ def arrange(
     """
     import shutil
 
-    from invmon import arrange as stage
+    from invmon.stages import arrange as stage
 
     result = stage.arrange(
         raw.path,

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
-from invmon.images import DEFAULT_IMAGES
+from invmon.cluster.container_images import DEFAULT_IMAGES
 
 
 @dsl.component(base_image=DEFAULT_IMAGES.for_stage("audit"), install_kfp_package=False)
@@ -36,8 +36,8 @@ def audit(
     import csv
     import os
 
-    from invmon import audit as stage
-    from invmon import workspace as shared
+    from invmon.data import workspace as shared
+    from invmon.stages import audit as stage
 
     summary = stage.audit(
         str(shared.resolve(raw.path)),

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model
 
-from invmon.images import DEFAULT_IMAGES
+from invmon.cluster.container_images import DEFAULT_IMAGES
 
 
 @dsl.component(base_image=DEFAULT_IMAGES.for_stage("deploy"), install_kfp_package=False)
@@ -50,7 +50,7 @@ def deploy(
         timeout: Seconds to wait for the service to become Ready.
         workspace: The pipeline workspace path, when the arranged images live in it.
     """
-    from invmon import deploy as stage
+    from invmon.cluster import inference_service as stage
 
     if target == "local":
         print(stage.deploy_local_from_dataset(model.path, arranged.path, name=name))

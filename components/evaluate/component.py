@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from invmon.images import DEFAULT_IMAGES
+from invmon.cluster.container_images import DEFAULT_IMAGES
 
 
 @dsl.component(base_image=DEFAULT_IMAGES.for_stage("evaluate"), install_kfp_package=False)
@@ -32,7 +32,7 @@ def evaluate(
     import tempfile
     from collections import namedtuple
 
-    from invmon import evaluate as stage
+    from invmon.stages import evaluate as stage
 
     out = tempfile.mkdtemp()
     result = stage.evaluate(model.path, shards.path, out, device=device)

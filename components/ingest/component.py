@@ -7,7 +7,7 @@ task per range under ``dsl.ParallelFor``), and ``merge_ingest`` joins the parts 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-from invmon.images import DEFAULT_IMAGES
+from invmon.cluster.container_images import DEFAULT_IMAGES
 
 
 @dsl.component(base_image=DEFAULT_IMAGES.for_stage("ingest"), install_kfp_package=False)
@@ -32,7 +32,7 @@ def plan_ingest(
     Returns:
         One description per part, for ``ingest``'s ``part`` input.
     """
-    from invmon import ingest as stage
+    from invmon.stages import ingest as stage
 
     plan = stage.plan_parts(
         source,
@@ -73,8 +73,8 @@ def ingest(
         workspace: The pipeline workspace path; when set, the bins are copied into it (where a
             retried task finds what an earlier attempt copied) instead of into the artifact.
     """
-    from invmon import ingest as stage
-    from invmon import workspace as shared
+    from invmon.data import workspace as shared
+    from invmon.stages import ingest as stage
 
     folder = shared.data_folder(workspace, "raw", raw.path)
     report = stage.ingest(
@@ -109,7 +109,7 @@ def merge_ingest(
         raw: All copied bins (or a pointer to them in the workspace) and ingest_report.json.
         workspace: The pipeline workspace path, when the parts copied into it.
     """
-    from invmon import ingest as stage
+    from invmon.stages import ingest as stage
 
     report = stage.merge_parts([part.path for part in parts], raw.path)
     print(report.summary())

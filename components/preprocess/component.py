@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-from invmon.images import DEFAULT_IMAGES
+from invmon.cluster.container_images import DEFAULT_IMAGES
 
 
 @dsl.component(base_image=DEFAULT_IMAGES.for_stage("preprocess"), install_kfp_package=False)
@@ -23,7 +23,7 @@ def preprocess(
         shard_size: Images per shard (GPUs and nodes read whole shards).
         workspace: The pipeline workspace path, when the arranged images are read from it.
     """
-    from invmon import preprocess as stage
+    from invmon.stages import preprocess as stage
 
     report = stage.preprocess(
         arranged.path, shards.path, image_size=image_size, shard_size=shard_size

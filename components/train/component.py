@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 
-from invmon.images import DEFAULT_IMAGES
+from invmon.cluster.container_images import DEFAULT_IMAGES
 
 
 @dsl.component(base_image=DEFAULT_IMAGES.for_stage("train"), install_kfp_package=False)
@@ -59,8 +59,8 @@ def train(
     import os
     import shutil
 
-    from invmon import train as stage
-    from invmon.training_report import REPORT_FILE, summary_metrics
+    from invmon.training import loop as stage
+    from invmon.training.report import REPORT_FILE, summary_metrics
 
     params = stage.read_params(os.path.join(search.path, "best.json"))
     if epochs > 0:
@@ -69,7 +69,8 @@ def train(
     if launcher == "local":
         stage.fit(shards.path, config, out=model.path, checkpoint=checkpoint or None)
     elif launcher == "trainjob":
-        from invmon import cluster, trainjob
+        from invmon.cluster import objects as cluster
+        from invmon.cluster import trainjob
 
         trainjob.train_on_cluster(
             shards.uri,

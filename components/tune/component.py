@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Output
 
-from invmon.images import DEFAULT_IMAGES
+from invmon.cluster.container_images import DEFAULT_IMAGES
 
 
 @dsl.component(base_image=DEFAULT_IMAGES.for_stage("tune"), install_kfp_package=False)
@@ -50,8 +50,8 @@ def tune(
         gpu_node_selector: Node labels of the GPU pool, for the trial pods.
         gpu_tolerations: Tolerations of the GPU pool's taints, for the trial pods.
     """
-    from invmon import train
-    from invmon import tune as stage
+    from invmon.training import loop as train
+    from invmon.training import search as stage
 
     spec = stage.SearchSpec(
         parameters=stage.default_parameters(max_epochs),
@@ -65,7 +65,8 @@ def tune(
     if backend == "local":
         result = stage.tune(shards.path, search.path, spec=spec, base=base, seed=seed)
     elif backend == "katib":
-        from invmon import cluster, katib
+        from invmon.cluster import katib
+        from invmon.cluster import objects as cluster
 
         result = katib.tune_on_cluster(
             shards.uri,

@@ -90,7 +90,7 @@ def _add_s3_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_synth(args) -> None:
-    from invmon.synth import synthesize
+    from invmon.data.synth import synthesize
 
     report = synthesize(
         args.out,
@@ -121,7 +121,7 @@ def _synth_parser(sub) -> None:
 
 
 def cmd_ingest(args) -> None:
-    from invmon.ingest import Part, ingest
+    from invmon.stages.ingest import Part, ingest
 
     report = ingest(
         args.source,
@@ -145,7 +145,7 @@ def _add_selection_options(p: argparse.ArgumentParser) -> None:
 
 
 def _ingest_parser(sub) -> None:
-    from invmon.ingest import VERIFY_MODES
+    from invmon.stages.ingest import VERIFY_MODES
 
     p = sub.add_parser(
         "ingest",
@@ -174,7 +174,7 @@ def _ingest_parser(sub) -> None:
 
 
 def cmd_ingest_plan(args) -> None:
-    from invmon.ingest import plan_parts
+    from invmon.stages.ingest import plan_parts
 
     plan = plan_parts(
         args.source,
@@ -201,7 +201,7 @@ def _ingest_plan_parser(sub) -> None:
 
 
 def cmd_ingest_merge(args) -> None:
-    from invmon.ingest import merge_parts
+    from invmon.stages.ingest import merge_parts
 
     print(f"ingest: {merge_parts(args.parts, args.out).summary()} -> {args.out}")
 
@@ -219,14 +219,14 @@ def _ingest_merge_parser(sub) -> None:
 
 
 def cmd_arrange(args) -> None:
-    from invmon.arrange import arrange, summarize
+    from invmon.stages.arrange import arrange, summarize
 
     report = arrange(args.raw, args.out, args.classes, args.split, args.seed, images=args.images)
     print(f"{summarize(report)} -> {args.out} (report: {args.out}/data_report.md)")
 
 
 def _arrange_parser(sub) -> None:
-    from invmon.arrange import IMAGE_MODES
+    from invmon.stages.arrange import IMAGE_MODES
 
     p = sub.add_parser(
         "arrange",
@@ -256,7 +256,7 @@ def _arrange_parser(sub) -> None:
 
 
 def cmd_preprocess(args) -> None:
-    from invmon.preprocess import preprocess
+    from invmon.stages.preprocess import preprocess
 
     report = preprocess(
         args.data,
@@ -309,8 +309,8 @@ def _fraction(text: str) -> float:
 
 def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     """The training recipe's options, shared by train and tune (tune's trials train with them)."""
-    from invmon.device import DEVICES
-    from invmon.train import CLASS_WEIGHTS, OPTIMIZERS, RECIPES, SCHEDULES, TRAIN_PRECISIONS
+    from invmon.training.device import DEVICES
+    from invmon.training.loop import CLASS_WEIGHTS, OPTIMIZERS, RECIPES, SCHEDULES, TRAIN_PRECISIONS
 
     g = p.add_argument_group("training recipe (explicit options override --params and --recipe)")
     g.add_argument(
@@ -387,7 +387,7 @@ _RECIPE_FLAGS = (
 
 def _train_config(args, params: dict | None = None):
     """The TrainConfig the options describe: recipe, then --params, then explicit options."""
-    from invmon.train import TUNABLE, recipe_config
+    from invmon.training.loop import TUNABLE, recipe_config
 
     explicit = {
         name: getattr(args, name)
@@ -408,7 +408,7 @@ def _train_config(args, params: dict | None = None):
 
 
 def cmd_tune(args) -> None:
-    from invmon.tune import SearchSpec, default_parameters, tune
+    from invmon.training.search import SearchSpec, default_parameters, tune
 
     spec = SearchSpec(
         parameters=default_parameters(args.max_epochs),
@@ -431,7 +431,7 @@ def cmd_tune(args) -> None:
 
 
 def _placement(args):
-    from invmon.cluster import PodPlacement
+    from invmon.cluster.objects import PodPlacement
 
     chosen = {"node_selector": tuple(args.node_selector)} if args.node_selector else {}
     return PodPlacement(
@@ -440,7 +440,7 @@ def _placement(args):
 
 
 def _tune_katib(args, spec, base) -> None:
-    from invmon import katib
+    from invmon.cluster import katib
 
     settings = katib.TrialSettings(
         data=args.data,
@@ -460,7 +460,7 @@ def _tune_katib(args, spec, base) -> None:
 
 
 def _tune_parser(sub) -> None:
-    from invmon.tune import ALGORITHMS, BACKENDS, EARLY_STOPPING, OBJECTIVES
+    from invmon.training.search import ALGORITHMS, BACKENDS, EARLY_STOPPING, OBJECTIVES
 
     p = sub.add_parser(
         "tune",
@@ -529,7 +529,7 @@ def _tune_parser(sub) -> None:
 
 
 def cmd_train(args) -> None:
-    from invmon.train import fit, read_params
+    from invmon.training.loop import fit, read_params
 
     config = _train_config(args, read_params(args.params) if args.params else {})
     checkpoint = args.checkpoint or _join(args.out, "checkpoint")
@@ -582,7 +582,7 @@ def _train_parser(sub) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from invmon.evaluate import evaluate
+    from invmon.stages.evaluate import evaluate
 
     e = evaluate(args.model, args.data, args.out, device=args.device)
     print(
@@ -607,7 +607,7 @@ def _evaluate_parser(sub) -> None:
 
 
 def cmd_deploy(args) -> None:
-    from invmon import deploy
+    from invmon.cluster import inference_service as deploy
 
     if args.local:
         sample = args.sample or _synthetic_sample()
@@ -634,8 +634,8 @@ def cmd_deploy(args) -> None:
 
 
 def _service_spec(args):
-    from invmon import deploy
-    from invmon.images import DEFAULT_IMAGES
+    from invmon.cluster import inference_service as deploy
+    from invmon.cluster.container_images import DEFAULT_IMAGES
 
     return deploy.ServiceSpec(
         name=args.name,
@@ -658,7 +658,7 @@ def _service_spec(args):
 def _synthetic_sample() -> str:
     import tempfile
 
-    from invmon.synth import make_bin
+    from invmon.data.synth import make_bin
 
     _, jpeg, _, _ = make_bin(seed=0, number=1, max_items=5)
     path = Path(tempfile.mkdtemp()) / "sample.jpg"
@@ -674,7 +674,7 @@ def _percent(text: str) -> int:
 
 
 def _deploy_parser(sub) -> None:
-    from invmon.deploy import DEPLOYMENT_MODES
+    from invmon.cluster.inference_service import DEPLOYMENT_MODES
 
     p = sub.add_parser(
         "deploy",
@@ -737,8 +737,8 @@ def _deploy_parser(sub) -> None:
 
 
 def cmd_serve(args) -> None:
-    from invmon.predictor import Limits, ServingOptions
-    from invmon.serve import serve
+    from invmon.serving.predictor import Limits, ServingOptions
+    from invmon.serving.server import serve
 
     serve(
         args.model,
@@ -755,13 +755,13 @@ def cmd_serve(args) -> None:
 
 
 def _serve_parser(sub) -> None:
-    from invmon.device import INFERENCE_PRECISION_HELP, INFERENCE_PRECISIONS
-    from invmon.inference import GRAPHS
-    from invmon.predictor import (
+    from invmon.serving.counter import GRAPHS
+    from invmon.serving.predictor import (
         DEFAULT_MAX_BATCH_IMAGES,
         DEFAULT_MAX_IMAGE_BYTES,
         DEFAULT_MAX_IMAGES,
     )
+    from invmon.training.device import INFERENCE_PRECISION_HELP, INFERENCE_PRECISIONS
 
     p = sub.add_parser(
         "serve",
@@ -809,7 +809,7 @@ def _serve_parser(sub) -> None:
 
 
 def cmd_predict(args) -> None:
-    from invmon.predict import PredictorClient, predict_all
+    from invmon.serving.client import PredictorClient, predict_all
 
     images = {}
     for path in args.images:
@@ -841,7 +841,7 @@ def cmd_predict(args) -> None:
 
 
 def _predict_parser(sub) -> None:
-    from invmon.predict import PROTOCOLS
+    from invmon.serving.client import PROTOCOLS
 
     p = sub.add_parser(
         "predict",
@@ -862,7 +862,7 @@ def _predict_parser(sub) -> None:
 
 
 def cmd_audit(args) -> None:
-    from invmon.audit import AuditConfig, audit
+    from invmon.stages.audit import AuditConfig, audit
 
     summary = audit(
         args.source,
@@ -896,7 +896,7 @@ def cmd_audit(args) -> None:
 
 
 def _audit_parser(sub) -> None:
-    from invmon.audit import DEFAULT_THRESHOLD
+    from invmon.stages.audit import DEFAULT_THRESHOLD
 
     p = sub.add_parser(
         "audit",
@@ -933,14 +933,14 @@ def _audit_parser(sub) -> None:
 
 
 def cmd_compile(args) -> None:
-    from invmon.compiler import compile_pipeline
+    from invmon.pipelines.compile import compile_pipeline
 
     print(f"wrote {compile_pipeline(args.output, _cluster_settings(args))}")
 
 
 def _add_cluster_options(p: argparse.ArgumentParser) -> None:
     """Compile-time settings shared by compile and submit."""
-    from invmon.images import DEFAULT_REGISTRY, DEFAULT_TAG
+    from invmon.cluster.container_images import DEFAULT_REGISTRY, DEFAULT_TAG
 
     p.add_argument("--registry", default=DEFAULT_REGISTRY, help="image registry")
     p.add_argument("--tag", default=DEFAULT_TAG, help="image tag")
@@ -1001,7 +1001,7 @@ def _add_cluster_options(p: argparse.ArgumentParser) -> None:
 
 
 def _cluster_settings(args):
-    from invmon.compiler import settings_from
+    from invmon.pipelines.compile import settings_from
 
     return settings_from(
         args.registry,
@@ -1019,7 +1019,7 @@ def _cluster_settings(args):
 
 
 def _compile_parser(sub) -> None:
-    from invmon.compiler import DEFAULT_OUTPUT
+    from invmon.pipelines.compile import DEFAULT_OUTPUT
 
     p = sub.add_parser(
         "compile",
@@ -1033,7 +1033,7 @@ def _compile_parser(sub) -> None:
 
 
 def cmd_submit(args) -> None:
-    from invmon.submit import submit
+    from invmon.pipelines.submit import submit
 
     run = submit(
         args.host,
@@ -1050,7 +1050,7 @@ def cmd_submit(args) -> None:
 
 
 def _submit_parser(sub) -> None:
-    from invmon.submit import DEFAULT_EXPERIMENT, DEFAULT_SERVICE_ACCOUNT
+    from invmon.pipelines.submit import DEFAULT_EXPERIMENT, DEFAULT_SERVICE_ACCOUNT
 
     p = sub.add_parser(
         "submit",
@@ -1079,7 +1079,7 @@ def _submit_parser(sub) -> None:
 
 
 def cmd_run(args) -> None:
-    from invmon.run import RunOptions, format_summary, run_pipeline
+    from invmon.pipelines.local_run import RunOptions, format_summary, run_pipeline
 
     options = RunOptions(
         source=args.source,
@@ -1103,7 +1103,7 @@ def cmd_run(args) -> None:
 
 
 def _run_parser(sub) -> None:
-    from invmon.run import DEFAULT_MIN_ACCURACY
+    from invmon.pipelines.local_run import DEFAULT_MIN_ACCURACY
 
     p = sub.add_parser(
         "run",

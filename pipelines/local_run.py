@@ -1,0 +1,205 @@
+"""Run the whole pipeline on this machine through ``kfp.local``, the way a data scientist tries it.
+
+The pipeline function is the one ``invmon compile`` compiles for a cluster; ``kfp.local`` runs each
+lightweight component in a subprocess of this interpreter (SubprocessRunner, no venv). With no
+``source``, an S3 server (moto) is started on loopback, seeded with synthetic bins in ABID's
+layout, made publicly readable like the real bucket, and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from invmon.data.s3 import embedded_s3_server, make_client, make_public_bucket
+
+log = logging.getLogger(__name__)
+
+DEMO_BUCKET = "invmon-demo"
+DEMO_BINS = 3600
+TASKS = ("ingest", "arrange", "preprocess", "tune", "train", "evaluate", "deploy", "audit")
+DEFAULT_MIN_ACCURACY = 0.4
+# The kfp.local task folder that marks the end of each stage (ingest ends when its parts merge).
+_TASK_FOLDERS = {"ingest": "merge-ingest"}
+
+
+@dataclass
+class RunOptions:
+    """What ``invmon run`` runs; None means "the default for this source"."""
+
+    source: str | None = None
+    endpoint_url: str | None = None
+    anonymous: bool = False
+    file_list: str | None = None
+    limit: int = 0
+    ingest_parts: int | None = None
+    classes: str = "0-5"
+    image_size: int | None = None
+    epochs: int | None = None
+    trials: int | None = None
+    max_trial_epochs: int | None = None
+    algorithm: str = "tpe"
+    weights: str = "none"
+    seed: int = 0
+    min_accuracy: float = DEFAULT_MIN_ACCURACY
+    synth_bins: int = DEMO_BINS
+    out: str = "runs"
+
+    def pipeline_arguments(self) -> dict:
+        """The pipeline's parameters for this run (embedded runs get small, CPU-sized defaults)."""
+        embedded = self.source is None
+        return {
+            "source": self.source or f"s3://{DEMO_BUCKET}",
+            "endpoint_url": self.endpoint_url or "",
+            "anonymous": True if embedded else self.anonymous,
+            "file_list": self.file_list or "",
+            "limit": self.limit,
+            # Two parts show the parallel ingest locally; a laptop gains little from more.
+            "ingest_parts": self.ingest_parts or (2 if embedded else 4),
+            "classes": self.classes,
+            "seed": self.seed,
+            # 64 px keeps a CPU run to minutes and is enough to count synthetic items;
+            # real photos need the ImageNet-sized 224 px.
+            "image_size": self.image_size or (64 if embedded else 224),
+            "trials": self.trials if self.trials is not None else (3 if embedded else 4),
+            "algorithm": self.algorithm,
+            "max_trial_epochs": self.max_trial_epochs or (2 if embedded else 10),
+            "train_epochs": self.epochs if self.epochs is not None else (10 if embedded else 0),
+            "weights": self.weights,
+            "min_accuracy": self.min_accuracy,
+            "deploy_target": "local",
+        }
+
+
+@dataclass
+class RunSummary:
+    """What a local run did and where its outputs are."""
+
+    run_dir: str
+    seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    min_accuracy: float | None = None
+    audit: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """Return a JSON-serialisable form."""
+        return asdict(self)
+
+
+def seed_demo_bucket(endpoint_url: str, bins: int, seed: int) -> str:
+    """Create the demo bucket on the embedded server, readable anonymously, and fill it."""
+    from invmon.data.synth import synthesize
+
+    make_public_bucket(make_client(endpoint_url, anonymous=True), DEMO_BUCKET)
+    synthesize(f"s3://{DEMO_BUCKET}", bins, seed=seed, endpoint_url=endpoint_url, anonymous=True)
+    return f"s3://{DEMO_BUCKET}"
+
+
+def run_pipeline(options: RunOptions) -> RunSummary:
+    """Run the pipeline locally with ``options``; raise RuntimeError if any stage fails."""
+    from kfp import local
+
+    from invmon.pipelines import build_pipeline
+
+    root = Path(options.out).resolve() / "pipeline_root"
+    root.mkdir(parents=True, exist_ok=True)
+    before = set(root.iterdir())
+    start = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        if options.source is None:
+            url = stack.enter_context(embedded_s3_server())
+            logging.getLogger("werkzeug").setLevel(logging.ERROR)
+            print(f"embedded S3 server at {url}; seeding {options.synth_bins} synthetic bins")
+            seed_demo_bucket(url, options.synth_bins, options.seed)
+            options = RunOptions(**{**asdict(options), "endpoint_url": url})
+        # The pipeline's shared workspace is a folder here; kfp.local deletes it after the run
+        # (the arranged dataset keeps its images: they are hard links).
+        local.init(
+            runner=local.SubprocessRunner(use_venv=False),
+            pipeline_root=str(root),
+            raise_on_error=True,
+            workspace_root=tempfile.mkdtemp(prefix="workspace-", dir=root.parent),
+        )
+        pipeline_start = time.time()
+        with warnings.catch_warnings():
+            # kfp.local warns when an image name lacks "python"; ours run in this interpreter.
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            build_pipeline()(**options.pipeline_arguments())
+    seconds = time.monotonic() - start
+    (run_dir,) = set(root.iterdir()) - before
+    summary = summarize_run(run_dir, seconds, pipeline_start)
+    summary.min_accuracy = options.min_accuracy
+    return summary
+
+
+def summarize_run(run_dir: Path, seconds: float, pipeline_start: float) -> RunSummary:
+    """Collect stage times, evaluation metrics and artifact paths of a finished local run.
+
+    ``pipeline_start`` is the wall-clock time the first stage started.
+    """
+    summary = RunSummary(run_dir=str(run_dir), seconds=round(seconds, 1))
+    ends = {}
+    for task in TASKS:
+        output = run_dir / _TASK_FOLDERS.get(task, task) / "executor_output.json"
+        if output.is_file():
+            ends[task] = output.stat().st_mtime
+    # Stages run one after another, so a stage's wall time is the gap since the previous finish.
+    previous = pipeline_start
+    for task, end in sorted(ends.items(), key=lambda item: item[1]):
+        summary.stage_seconds[task] = round(end - previous, 1)
+        previous = end
+    summary.metrics = _read_metadata(run_dir / "evaluate" / "executor_output.json", "metrics")
+    summary.audit = _read_metadata(run_dir / "audit" / "executor_output.json", "metrics")
+    summary.artifacts = {
+        "model": str(run_dir / "train" / "model"),
+        "evaluation report": str(run_dir / "evaluate" / "report"),
+        "search": str(run_dir / "tune" / "search"),
+        "arranged data": str(run_dir / "arrange" / "arranged"),
+    }
+    if summary.audit:
+        summary.artifacts["audit (flagged bins)"] = str(run_dir / "audit" / "results")
+    return summary
+
+
+def _read_metadata(executor_output: Path, artifact: str) -> dict:
+    if not executor_output.is_file():
+        return {}
+    data = json.loads(executor_output.read_text())
+    artifacts = data.get("artifacts", {}).get(artifact, {}).get("artifacts", [])
+    return dict(artifacts[0].get("metadata", {})) if artifacts else {}
+
+
+def format_summary(summary: RunSummary) -> str:
+    """The summary printed at the end of ``invmon run``."""
+    m = summary.metrics
+    lines = [f"pipeline finished in {summary.seconds:.0f}s ({summary.run_dir})"]
+    lines += [f"  {task:<11} {secs:6.1f}s" for task, secs in summary.stage_seconds.items()]
+    if m:
+        lines.append(
+            f"test accuracy {m.get('accuracy', float('nan')):.3f} "
+            f"(majority baseline {m.get('baseline_accuracy', float('nan')):.3f}), "
+            f"RMSE {m.get('rmse', float('nan')):.3f} "
+            f"(baseline {m.get('baseline_rmse', float('nan')):.3f}), "
+            f"off-by-one accuracy {m.get('off_by_one_accuracy', float('nan')):.3f}"
+        )
+    if "deploy" not in summary.stage_seconds and summary.min_accuracy is not None and m:
+        lines.append(
+            f"quality gate: accuracy below min_accuracy {summary.min_accuracy}; "
+            "deploy and audit skipped"
+        )
+    if summary.audit:
+        a = summary.audit
+        lines.append(
+            f"audit: {a.get('flagged', 0):.0f} of {a.get('scored', 0):.0f} bins flagged as likely "
+            "count mismatches"
+        )
+    lines += [f"  {name}: {path}" for name, path in summary.artifacts.items()]
+    return "\n".join(lines)

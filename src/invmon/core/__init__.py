@@ -1,0 +1,1 @@
+"""Shared helpers with no heavy dependency: stage settings, progress lines, HTML reports."""

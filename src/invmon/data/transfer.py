@@ -1,0 +1,118 @@
+"""Datasets in and model folders out, for training pods that only see S3.
+
+On a cluster, a TrainJob's nodes and Katib's trial pods are not KFP tasks: no artifact is mounted
+for them. They read the preprocessed dataset from an ``s3://`` prefix (copied once per node into a
+local cache, resumably) and write the model folder to an ``s3://`` prefix. Local paths pass through
+unchanged, so the same train command runs on a laptop and in a pod.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from invmon.data.s3 import S3Uri, is_s3_uri, make_client
+from invmon.training import distributed
+
+log = logging.getLogger(__name__)
+
+COMPLETE_MARKER = ".complete"
+CACHE_VARIABLE = "INVMON_CACHE_DIR"
+
+
+def cache_dir(uri: str) -> Path:
+    """The local folder that caches ``uri`` (under ``$INVMON_CACHE_DIR`` or the temp folder)."""
+    root = Path(os.environ.get(CACHE_VARIABLE) or Path(tempfile.gettempdir()) / "invmon-cache")
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return root / digest
+
+
+def fetch_dataset(
+    data: str | Path, place: distributed.Distributed | None = None, endpoint_url: str | None = None
+) -> Path:
+    """Return a local folder holding ``data``: the path itself, or a copy of an ``s3://`` prefix.
+
+    One process per node copies (local rank 0) while the others wait; files already copied are
+    not fetched again, so a restarted pod continues the copy.
+    """
+    place = place or distributed.Distributed()
+    if not is_s3_uri(str(data)):
+        return Path(data)
+    target = cache_dir(str(data))
+    if place.local_rank == 0 and not (target / COMPLETE_MARKER).is_file():
+        download_prefix(S3Uri.parse(str(data)), target, endpoint_url)
+        (target / COMPLETE_MARKER).write_text(str(data) + "\n")
+    place.barrier()
+    return target
+
+
+def download_prefix(uri: S3Uri, target: Path, endpoint_url: str | None, workers: int = 16) -> int:
+    """Copy every object under ``uri`` into ``target``; return the number of files fetched."""
+    client = make_client(endpoint_url, max_connections=workers)
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(
+        Bucket=uri.bucket, Prefix=uri.key("")
+    ):
+        keys += [(item["Key"], item["Size"]) for item in page.get("Contents", [])]
+    if not keys:
+        raise ValueError(f"{uri} holds no objects (expected a preprocessed dataset)")
+    todo = []
+    for key, size in keys:
+        relative = uri.relative(key)
+        path = _inside(target, relative, key)
+        if not (path.is_file() and path.stat().st_size == size):
+            todo.append((key, path))
+
+    def fetch(item):
+        key, path = item
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.part")
+        client.download_file(uri.bucket, key, str(partial))
+        os.replace(partial, path)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(fetch, todo))
+    log.info("fetched %d of %d files of %s into %s", len(todo), len(keys), uri, target)
+    return len(todo)
+
+
+def _inside(root: Path, relative: str, key: str) -> Path:
+    """``root / relative``, refusing keys that would land outside ``root``."""
+    path = (root / relative).resolve()
+    if not relative or root.resolve() not in path.parents:
+        raise ValueError(f"object key {key!r} does not name a file inside the dataset prefix")
+    return path
+
+
+@contextlib.contextmanager
+def publish_folder(out: str | Path, endpoint_url: str | None = None) -> Iterator[Path]:
+    """Yield a local folder to write into; for an ``s3://`` ``out``, upload it afterwards.
+
+    Files are uploaded only when the block finishes without error, so a failed run does not leave
+    a half-written model folder in the bucket.
+    """
+    if not is_s3_uri(str(out)):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        yield Path(out)
+        return
+    uri = S3Uri.parse(str(out))
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(tmp)
+        upload_folder(Path(tmp), uri, endpoint_url)
+
+
+def upload_folder(folder: Path, uri: S3Uri, endpoint_url: str | None = None) -> list[str]:
+    """Upload every file under ``folder`` to ``uri``; return the keys written."""
+    client = make_client(endpoint_url)
+    keys = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        key = uri.key(path.relative_to(folder).as_posix())
+        client.upload_file(str(path), uri.bucket, key)
+        keys.append(key)
+    return keys

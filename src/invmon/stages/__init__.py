@@ -1,0 +1,1 @@
+"""The stages of the pipeline, one module each, named after the stage."""

@@ -1,0 +1,412 @@
+"""Audit: find the bins whose photo disagrees with their recorded item count.
+
+This is what the product is for. Every bin of a source in ABID's layout (a folder or
+``s3://BUCKET/PREFIX`` with ``bin-images/`` and ``metadata/``) is scored by the model, either in
+process in batches (``model_dir``) or through a running predictor (``url``). A bin is flagged as a
+likely mismatch when the model gives its recorded count (``EXPECTED_QUANTITY``) a probability below
+``threshold``: a confident model that sees another count flags it, an unsure one does not.
+
+Outputs in ``out``:
+
+- ``audit.csv``: one row per bin (recorded and predicted count, confidence, probability of the
+  recorded count, expected count, flag), written as bins are scored, so an interrupted audit keeps
+  what it did;
+- ``flagged.csv``: the flagged bins, most suspicious first (the work list for a recount);
+- ``summary.json``: counts, skipped bins by reason, and, when true counts are given (``labels``,
+  for example from a physical recount), the precision and recall of the flag.
+
+A bin that cannot be scored (no image, invalid metadata, an undecodable image, a count outside the
+model's classes) is reported with its reason and skipped; it never stops the audit.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from invmon.data import abid
+from invmon.data.s3 import S3Uri, is_s3_uri, make_client
+
+log = logging.getLogger(__name__)
+
+AUDIT_FILE, FLAGGED_FILE, SUMMARY_FILE = "audit.csv", "flagged.csv", "summary.json"
+COLUMNS = (
+    "bin_id",
+    "recorded_count",
+    "predicted_count",
+    "confidence",
+    "recorded_probability",
+    "expected_count",
+    "flagged",
+)
+DEFAULT_THRESHOLD = 0.1
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """How bins are scored and when one is flagged."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    batch_size: int = 32
+    workers: int = 16
+    limit: int = 0
+
+    def __post_init__(self):
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        if self.batch_size < 1 or self.workers < 1 or self.limit < 0:
+            raise ValueError(
+                f"batch size and workers must be >= 1 and limit >= 0, got "
+                f"{self.batch_size}, {self.workers}, {self.limit}"
+            )
+
+
+@dataclass
+class BinScore:
+    """The model's view of one bin beside its record."""
+
+    bin_id: str
+    recorded_count: int
+    predicted_count: int
+    confidence: float
+    recorded_probability: float
+    expected_count: float
+    flagged: bool
+
+
+@dataclass
+class FlagQuality:
+    """How well the flag finds the truly mismatched bins (needs true counts)."""
+
+    labelled_bins: int
+    mismatched: int
+    flagged_mismatched: int
+    precision: float | None
+    recall: float | None
+
+
+@dataclass
+class AuditSummary:
+    """What an audit scored, flagged and skipped."""
+
+    source: str
+    scorer: str
+    threshold: float
+    bins: int = 0
+    scored: int = 0
+    flagged: int = 0
+    skipped: dict[str, dict[str, str]] = field(default_factory=dict)
+    quality: FlagQuality | None = None
+    seconds: float = 0.0
+
+    def skip(self, reason: str, bin_id: str, detail: str = "") -> None:
+        """Record that ``bin_id`` was not scored, and why."""
+        self.skipped.setdefault(reason, {})[bin_id] = detail
+        log.warning("bin %s skipped: %s %s", bin_id, reason, detail)
+
+    def to_dict(self) -> dict:
+        """Return a JSON-serialisable form."""
+        data = asdict(self)
+        data["skipped_counts"] = {reason: len(ids) for reason, ids in self.skipped.items()}
+        return data
+
+
+# -- reading bins ----------------------------------------------------------------------------
+
+
+class _Source:
+    """The bins of a folder or an S3 prefix in ABID's layout."""
+
+    def __init__(self, source: str, endpoint_url: str | None, anonymous: bool, workers: int):
+        self.text = source
+        if is_s3_uri(source):
+            self.uri = S3Uri.parse(source)
+            self.client = make_client(endpoint_url, anonymous, max_connections=workers)
+        else:
+            self.uri, self.root = None, Path(source)
+            if not (self.root / abid.METADATA_DIR).is_dir():
+                raise FileNotFoundError(
+                    f"--source {source!r} has no {abid.METADATA_DIR}/ folder (expected ABID's "
+                    f"layout: {abid.IMAGE_DIR}/<id>.jpg and {abid.METADATA_DIR}/<id>.json)"
+                )
+
+    def bin_ids(self) -> Iterator[str]:
+        """Every bin with a metadata document, in listing order (memory stays flat on S3)."""
+        if self.uri is None:
+            for path in sorted((self.root / abid.METADATA_DIR).iterdir()):
+                parsed = abid.split_key(f"{abid.METADATA_DIR}/{path.name}")
+                if parsed:
+                    yield parsed[1]
+            return
+        paginator = self.client.get_paginator("list_objects_v2")
+        prefix = self.uri.key(abid.METADATA_DIR) + "/"
+        for page in paginator.paginate(Bucket=self.uri.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                parsed = abid.split_key(self.uri.relative(item["Key"]))
+                if parsed:
+                    yield parsed[1]
+
+    def read(self, relative: str) -> bytes | None:
+        """The bytes of a dataset key, or None when it does not exist."""
+        if self.uri is None:
+            path = self.root / relative
+            return path.read_bytes() if path.is_file() else None
+        try:
+            body = self.client.get_object(Bucket=self.uri.bucket, Key=self.uri.key(relative))
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return body["Body"].read()
+
+
+@dataclass
+class _Bin:
+    bin_id: str
+    recorded: int
+    image: bytes
+
+
+def _load_bin(source: _Source, bin_id: str) -> _Bin | tuple[str, str, str]:
+    """The bin's record and photo, or (reason, bin_id, detail) when it cannot be scored."""
+    document = source.read(abid.metadata_key(bin_id))
+    if document is None:
+        return ("metadata vanished", bin_id, "")
+    try:
+        recorded = abid.expected_quantity(document)
+    except abid.MetadataError as err:
+        return ("invalid metadata", bin_id, str(err))
+    image = source.read(abid.image_key(bin_id))
+    if image is None:
+        return ("metadata without image", bin_id, "")
+    return _Bin(bin_id, recorded, image)
+
+
+# -- scoring ---------------------------------------------------------------------------------
+
+
+class _LocalScorer:
+    """The model run in this process: images decoded on threads, then one forward per batch."""
+
+    def __init__(self, model_dir: str | Path, pool: ThreadPoolExecutor, device: str = "auto"):
+        from invmon.serving.counter import Counter
+
+        self.counter = Counter.from_model_dir(model_dir, device=device, freeze=True)
+        self.classes = list(self.counter.config.classes)
+        self.pool = pool
+        self.name = f"model {model_dir}"
+
+    def score(self, bins: list[_Bin]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        from invmon.data.transforms import InvalidImage, prepare
+
+        def decode(b: _Bin):
+            try:
+                return prepare(b.image, self.counter.image_size)
+            except InvalidImage as err:
+                return err
+
+        arrays, failed = {}, {}
+        for b, result in zip(bins, self.pool.map(decode, bins), strict=True):
+            if isinstance(result, Exception):
+                failed[b.bin_id] = str(result)
+            else:
+                arrays[b.bin_id] = result
+        if not arrays:
+            return {}, failed
+        predictions = self.counter.predict_uint8(np.stack(list(arrays.values())))
+        return dict(zip(arrays, predictions.probabilities, strict=True)), failed
+
+
+class _RemoteScorer:
+    """A running predictor, asked through V2 with binary data."""
+
+    def __init__(self, url: str, name: str, batch_size: int):
+        from invmon.serving.client import PredictorClient
+
+        self.client = PredictorClient(url, name=name, protocol="v2")
+        self.batch_size = batch_size
+        self.classes: list[int] | None = None
+        self.name = f"predictor {url}"
+
+    def score(self, bins: list[_Bin]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        from invmon.serving.client import predict_all
+
+        report = predict_all(self.client, {b.bin_id: b.image for b in bins}, self.batch_size)
+        probabilities = {}
+        for bin_id, answer in report.answers.items():
+            if self.classes is None:
+                self.classes = sorted(answer.probabilities)
+            probabilities[bin_id] = np.array([answer.probabilities[c] for c in self.classes])
+        return probabilities, report.failed
+
+
+def score_bin(b: _Bin, probabilities: np.ndarray, classes: list[int], threshold: float) -> BinScore:
+    """Compare the model's probabilities for a bin with its recorded count."""
+    top = int(np.argmax(probabilities))
+    recorded_probability = float(probabilities[classes.index(b.recorded)])
+    return BinScore(
+        bin_id=b.bin_id,
+        recorded_count=b.recorded,
+        predicted_count=classes[top],
+        confidence=round(float(probabilities[top]), 4),
+        recorded_probability=round(recorded_probability, 4),
+        expected_count=round(float(probabilities @ np.asarray(classes, dtype=np.float64)), 3),
+        flagged=recorded_probability < threshold,
+    )
+
+
+# -- the stage -------------------------------------------------------------------------------
+
+
+def audit(
+    source: str,
+    out: str | Path,
+    model_dir: str | Path | None = None,
+    url: str | None = None,
+    name: str = "bin-counter",
+    endpoint_url: str | None = None,
+    anonymous: bool = False,
+    labels: str | Path | None = None,
+    config: AuditConfig | None = None,
+    device: str = "auto",
+) -> AuditSummary:
+    """Score every bin of ``source``, flag likely mismatches and write the results to ``out``.
+
+    Exactly one of ``model_dir`` (score in this process) and ``url`` (score through a running
+    predictor) is given. ``labels`` is an optional CSV of ``bin_id,true_count`` used to measure
+    the flag's precision and recall.
+    """
+    config = config or AuditConfig()
+    if (model_dir is None) == (url is None):
+        raise ValueError("give exactly one of --model DIR and --url URL")
+    truth = read_labels(labels) if labels else None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    reader = _Source(source, endpoint_url, anonymous, config.workers)
+    with ThreadPoolExecutor(config.workers) as pool:
+        if model_dir is not None:
+            scorer = _LocalScorer(model_dir, pool, device)
+        else:
+            scorer = _RemoteScorer(url, name, config.batch_size)
+        summary = AuditSummary(source=source, scorer=scorer.name, threshold=config.threshold)
+        scores = _run(reader, scorer, pool, config, summary, out / AUDIT_FILE)
+    summary.seconds = round(time.monotonic() - start, 1)
+    if summary.bins == 0:
+        raise ValueError(
+            f"--source {source!r} holds no bin metadata ({abid.METADATA_DIR}/<id>.json)"
+        )
+    if truth is not None:
+        summary.quality = flag_quality(scores, truth)
+    _write_flagged(scores, out / FLAGGED_FILE)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    return summary
+
+
+def _run(reader, scorer, pool, config, summary, csv_path: Path) -> list[BinScore]:
+    scores: list[BinScore] = []
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for chunk in _chunks(_limited(reader.bin_ids(), config.limit), config.batch_size):
+            summary.bins += len(chunk)
+            bins = []
+            for loaded in pool.map(lambda i: _load_bin(reader, i), chunk):
+                if isinstance(loaded, tuple):
+                    summary.skip(*loaded)
+                else:
+                    bins.append(loaded)
+            for score in _score_chunk(bins, scorer, config, summary):
+                writer.writerow([getattr(score, c) for c in COLUMNS])
+                scores.append(score)
+            handle.flush()
+    return scores
+
+
+def _score_chunk(bins: list[_Bin], scorer, config, summary) -> Iterator[BinScore]:
+    if not bins:
+        return
+    probabilities, failed = scorer.score(bins)
+    for bin_id, reason in failed.items():
+        summary.skip("image not scorable", bin_id, reason)
+    for b in bins:
+        if b.bin_id not in probabilities:
+            continue
+        if b.recorded not in scorer.classes:
+            summary.skip(
+                "recorded count outside the model's classes", b.bin_id, f"recorded {b.recorded}"
+            )
+            continue
+        score = score_bin(b, probabilities[b.bin_id], scorer.classes, config.threshold)
+        summary.scored += 1
+        summary.flagged += score.flagged
+        yield score
+
+
+def _limited(ids: Iterator[str], limit: int) -> Iterator[str]:
+    for position, bin_id in enumerate(ids):
+        if limit and position >= limit:
+            return
+        yield bin_id
+
+
+def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _write_flagged(scores: list[BinScore], path: Path) -> None:
+    flagged = sorted((s for s in scores if s.flagged), key=lambda s: s.recorded_probability)
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(COLUMNS)
+        for score in flagged:
+            writer.writerow([getattr(score, c) for c in COLUMNS])
+
+
+def read_labels(path: str | Path) -> dict[str, int]:
+    """True counts from a CSV with ``bin_id`` and ``true_count`` columns."""
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"bin_id", "true_count"} <= set(reader.fieldnames):
+            raise ValueError(
+                f"--labels {str(path)!r} needs a header with bin_id and true_count columns, "
+                f"got {reader.fieldnames}"
+            )
+        labels = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                labels[row["bin_id"]] = int(row["true_count"])
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"--labels {str(path)!r} line {line}: true_count {row['true_count']!r} is not "
+                    "an integer"
+                ) from None
+    return labels
+
+
+def flag_quality(scores: list[BinScore], truth: dict[str, int]) -> FlagQuality:
+    """Precision and recall of the flag against true counts (bins without one are left out)."""
+    labelled = [s for s in scores if s.bin_id in truth]
+    mismatched = [s for s in labelled if truth[s.bin_id] != s.recorded_count]
+    flagged = [s for s in labelled if s.flagged]
+    hits = [s for s in mismatched if s.flagged]
+    return FlagQuality(
+        labelled_bins=len(labelled),
+        mismatched=len(mismatched),
+        flagged_mismatched=len(hits),
+        precision=round(len(hits) / len(flagged), 4) if flagged else None,
+        recall=round(len(hits) / len(mismatched), 4) if mismatched else None,
+    )

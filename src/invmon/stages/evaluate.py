@@ -1,0 +1,192 @@
+"""Evaluate: how well a trained model counts the bins of the test split.
+
+Counting is ordinal, so beside exact accuracy it reports RMSE and MAE of the count, off-by-one
+accuracy, per-class precision and recall, and the confusion matrix; and beside every figure, the
+majority-class baseline (always answering the most frequent training count).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from invmon.core import html as report
+from invmon.core.progress import Progress
+from invmon.data.shards import DatasetIndex
+from invmon.serving.counter import Counter
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
+PREDICTIONS_FILE = "predictions.csv"
+
+
+@dataclass
+class Evaluation:
+    """Test-split results of a model, with the majority-class baseline."""
+
+    split: str
+    images: int
+    classes: list[int]
+    accuracy: float
+    rmse: float
+    mae: float
+    off_by_one_accuracy: float
+    per_class: dict[str, dict[str, float]]
+    confusion_matrix: list[list[int]]
+    baseline_count: int
+    baseline_accuracy: float
+    baseline_rmse: float
+    # What the model ran in: the precision a predictor on this device serves (auto).
+    precision: str = "fp32"
+
+    def to_dict(self) -> dict:
+        """Return a JSON-serialisable form."""
+        return asdict(self)
+
+
+def count_metrics(true: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Accuracy, RMSE, MAE and off-by-one accuracy of predicted against true counts."""
+    error = predicted.astype(np.float64) - true.astype(np.float64)
+    return {
+        "accuracy": float(np.mean(error == 0)),
+        "rmse": float(np.sqrt(np.mean(error**2))),
+        "mae": float(np.mean(np.abs(error))),
+        "off_by_one_accuracy": float(np.mean(np.abs(error) <= 1)),
+    }
+
+
+def confusion_matrix(true: np.ndarray, predicted: np.ndarray, classes: list[int]) -> np.ndarray:
+    """Rows are true counts, columns predicted counts, in the order of ``classes``."""
+    position = {c: i for i, c in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for t, p in zip(true, predicted, strict=True):
+        matrix[position[int(t)], position[int(p)]] += 1
+    return matrix
+
+
+def per_class_scores(matrix: np.ndarray, classes: list[int]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support per class from a confusion matrix."""
+    scores = {}
+    for i, c in enumerate(classes):
+        tp = matrix[i, i]
+        precision = tp / matrix[:, i].sum() if matrix[:, i].sum() else 0.0
+        recall = tp / matrix[i, :].sum() if matrix[i, :].sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        scores[str(c)] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "support": int(matrix[i, :].sum()),
+        }
+    return scores
+
+
+def majority_count(index: DatasetIndex) -> int:
+    """The most frequent count of the training split (ties go to the smaller count)."""
+    counts = index.split("train").counts
+    values, frequency = np.unique(counts, return_counts=True)
+    return int(values[np.argmax(frequency)])
+
+
+def evaluate(
+    model: str | Path,
+    data: str | Path,
+    out: str | Path,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int = 128,
+) -> Evaluation:
+    """Evaluate the model folder ``model`` on ``split`` of the preprocessed dataset ``data``.
+
+    Writes metrics.json, predictions.csv and report.html (with the confusion matrix) to ``out``.
+    """
+    counter = Counter.from_model_dir(model, device=device)
+    index = DatasetIndex.read(data)
+    _check_compatible(counter, index, model, data)
+    test = index.split(split)
+    if len(test) == 0:
+        raise ValueError(f"split {split!r} of {str(data)!r} has no images")
+    predicted, expected = [], []
+    progress = Progress("evaluate", total=len(test), unit="images")
+    for images, _targets in test.batches(batch_size):
+        result = counter.predict_uint8(images)
+        predicted.append(result.counts)
+        expected.append(result.expected)
+        progress.advance(len(images))
+    progress.close()
+    predicted_counts = np.concatenate(predicted)
+    true_counts = test.counts
+    classes = list(index.classes)
+    matrix = confusion_matrix(true_counts, predicted_counts, classes)
+    baseline = majority_count(index)
+    baseline_metrics = count_metrics(true_counts, np.full_like(true_counts, baseline))
+    evaluation = Evaluation(
+        split=split,
+        images=len(test),
+        classes=classes,
+        **count_metrics(true_counts, predicted_counts),
+        per_class=per_class_scores(matrix, classes),
+        confusion_matrix=matrix.tolist(),
+        baseline_count=baseline,
+        baseline_accuracy=baseline_metrics["accuracy"],
+        baseline_rmse=baseline_metrics["rmse"],
+        precision=counter.precision,
+    )
+    _write_outputs(Path(out), evaluation, test.ids, true_counts, predicted_counts, expected)
+    return evaluation
+
+
+def _check_compatible(counter: Counter, index: DatasetIndex, model, data) -> None:
+    if tuple(counter.config.classes) != tuple(index.classes):
+        raise ValueError(
+            f"model {str(model)!r} counts classes {list(counter.config.classes)} but dataset "
+            f"{str(data)!r} has classes {list(index.classes)}"
+        )
+    if counter.config.preprocessing != index.preprocessing:
+        raise ValueError(
+            f"model {str(model)!r} was trained on {counter.image_size}px images but dataset "
+            f"{str(data)!r} was preprocessed at {index.preprocessing.image_size}px"
+        )
+
+
+def _write_outputs(out: Path, evaluation: Evaluation, ids, true, predicted, expected) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS_FILE).write_text(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+    expected_all = np.concatenate(expected)
+    with open(out / PREDICTIONS_FILE, "w") as handle:
+        handle.write("bin_id,true_count,predicted_count,expected_count\n")
+        for row in zip(ids, true, predicted, expected_all, strict=True):
+            handle.write(f"{row[0]},{row[1]},{row[2]},{row[3]:.3f}\n")
+    (out / REPORT_FILE).write_text(html_report(evaluation))
+
+
+def html_report(evaluation: Evaluation) -> str:
+    """The evaluation as a self-contained HTML page with a confusion-matrix picture."""
+    e = evaluation
+    summary = report.table(
+        ["metric", "model", "majority baseline"],
+        [
+            ["accuracy", e.accuracy, e.baseline_accuracy],
+            ["RMSE", e.rmse, e.baseline_rmse],
+            ["MAE", e.mae, "-"],
+            ["off-by-one accuracy", e.off_by_one_accuracy, "-"],
+        ],
+    )
+    classes = report.table(
+        ["count", "precision", "recall", "F1", "support"],
+        [[c, s["precision"], s["recall"], s["f1"], s["support"]] for c, s in e.per_class.items()],
+    )
+    return report.page(
+        f"Evaluation on the {e.split} split ({e.images} bins)",
+        [
+            ("Summary", summary + f"<p>Baseline always answers {e.baseline_count} items.</p>"),
+            ("Confusion matrix", report.confusion_matrix_svg(e.confusion_matrix, e.classes)),
+            ("Per class", classes),
+        ],
+    )
