@@ -1,0 +1,1144 @@
+"""Commands not yet converted to stage modules (transition only; see invmon.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _print_json(data: dict) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+# -- stages ----------------------------------------------------------------------------------
+
+
+def _add_s3_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint URL (MinIO, moto, ...)")
+    p.add_argument(
+        "--anonymous",
+        action="store_true",
+        help="send unsigned requests (public buckets such as aft-vbi-pds)",
+    )
+
+
+def cmd_synth(args) -> None:
+    from invmon.data.synth import synthesize
+
+    report = synthesize(
+        args.out,
+        args.count,
+        seed=args.seed,
+        max_items=args.max_items,
+        endpoint_url=args.endpoint_url,
+        anonymous=args.anonymous,
+    )
+    print(f"wrote {report.bins} bins to {report.destination}; counts {report.counts}")
+
+
+def _synth_parser(sub) -> None:
+    p = sub.add_parser(
+        "synth",
+        description="Write synthetic bin photos and metadata exactly in ABID's "
+        "layout, to a folder or s3://BUCKET/PREFIX.",
+    )
+    p.add_argument("--out", required=True, help="folder or s3://BUCKET/PREFIX")
+    p.add_argument("--count", type=_positive_int, required=True, help="number of bins")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--max-items", type=_non_negative_int, default=5, help="most items in one bin (default 5)"
+    )
+    _add_s3_options(p)
+    p.set_defaults(func=cmd_synth)
+
+
+def cmd_ingest(args) -> None:
+    from invmon.stages.ingest import Part, ingest
+
+    report = ingest(
+        args.source,
+        args.out,
+        endpoint_url=args.endpoint_url,
+        anonymous=args.anonymous,
+        file_list=args.file_list,
+        limit=args.limit,
+        workers=args.workers,
+        part=Part.parse(args.part) if args.part else None,
+        verify=args.verify,
+    )
+    print(f"ingest: {report.summary()} -> {args.out}")
+
+
+def _add_selection_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", required=True, help="s3://BUCKET[/PREFIX]")
+    _add_s3_options(p)
+    p.add_argument("--file-list", help="the original project's file_list.json (path or s3://)")
+    p.add_argument("--limit", type=_positive_int, help="copy at most this many bins")
+
+
+def _ingest_parser(sub) -> None:
+    from invmon.stages.ingest import VERIFY_MODES
+
+    p = sub.add_parser(
+        "ingest",
+        description="Copy bin-images/ and metadata/ from S3 into a folder, many "
+        "requests at once, retrying throttled and failed requests; a re-run resumes.",
+    )
+    _add_selection_options(p)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--workers", type=_positive_int, default=32, help="requests in flight (default 32)"
+    )
+    p.add_argument(
+        "--part",
+        help="copy one part only: START:STOP (bin ids; either may be empty) or a part "
+        "printed by ingest-plan",
+    )
+    p.add_argument(
+        "--verify",
+        choices=VERIFY_MODES,
+        default="size",
+        help="what makes a file already on disk count as copied (default size; etag also "
+        "compares its MD5)",
+    )
+    p.set_defaults(func=cmd_ingest)
+
+
+def cmd_ingest_plan(args) -> None:
+    from invmon.stages.ingest import plan_parts
+
+    plan = plan_parts(
+        args.source,
+        args.parts,
+        endpoint_url=args.endpoint_url,
+        anonymous=args.anonymous,
+        file_list=args.file_list,
+        limit=args.limit,
+    )
+    for part in plan:
+        print(json.dumps(part.to_dict()))
+
+
+def _ingest_plan_parser(sub) -> None:
+    p = sub.add_parser(
+        "ingest-plan",
+        description="List the image keys once and print one JSON line per part (a key "
+        "range of about equal size), for `invmon ingest --part`.",
+    )
+    _add_selection_options(p)
+    p.add_argument("--parts", type=_positive_int, required=True, help="number of parts")
+    p.set_defaults(func=cmd_ingest_plan)
+
+
+def cmd_ingest_merge(args) -> None:
+    from invmon.stages.ingest import merge_parts
+
+    print(f"ingest: {merge_parts(args.parts, args.out).summary()} -> {args.out}")
+
+
+def _ingest_merge_parser(sub) -> None:
+    p = sub.add_parser(
+        "ingest-merge",
+        description="Join the folders written by `invmon ingest --part` (hard links where "
+        "possible) and merge their reports.",
+    )
+    p.add_argument("parts", nargs="+", help="the parts' output folders")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=cmd_ingest_merge)
+
+
+def cmd_arrange(args) -> None:
+    from invmon.stages.arrange import arrange, summarize
+
+    report = arrange(args.raw, args.out, args.classes, args.split, args.seed, images=args.images)
+    print(f"{summarize(report)} -> {args.out} (report: {args.out}/data_report.md)")
+
+
+def _arrange_parser(sub) -> None:
+    from invmon.stages.arrange import IMAGE_MODES
+
+    p = sub.add_parser(
+        "arrange",
+        description="Label each bin with EXPECTED_QUANTITY and write "
+        "<split>/<count>/<id>.jpg plus manifest.csv.",
+    )
+    p.add_argument("--raw", required=True, help="folder in the bucket's layout (from ingest)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--classes",
+        default="0-5",
+        help="counts to keep: a range or list (default 0-5; 1-5 as the original)",
+    )
+    p.add_argument(
+        "--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
+    p.add_argument(
+        "--images",
+        choices=IMAGE_MODES,
+        default="link",
+        help="how class folders get their images: hard links (copies across file systems; "
+        "the default), copies, none (refer: preprocess reads the raw folder), or link-or-refer",
+    )
+    p.set_defaults(func=cmd_arrange)
+
+
+def cmd_preprocess(args) -> None:
+    from invmon.stages.preprocess import preprocess
+
+    report = preprocess(
+        args.data,
+        args.out,
+        image_size=args.image_size,
+        shard_size=args.shard_size,
+        workers=args.workers,
+    )
+    print(
+        f"preprocess: {report.images} images at {report.image_size}px in "
+        f"{sum(report.shards.values())} shards, {len(report.skipped)} skipped -> {args.out}"
+    )
+
+
+def _preprocess_parser(sub) -> None:
+    p = sub.add_parser(
+        "preprocess",
+        description="Decode and resize every arranged image once into uint8 "
+        "shards that the trainer reads without decoding JPEG.",
+    )
+    p.add_argument("--data", required=True, help="arranged folder (from arrange)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        default=224,
+        help="side of the square model input in pixels (default 224)",
+    )
+    p.add_argument(
+        "--shard-size", type=_positive_int, default=4096, help="images per shard (default 4096)"
+    )
+    p.add_argument("--workers", type=_positive_int, help="decoding processes (default: all cores)")
+    p.set_defaults(func=cmd_preprocess)
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def _add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """The training recipe's options, shared by train and tune (tune's trials train with them)."""
+    from invmon.training.device import DEVICES
+    from invmon.training.loop import CLASS_WEIGHTS, OPTIMIZERS, RECIPES, SCHEDULES, TRAIN_PRECISIONS
+
+    g = p.add_argument_group("training recipe (explicit options override --params and --recipe)")
+    g.add_argument(
+        "--recipe",
+        choices=RECIPES,
+        default="default",
+        help="default: warmup + cosine decay; original: the original project's Adam at a "
+        "constant rate",
+    )
+    g.add_argument("--lr", type=_positive_float, help="learning rate (default 2e-3)")
+    g.add_argument("--batch-size", type=_positive_int, help="global batch size (default 32)")
+    g.add_argument("--epochs", type=_positive_int, help="epochs (default 10)")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, help="default adam")
+    g.add_argument("--weight-decay", type=_non_negative_float, help="default 0")
+    g.add_argument("--schedule", choices=SCHEDULES, help="learning-rate schedule (default cosine)")
+    g.add_argument(
+        "--warmup-fraction", type=_fraction, help="share of steps warming up (default 0.1)"
+    )
+    g.add_argument("--label-smoothing", type=_fraction, help="default 0")
+    g.add_argument(
+        "--class-weights", choices=CLASS_WEIGHTS, help="balanced: inverse class frequency"
+    )
+    g.add_argument(
+        "--early-stopping-patience",
+        type=_non_negative_int,
+        help="stop after this many epochs without a better validation accuracy and keep the "
+        "best epoch's weights (default 0: off)",
+    )
+    g.add_argument("--head-dropout", type=_fraction, help="dropout in the head (default 0)")
+    g.add_argument(
+        "--head-hidden", type=_positive_int, help="units in the head's hidden layer (default 256)"
+    )
+    g.add_argument(
+        "--weights",
+        default="none",
+        help="backbone start: none, imagenet, a path or an s3:// URI (default none)",
+    )
+    g.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default auto)")
+    g.add_argument(
+        "--precision",
+        choices=TRAIN_PRECISIONS,
+        default="auto",
+        help="auto uses bf16 where the device runs it natively; fp16 scales the loss; fp64 is "
+        "a slow reference for numerical checks",
+    )
+    g.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="keep tensors in NCHW layout",
+    )
+    g.add_argument("--compile", action="store_true", help="compile the model with torch.compile")
+    g.add_argument(
+        "--no-sync-batchnorm",
+        dest="sync_batchnorm",
+        action="store_false",
+        help="under torchrun, keep batch-norm statistics per process",
+    )
+    g.add_argument("--seed", type=int, default=0, help="default 0")
+
+
+_RECIPE_FLAGS = (
+    "optimizer",
+    "weight_decay",
+    "schedule",
+    "warmup_fraction",
+    "label_smoothing",
+    "class_weights",
+    "early_stopping_patience",
+    "head_dropout",
+    "head_hidden",
+)
+
+
+def _train_config(args, params: dict | None = None):
+    """The TrainConfig the options describe: recipe, then --params, then explicit options."""
+    from invmon.training.loop import TUNABLE, recipe_config
+
+    explicit = {
+        name: getattr(args, name)
+        for name in dict.fromkeys((*TUNABLE, *_RECIPE_FLAGS))
+        if getattr(args, name, None) is not None
+    }
+    return recipe_config(
+        args.recipe,
+        {**(params or {}), **explicit},
+        weights=args.weights,
+        device=args.device,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        sync_batchnorm=args.sync_batchnorm,
+        seed=args.seed,
+    )
+
+
+def cmd_tune(args) -> None:
+    from invmon.training.search import SearchSpec, default_parameters, tune
+
+    spec = SearchSpec(
+        parameters=default_parameters(args.max_epochs),
+        objective_metric=args.objective,
+        algorithm=args.algorithm,
+        max_trials=args.trials,
+        parallel_trials=args.parallel_trials,
+        max_failed_trials=args.max_failed_trials,
+        early_stopping=args.early_stopping,
+    )
+    base = _train_config(args)
+    if args.backend == "katib":
+        _tune_katib(args, spec, base)
+        return
+    result = tune(args.data, args.out, spec=spec, base=base, seed=args.seed)
+    print(
+        f"best {spec.objective_metric}={result.best_value:.4f} with {result.best_parameters} "
+        f"({result.trial_epochs} trial-epochs, {result.pruned} trials pruned)"
+    )
+
+
+def _placement(args):
+    from invmon.cluster.objects import PodPlacement
+
+    chosen = {"node_selector": tuple(args.node_selector)} if args.node_selector else {}
+    return PodPlacement(
+        gpus=args.gpus, service_account=args.service_account, s3_secret=args.s3_secret, **chosen
+    )
+
+
+def _tune_katib(args, spec, base) -> None:
+    from invmon.cluster import katib
+
+    settings = katib.TrialSettings(
+        data=args.data,
+        image=args.image or katib.default_image(),
+        namespace=args.namespace,
+        endpoint_url=args.endpoint_url,
+        placement=_placement(args),
+    )
+    experiment = katib.render_experiment(args.name, spec, base, settings, seed=args.seed)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(experiment, sort_keys=False), end="")
+        return
+    result = katib.run_experiment(experiment, args.out, spec, timeout=args.timeout)
+    print(f"best {spec.objective_metric}={result.best_value:.4f} with {result.best_parameters}")
+
+
+def _tune_parser(sub) -> None:
+    from invmon.training.search import ALGORITHMS, BACKENDS, EARLY_STOPPING, OBJECTIVES
+
+    p = sub.add_parser(
+        "tune",
+        description="Katib-style hyperparameter search; each trial runs the training loop "
+        "(locally with Optuna and pruning, or as a Katib Experiment on a cluster). Writes "
+        "best.json and trials.csv.",
+    )
+    p.add_argument("--data", required=True, help="preprocessed folder (katib: its s3:// location)")
+    p.add_argument("--out", required=True, help="output folder for best.json and trials.csv")
+    p.add_argument("--trials", type=_positive_int, default=4, help="number of trials (default 4)")
+    p.add_argument("--algorithm", choices=ALGORITHMS, default="tpe", help="default tpe")
+    p.add_argument("--backend", choices=BACKENDS, default="local", help="default local")
+    p.add_argument(
+        "--objective",
+        choices=tuple(OBJECTIVES),
+        default="accuracy",
+        help="accuracy (validation, maximised) or val_loss (minimised); default accuracy",
+    )
+    p.add_argument(
+        "--early-stopping",
+        choices=EARLY_STOPPING,
+        default="none",
+        help="stop unpromising trials: median (Katib medianstop) or hyperband (local only)",
+    )
+    p.add_argument(
+        "--max-epochs",
+        type=_positive_int,
+        default=10,
+        help="most epochs a trial trains (default 10)",
+    )
+    p.add_argument(
+        "--parallel-trials", type=_positive_int, default=1, help="trials at once (katib)"
+    )
+    p.add_argument(
+        "--max-failed-trials",
+        type=_non_negative_int,
+        default=1,
+        help="failed trials before the search fails (default 1)",
+    )
+    _add_recipe_options(p)
+    k = p.add_argument_group("katib backend")
+    k.add_argument(
+        "--dry-run", action="store_true", help="print the Experiment YAML, apply nothing"
+    )
+    k.add_argument("--name", default="invmon-tune", help="Experiment name")
+    k.add_argument("--namespace", default="kubeflow-user", help="namespace of the Experiment")
+    k.add_argument("--image", help="train image the trials run (default: the project's)")
+    k.add_argument("--endpoint-url", help="S3-compatible endpoint the trials read data from")
+    k.add_argument(
+        "--s3-secret", help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the trials"
+    )
+    k.add_argument("--gpus", type=_non_negative_int, default=1, help="GPUs per trial (default 1)")
+    k.add_argument(
+        "--node-selector",
+        type=_key_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="node label of the GPU pool (repeatable)",
+    )
+    k.add_argument("--service-account", help="ServiceAccount of the trial pods")
+    k.add_argument(
+        "--timeout", type=_positive_int, default=24 * 3600, help="seconds to wait (default 1 day)"
+    )
+    p.set_defaults(func=cmd_tune)
+
+
+def cmd_train(args) -> None:
+    from invmon.training.loop import fit, read_params
+
+    config = _train_config(args, read_params(args.params) if args.params else {})
+    checkpoint = args.checkpoint or _join(args.out, "checkpoint")
+    result = fit(
+        args.data,
+        config,
+        out=args.out,
+        checkpoint=checkpoint,
+        resume=args.resume,
+        endpoint_url=args.endpoint_url,
+    )
+    if result.model_dir is not None:  # rank 0 of a distributed run, or a single process
+        print(
+            f"trained {len(result.history)} epochs; best val accuracy "
+            f"{result.best_accuracy:.4f} -> {args.out}"
+        )
+
+
+def _join(location: str, name: str) -> str:
+    return f"{location.rstrip('/')}/{name}" if "://" in location else str(Path(location) / name)
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        description="Train ResNet50 with the original two-layer head. Prints one timestamped "
+        "line of Katib-style name=value metrics per epoch, checkpoints every epoch and "
+        "resumes on its own. Runs the same under torchrun (one process per GPU).",
+    )
+    p.add_argument(
+        "--data", required=True, help="preprocessed folder or s3:// prefix (from preprocess)"
+    )
+    p.add_argument("--out", required=True, help="model folder or s3:// prefix to write")
+    p.add_argument("--params", help="best.json from tune; explicit options override it")
+    _add_recipe_options(p)
+    c = p.add_argument_group("checkpoints and storage")
+    c.add_argument(
+        "--checkpoint",
+        help="folder or s3:// prefix for the per-epoch checkpoint (default OUT/checkpoint)",
+    )
+    c.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start over even if a checkpoint exists",
+    )
+    c.add_argument("--endpoint-url", help="S3-compatible endpoint URL (MinIO, ...)")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_evaluate(args) -> None:
+    from invmon.stages.evaluate import evaluate
+
+    e = evaluate(args.model, args.data, args.out, device=args.device)
+    print(
+        f"test accuracy {e.accuracy:.4f} (baseline {e.baseline_accuracy:.4f}), RMSE "
+        f"{e.rmse:.4f} (baseline {e.baseline_rmse:.4f}), off-by-one {e.off_by_one_accuracy:.4f}"
+        f" on {e.images} bins -> {args.out}"
+    )
+
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        description="Accuracy, RMSE, off-by-one accuracy, per-class scores and "
+        "the confusion matrix, beside the majority-class baseline.",
+    )
+    p.add_argument("--model", required=True, help="model folder (from train)")
+    p.add_argument("--data", required=True, help="preprocessed folder (from preprocess)")
+    p.add_argument("--out", required=True, help="output folder for metrics and report")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_deploy(args) -> None:
+    from invmon.cluster import inference_service as deploy
+
+    if args.local:
+        sample = args.sample or _synthetic_sample()
+        _print_json(deploy.deploy_local(args.model_uri, sample, name=args.name).to_dict())
+        return
+    spec = _service_spec(args)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(deploy.render_inference_service(spec), sort_keys=False), end="")
+        return
+    image = (
+        Path(args.sample).read_bytes() if args.sample else Path(_synthetic_sample()).read_bytes()
+    )
+    report = deploy.deploy_to_cluster(
+        spec,
+        image,
+        model_dir=args.model,
+        timeout=args.timeout,
+        smoke_url=args.smoke_url,
+        smoke_host=args.smoke_host,
+    )
+    _print_json(report.to_dict())
+
+
+def _service_spec(args):
+    from invmon.cluster import inference_service as deploy
+    from invmon.cluster.container_images import DEFAULT_IMAGES
+
+    return deploy.ServiceSpec(
+        name=args.name,
+        namespace=args.namespace or deploy.current_namespace(),
+        model_uri=deploy.storage_uri(args.model_uri),
+        image=args.image or DEFAULT_IMAGES.image("serve"),
+        service_account=args.service_account,
+        deployment_mode=args.deployment_mode,
+        min_replicas=args.min_replicas,
+        max_replicas=args.max_replicas,
+        cpu=args.cpu,
+        memory=args.memory,
+        gpus=args.gpus,
+        node_selector=dict(args.node_selector or []),
+        tolerations=tuple(deploy.toleration(t) for t in args.toleration or []),
+        canary_traffic_percent=args.canary_traffic_percent,
+    )
+
+
+def _synthetic_sample() -> str:
+    import tempfile
+
+    from invmon.data.synth import make_bin
+
+    _, jpeg, _, _ = make_bin(seed=0, number=1, max_items=5)
+    path = Path(tempfile.mkdtemp()) / "sample.jpg"
+    path.write_bytes(jpeg)
+    return str(path)
+
+
+def _percent(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 100, got {value}")
+    return value
+
+
+def _deploy_parser(sub) -> None:
+    from invmon.cluster.inference_service import DEPLOYMENT_MODES
+
+    p = sub.add_parser(
+        "deploy",
+        description="Create or update a KServe InferenceService for the model, wait until it is "
+        "Ready (failing with its conditions otherwise) and check a smoke request. --dry-run "
+        "prints the manifest; --local serves a model folder on loopback instead.",
+    )
+    p.add_argument(
+        "--model-uri",
+        required=True,
+        help="s3:// URI of the model folder (with --local: a local model folder)",
+    )
+    p.add_argument("--name", default="bin-counter", help="service and model name")
+    p.add_argument(
+        "--namespace", default="", help="Kubernetes namespace (default: this pod's, or default)"
+    )
+    p.add_argument("--image", help="predictor image (default: the project's serving image)")
+    p.add_argument(
+        "--service-account",
+        default="invmon-s3",
+        help="ServiceAccount whose Secret carries KServe's S3 settings",
+    )
+    p.add_argument("--deployment-mode", choices=DEPLOYMENT_MODES, default="Standard")
+    p.add_argument("--min-replicas", type=_non_negative_int, default=1)
+    p.add_argument("--max-replicas", type=_positive_int, default=2)
+    p.add_argument("--cpu", default="1", help="CPU request and limit per replica (default 1)")
+    p.add_argument("--memory", default="2Gi", help="memory request and limit (default 2Gi)")
+    p.add_argument("--gpus", type=_non_negative_int, default=0, help="GPUs per replica")
+    p.add_argument(
+        "--node-selector",
+        type=_key_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="node label the predictor must run on (repeatable)",
+    )
+    p.add_argument(
+        "--toleration",
+        action="append",
+        metavar="KEY[=VALUE]:EFFECT",
+        help="node taint the predictor tolerates (repeatable)",
+    )
+    p.add_argument(
+        "--canary-traffic-percent",
+        type=_percent,
+        help="on update in Knative mode: share of traffic for the new revision",
+    )
+    p.add_argument("--timeout", type=_positive_float, default=600, help="seconds to wait for Ready")
+    p.add_argument("--model", help="local copy of the model folder: the smoke answer must match it")
+    p.add_argument("--smoke-url", help="URL for the smoke request (default: the service's own)")
+    p.add_argument("--smoke-host", help="Host header for the smoke request (ingress routing)")
+    p.add_argument("--dry-run", action="store_true", help="print the manifest, apply nothing")
+    p.add_argument(
+        "--local",
+        action="store_true",
+        help="serve --model-uri (a folder) on loopback and send real requests",
+    )
+    p.add_argument("--sample", help="image for the smoke request (default: a synthetic bin)")
+    p.set_defaults(func=cmd_deploy)
+
+
+def cmd_serve(args) -> None:
+    from invmon.serving.predictor import Limits, ServingOptions
+    from invmon.serving.server import serve
+
+    serve(
+        args.model,
+        port=args.port,
+        name=args.name,
+        limits=Limits(max_images=args.max_images, max_image_bytes=args.max_image_bytes),
+        options=ServingOptions(
+            device=args.device,
+            precision=args.precision,
+            max_batch_images=args.max_batch_images,
+            graph=args.graph,
+        ),
+    )
+
+
+def _serve_parser(sub) -> None:
+    from invmon.serving.counter import GRAPHS
+    from invmon.serving.predictor import (
+        DEFAULT_MAX_BATCH_IMAGES,
+        DEFAULT_MAX_IMAGE_BYTES,
+        DEFAULT_MAX_IMAGES,
+    )
+    from invmon.training.device import INFERENCE_PRECISION_HELP, INFERENCE_PRECISIONS
+
+    p = sub.add_parser(
+        "serve",
+        description="Serve a model folder with KServe's ModelServer (V1 and V2 "
+        "REST) until interrupted.",
+    )
+    p.add_argument("--model", required=True, help="model folder (from train)")
+    p.add_argument("--port", type=_positive_int, default=8080, help="HTTP port (default 8080)")
+    p.add_argument("--name", default="bin-counter", help="model name in URLs")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument(
+        "--precision",
+        choices=INFERENCE_PRECISIONS,
+        default="auto",
+        help=INFERENCE_PRECISION_HELP,
+    )
+    p.add_argument(
+        "--graph",
+        choices=GRAPHS,
+        default="auto",
+        help="how a float model runs: auto (compiled on a CPU with a C++ compiler, else "
+        "frozen), compiled, frozen or eager",
+    )
+    p.add_argument(
+        "--max-images",
+        type=_positive_int,
+        default=DEFAULT_MAX_IMAGES,
+        help=f"most images in one request (default {DEFAULT_MAX_IMAGES})",
+    )
+    p.add_argument(
+        "--max-image-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_IMAGE_BYTES,
+        help=f"largest encoded image in bytes (default {DEFAULT_MAX_IMAGE_BYTES})",
+    )
+    p.add_argument(
+        "--max-batch-images",
+        type=_positive_int,
+        default=DEFAULT_MAX_BATCH_IMAGES,
+        help="most images per model batch when concurrent requests are grouped "
+        f"(default {DEFAULT_MAX_BATCH_IMAGES}; 1 turns grouping off)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_predict(args) -> None:
+    from invmon.serving.client import PredictorClient, predict_all
+
+    images = {}
+    for path in args.images:
+        try:
+            images[path] = Path(path).read_bytes()
+        except OSError as err:
+            raise FileNotFoundError(f"cannot read image {path!r}: {err.strerror}") from None
+    client = PredictorClient(args.url, args.name, args.protocol, host=args.host)
+    report = predict_all(client, images, args.batch_size)
+    if args.json:
+        _print_json(
+            {
+                "answers": {k: vars(v) for k, v in report.answers.items()},
+                "failed": report.failed,
+            }
+        )
+    else:
+        for path in args.images:
+            if path in report.answers:
+                a = report.answers[path]
+                print(
+                    f"{path}\tcount {a.count}\tconfidence {a.confidence:.3f}\t"
+                    f"expected {a.expected_count:.2f}"
+                )
+            else:
+                print(f"{path}\trefused: {report.failed[path]}", file=sys.stderr)
+    if report.failed:
+        raise RuntimeError(f"{len(report.failed)} of {len(images)} images were refused")
+
+
+def _predict_parser(sub) -> None:
+    from invmon.serving.client import PROTOCOLS
+
+    p = sub.add_parser(
+        "predict",
+        description="Send images to a running predictor (invmon serve, or a KServe "
+        "InferenceService) and print the count per image.",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG bin photos")
+    p.add_argument("--url", required=True, help="predictor base URL, e.g. http://localhost:8080")
+    p.add_argument("--protocol", choices=PROTOCOLS, default="v2", help="default v2")
+    p.add_argument("--name", default="bin-counter", help="model name (default bin-counter)")
+    p.add_argument("--host", help="Host header (to reach a service through an ingress gateway)")
+    p.add_argument(
+        "--batch-size", type=_positive_int, default=16, help="images per request (default 16)"
+    )
+    p.add_argument("--json", action="store_true", help="print all answers as JSON")
+    p.set_defaults(func=cmd_predict)
+
+
+def cmd_audit(args) -> None:
+    from invmon.stages.audit import AuditConfig, audit
+
+    summary = audit(
+        args.source,
+        args.out,
+        model_dir=args.model,
+        url=args.url,
+        name=args.name,
+        endpoint_url=args.endpoint_url,
+        anonymous=args.anonymous,
+        labels=args.labels,
+        config=AuditConfig(
+            threshold=args.threshold,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            limit=args.limit,
+        ),
+        device=args.device,
+    )
+    skipped = sum(len(v) for v in summary.skipped.values())
+    line = (
+        f"audit: {summary.scored} bins scored, {summary.flagged} flagged as likely mismatches, "
+        f"{skipped} skipped, in {summary.seconds:.1f}s -> {args.out}"
+    )
+    if summary.quality and summary.quality.mismatched:
+        q = summary.quality
+        line += (
+            f"\nagainst the labels: {q.flagged_mismatched} of {q.mismatched} mismatched bins "
+            f"flagged (recall {q.recall}), precision {q.precision}"
+        )
+    print(line)
+
+
+def _audit_parser(sub) -> None:
+    from invmon.stages.audit import DEFAULT_THRESHOLD
+
+    p = sub.add_parser(
+        "audit",
+        description="Score every bin of a source in ABID's layout with the model (in "
+        "process, or through a running predictor) and flag the bins whose recorded count the "
+        "model finds unlikely. Writes audit.csv, flagged.csv and summary.json.",
+    )
+    p.add_argument("--source", required=True, help="folder or s3://BUCKET[/PREFIX] in ABID layout")
+    _add_s3_options(p)
+    scorer = p.add_mutually_exclusive_group(required=True)
+    scorer.add_argument("--model", help="model folder: score in this process")
+    scorer.add_argument("--url", help="predictor base URL: score through it")
+    p.add_argument("--name", default="bin-counter", help="model name at --url")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        help="flag when the model gives the recorded count a probability below this "
+        f"(default {DEFAULT_THRESHOLD})",
+    )
+    p.add_argument(
+        "--labels", help="CSV of bin_id,true_count: report the flag's precision and recall"
+    )
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="default 32")
+    p.add_argument("--workers", type=_positive_int, default=16, help="reading threads (default 16)")
+    p.add_argument("--limit", type=_non_negative_int, default=0, help="most bins (0 = all)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.set_defaults(func=cmd_audit)
+
+
+# -- pipeline --------------------------------------------------------------------------------
+
+
+def cmd_compile(args) -> None:
+    from invmon.pipelines.compile import compile_pipeline
+
+    print(f"wrote {compile_pipeline(args.output, _cluster_settings(args))}")
+
+
+def _add_cluster_options(p: argparse.ArgumentParser) -> None:
+    """Compile-time settings shared by compile and submit."""
+    from invmon.cluster.container_images import DEFAULT_REGISTRY, DEFAULT_TAG
+
+    p.add_argument("--registry", default=DEFAULT_REGISTRY, help="image registry")
+    p.add_argument("--tag", default=DEFAULT_TAG, help="image tag")
+    p.add_argument(
+        "--gpu-node-selector",
+        type=_key_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="node label of the GPU pool (repeatable; default nvidia.com/gpu.present=true)",
+    )
+    p.add_argument(
+        "--gpu-toleration",
+        action="append",
+        metavar="KEY[=VALUE]:EFFECT",
+        help="taint of the GPU pool to tolerate (repeatable; default nvidia.com/gpu:NoSchedule)",
+    )
+    p.add_argument(
+        "--gpus", type=_positive_int, default=1, help="GPUs for train and tune (per node/trial)"
+    )
+    p.add_argument(
+        "--tune-backend",
+        choices=("local", "katib"),
+        default="local",
+        help="run the search in the tune task (local) or as a Katib Experiment (katib)",
+    )
+    p.add_argument(
+        "--train-launcher",
+        choices=("local", "trainjob"),
+        default="local",
+        help="train in the train task (local) or as a multi-node Kubeflow TrainJob (trainjob)",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="compile every task with caching off (clusters cache by default)",
+    )
+    p.add_argument(
+        "--workspace-size",
+        default=None,
+        help="size of the run's shared workspace PVC holding the raw and arranged bins "
+        "(default 250Gi; ABID in full needs about 60Gi plus room)",
+    )
+    p.add_argument(
+        "--workspace-storage-class", default="", help="storage class of the workspace PVC"
+    )
+    p.add_argument(
+        "--workspace-access-mode",
+        action="append",
+        choices=("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod"),
+        help="access mode of the workspace PVC (repeatable; ReadWriteMany lets ingest parts "
+        "run on several nodes)",
+    )
+    p.add_argument(
+        "--no-workspace",
+        action="store_true",
+        help="pass data between steps as artifacts only (KFP servers without workspaces)",
+    )
+
+
+def _cluster_settings(args):
+    from invmon.pipelines.compile import settings_from
+
+    return settings_from(
+        args.registry,
+        args.tag,
+        args.gpu_node_selector,
+        args.gpu_toleration,
+        args.gpus,
+        caching=not args.no_cache,
+        workspace_size="" if args.no_workspace else args.workspace_size,
+        workspace_storage_class=args.workspace_storage_class,
+        workspace_access_modes=args.workspace_access_mode,
+        tune_backend=args.tune_backend,
+        train_launcher=args.train_launcher,
+    )
+
+
+def _compile_parser(sub) -> None:
+    from invmon.pipelines.compile import DEFAULT_OUTPUT
+
+    p = sub.add_parser(
+        "compile",
+        description="Compile the pipeline for a Kubeflow cluster (upload the YAML "
+        "in the UI or submit it with kfp run create).",
+    )
+    p.add_argument("--output", default=DEFAULT_OUTPUT, help=f"default {DEFAULT_OUTPUT}")
+    _add_cluster_options(p)
+    p.set_defaults(func=cmd_compile)
+
+
+def cmd_submit(args) -> None:
+    from invmon.pipelines.submit import submit
+
+    run = submit(
+        args.host,
+        params=args.param,
+        experiment=args.experiment,
+        run_name=args.run_name,
+        namespace=args.namespace,
+        service_account=args.service_account or None,
+        enable_caching=False if args.no_cache else None,
+        settings=_cluster_settings(args),
+        token_env=args.token_env,
+    )
+    print(f"started run {run.run_id} in experiment {run.experiment!r}: {run.url}")
+
+
+def _submit_parser(sub) -> None:
+    from invmon.pipelines.submit import DEFAULT_EXPERIMENT, DEFAULT_SERVICE_ACCOUNT
+
+    p = sub.add_parser(
+        "submit",
+        description="Compile the pipeline and start a run of it through kfp.Client.",
+    )
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. https://HOST/pipeline")
+    p.add_argument("--experiment", default=DEFAULT_EXPERIMENT, help="experiment to run in")
+    p.add_argument("--run-name", help="run name shown in the UI")
+    p.add_argument("--namespace", help="profile namespace (multi-user Kubeflow)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="pipeline parameter (repeatable), e.g. --param classes=1-5",
+    )
+    p.add_argument(
+        "--service-account",
+        default=DEFAULT_SERVICE_ACCOUNT,
+        help=f"service account the run's pods use (default {DEFAULT_SERVICE_ACCOUNT})",
+    )
+    p.add_argument("--token-env", metavar="VAR", help="environment variable holding a bearer token")
+    _add_cluster_options(p)
+    p.set_defaults(func=cmd_submit)
+
+
+def cmd_run(args) -> None:
+    from invmon.pipelines.local_run import RunOptions, format_summary, run_pipeline
+
+    options = RunOptions(
+        source=args.source,
+        endpoint_url=args.endpoint_url,
+        anonymous=args.anonymous,
+        file_list=args.file_list,
+        limit=args.limit,
+        ingest_parts=args.ingest_parts,
+        classes=args.classes,
+        image_size=args.image_size,
+        epochs=args.epochs,
+        trials=args.trials,
+        algorithm=args.algorithm,
+        weights=args.weights,
+        seed=args.seed,
+        min_accuracy=args.min_accuracy,
+        out=args.out,
+        synth_bins=args.synth_bins,
+    )
+    print(format_summary(run_pipeline(options)))
+
+
+def _run_parser(sub) -> None:
+    from invmon.pipelines.local_run import DEFAULT_MIN_ACCURACY
+
+    p = sub.add_parser(
+        "run",
+        description="Run the pipeline on this machine through kfp.local. Without "
+        "--source, an embedded S3 server holds synthetic bins.",
+    )
+    p.add_argument("--source", help="s3://BUCKET[/PREFIX] (default: embedded synthetic bucket)")
+    _add_s3_options(p)
+    p.add_argument("--file-list", help="file_list.json selecting bins")
+    p.add_argument("--limit", type=_non_negative_int, default=0, help="most bins (0 = all)")
+    p.add_argument(
+        "--ingest-parts",
+        type=_positive_int,
+        help="parallel ingest tasks (default 2 embedded, 4 otherwise)",
+    )
+    p.add_argument("--classes", default="0-5", help="counts to learn (default 0-5)")
+    p.add_argument(
+        "--image-size",
+        type=_positive_int,
+        help="model input size (default 64 embedded, 224 otherwise)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        help="final training epochs (default 10 embedded, the search's otherwise)",
+    )
+    p.add_argument("--trials", type=_positive_int, help="search trials (default 3 embedded, 4)")
+    p.add_argument("--algorithm", default="tpe", choices=("random", "tpe", "grid"))
+    p.add_argument("--weights", default="none", help="none, imagenet, a path or an s3:// URI")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.add_argument(
+        "--min-accuracy",
+        type=float,
+        default=DEFAULT_MIN_ACCURACY,
+        help="quality gate: deploy and audit only at this test accuracy or above "
+        f"(default {DEFAULT_MIN_ACCURACY})",
+    )
+    p.add_argument(
+        "--synth-bins",
+        type=_positive_int,
+        default=3600,
+        help="synthetic bins in the embedded bucket (default 3600)",
+    )
+    p.add_argument("--out", default="runs", help="where runs are kept (default runs/)")
+    p.set_defaults(func=cmd_run)
+
+
+class _Reuse:
+    """Stands in for the subparsers object the old builders expect: hands back the parser the
+    registry made."""
+
+    def __init__(self, parser: argparse.ArgumentParser):
+        self.parser = parser
+
+    def add_parser(self, name, help=None, description=None):
+        self.parser.description = description
+        return self.parser
+
+
+class _Legacy:
+    """A command still defined by an argparse builder and a cmd_* function (being converted to a
+    stage module with settings; see invmon.core.command.Command)."""
+
+    def __init__(self, builder: Callable, description: str = ""):
+        self.builder, self.description = builder, description
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        self.builder(_Reuse(parser))
+
+    def execute(self, args) -> None:
+        args.func(args)
+
+
+synth = _Legacy(_synth_parser)
+ingest = _Legacy(_ingest_parser)
+ingest_plan = _Legacy(_ingest_plan_parser)
+ingest_merge = _Legacy(_ingest_merge_parser)
+arrange = _Legacy(_arrange_parser)
+preprocess = _Legacy(_preprocess_parser)
+tune = _Legacy(_tune_parser)
+train = _Legacy(_train_parser)
+evaluate = _Legacy(_evaluate_parser)
+deploy = _Legacy(_deploy_parser)
+serve = _Legacy(_serve_parser)
+predict = _Legacy(_predict_parser)
+audit = _Legacy(_audit_parser)
+compile = _Legacy(_compile_parser)
+submit = _Legacy(_submit_parser)
+run = _Legacy(_run_parser)

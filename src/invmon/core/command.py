@@ -1,0 +1,53 @@
+"""A subcommand of ``invmon``: a stage's settings, its ``run`` function and how a result reads.
+
+The command line of a stage is derived from its settings (:mod:`invmon.core.settings`); the
+command adds nothing but a description and the line printed at the end. ``invmon.cli`` keeps the
+registry of commands and imports a stage's module only when that command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from invmon.core import settings as options
+
+
+@dataclass(frozen=True)
+class Command:
+    """One ``invmon`` subcommand.
+
+    ``run(settings)`` does the work and returns a result; ``show(result, settings)`` is what is
+    printed (None: nothing). ``extend`` adds what fields cannot say (a mutually exclusive
+    group); ``build`` replaces :func:`invmon.core.settings.from_args` when the settings are made
+    from the options in a way of their own (a recipe resolved with a search result).
+    """
+
+    settings: type
+    run: Callable[[Any], Any]
+    description: str
+    show: Callable[[Any, Any], str | None] | None = None
+    extend: Callable[[argparse.ArgumentParser], None] | None = None
+    build: Callable[[argparse.Namespace], Any] | None = None
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        """The command's options: its settings' fields, then anything ``extend`` adds."""
+        options.add_options(parser, self.settings)
+        if self.extend is not None:
+            self.extend(parser)
+
+    def execute(self, args: argparse.Namespace) -> str | None:
+        """Build the settings from parsed ``args``, run, and return what to print."""
+        settings = self.build(args) if self.build else options.from_args(self.settings, args)
+        result = self.run(settings)
+        return self.show(result, settings) if self.show else None
+
+
+def as_json(data) -> str:
+    """``data`` as indented JSON (dataclass reports go through their ``to_dict``)."""
+    if hasattr(data, "to_dict"):
+        data = data.to_dict()
+    return json.dumps(data, indent=2, default=str)
