@@ -29,7 +29,21 @@ import urllib3
 from botocore.config import Config
 from botocore.httpsession import get_cert_path
 
+from invmon.core.settings import Settings, setting
+
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class S3Options(Settings):
+    """How a stage reaches an S3 store: the endpoint and whether requests are signed."""
+
+    endpoint_url: str | None = setting(
+        None, help="S3-compatible endpoint URL (MinIO, moto, ...); none for AWS S3"
+    )
+    anonymous: bool = setting(
+        False, help="send unsigned requests (public buckets such as aft-vbi-pds)"
+    )
 
 
 @dataclass(frozen=True)
