@@ -5,30 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from invmon.cluster.container_images import ImageSet
+from invmon.cluster.placement import parse_toleration
 
 DEFAULT_OUTPUT = "inventory_pipeline.yaml"
-_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-
-
-def parse_toleration(text: str):
-    """Parse ``KEY[=VALUE]:EFFECT`` (or ``KEY[=VALUE]`` for any effect) into a Toleration."""
-    from invmon.pipelines import Toleration
-
-    taint, _, effect = text.partition(":")
-    key, sep, value = taint.partition("=")
-    if not key:
-        raise ValueError(f"--gpu-toleration {text!r}: expected KEY[=VALUE]:EFFECT")
-    if effect and effect not in _EFFECTS:
-        raise ValueError(
-            f"--gpu-toleration {text!r}: effect must be one of {', '.join(_EFFECTS)}, "
-            f"got {effect!r}"
-        )
-    return Toleration(
-        key=key,
-        operator="Equal" if sep else "Exists",
-        value=value if sep else None,
-        effect=effect or None,
-    )
 
 
 def settings_from(

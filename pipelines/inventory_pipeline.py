@@ -6,12 +6,13 @@ registry and tag, GPU node pool); ``invmon compile`` compiles it to the YAML a K
 runs, and ``invmon run`` runs the very same function locally through ``kfp.local``.
 """
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Input, Model
 
 from invmon.cluster.container_images import DEFAULT_IMAGES, ImageSet
+from invmon.cluster.placement import Toleration
 from invmon.components import (
     arrange,
     audit,
@@ -28,16 +29,6 @@ from invmon.components import (
 PIPELINE_NAME = "inventory-monitoring"
 TUNE_BACKENDS = ("local", "katib")
 TRAIN_LAUNCHERS = ("local", "trainjob")
-
-
-@dataclass(frozen=True)
-class Toleration:
-    """A Kubernetes toleration for the GPU node pool's taint."""
-
-    key: str = "nvidia.com/gpu"
-    operator: str = "Exists"
-    value: str | None = None
-    effect: str | None = "NoSchedule"
 
 
 @dataclass(frozen=True)
@@ -103,9 +94,7 @@ class ClusterSettings:
         return {
             "train_image": self.images.image("train"),
             "gpu_node_selector": dict(self.gpu_node_selector),
-            "gpu_tolerations": [
-                {k: v for k, v in asdict(t).items() if v is not None} for t in self.gpu_tolerations
-            ],
+            "gpu_tolerations": [t.to_dict() for t in self.gpu_tolerations],
         }
 
 

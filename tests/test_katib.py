@@ -16,7 +16,7 @@ from support.fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_
 
 from invmon.cli import build_parser, main
 from invmon.cluster import katib
-from invmon.cluster.objects import PodPlacement
+from invmon.cluster.placement import PodPlacement
 from invmon.training.loop import TrainConfig
 from invmon.training.search import ALGORITHMS, Parameter, SearchSpec, default_parameters
 
@@ -60,7 +60,7 @@ def substitute(command: list[str], values: dict) -> list[str]:
 
 def parsed_train_config(command: list[str]) -> TrainConfig:
     """The TrainConfig the real ``invmon train`` parser builds from a trial's command."""
-    from invmon.cli import _train_config
+    from invmon._legacy_cli import _train_config
 
     assert command[:2] == ["invmon", "train"]
     return _train_config(build_parser().parse_args(command[1:]))

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from invmon.cli import _train_config, build_parser
+from invmon._legacy_cli import _train_config
+from invmon.cli import build_parser
 from invmon.training.loop import (
     EpochResult,
     Progress,

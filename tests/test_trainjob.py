@@ -5,9 +5,10 @@ package's typed Trainer models) and the create/wait/fail logic against a FAKE Ku
 import pytest
 from support.fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_kubernetes_server
 
-from invmon.cli import _train_config, build_parser
+from invmon._legacy_cli import _train_config
+from invmon.cli import build_parser
 from invmon.cluster import trainjob
-from invmon.cluster.objects import PodPlacement
+from invmon.cluster.placement import PodPlacement
 from invmon.training.loop import TrainConfig
 
 SETTINGS = trainjob.TrainJobSettings(

@@ -69,8 +69,8 @@ def train(
     if launcher == "local":
         stage.fit(shards.path, config, out=model.path, checkpoint=checkpoint or None)
     elif launcher == "trainjob":
-        from invmon.cluster import objects as cluster
         from invmon.cluster import trainjob
+        from invmon.cluster.placement import PodPlacement
 
         trainjob.train_on_cluster(
             shards.uri,
@@ -80,7 +80,7 @@ def train(
             image=train_image,
             namespace=namespace,
             num_nodes=num_nodes,
-            placement=cluster.PodPlacement.for_gpu_pool(
+            placement=PodPlacement.for_gpu_pool(
                 gpus_per_node, gpu_node_selector, gpu_tolerations, s3_secret
             ),
             endpoint_url=artifact_endpoint_url or None,

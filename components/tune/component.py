@@ -66,7 +66,7 @@ def tune(
         result = stage.tune(shards.path, search.path, spec=spec, base=base, seed=seed)
     elif backend == "katib":
         from invmon.cluster import katib
-        from invmon.cluster import objects as cluster
+        from invmon.cluster.placement import PodPlacement
 
         result = katib.tune_on_cluster(
             shards.uri,
@@ -75,7 +75,7 @@ def tune(
             base,
             image=train_image,
             namespace=namespace,
-            placement=cluster.PodPlacement.for_gpu_pool(
+            placement=PodPlacement.for_gpu_pool(
                 gpus, gpu_node_selector, gpu_tolerations, s3_secret
             ),
             endpoint_url=artifact_endpoint_url or None,

@@ -389,7 +389,7 @@ def cmd_tune(args) -> None:
 
 
 def _placement(args):
-    from invmon.cluster.objects import PodPlacement
+    from invmon.cluster.placement import PodPlacement
 
     chosen = {"node_selector": tuple(args.node_selector)} if args.node_selector else {}
     return PodPlacement(

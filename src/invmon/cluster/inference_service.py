@@ -25,6 +25,7 @@ import numpy as np
 
 from invmon.cluster import objects as cluster
 from invmon.cluster.container_images import DEFAULT_IMAGES
+from invmon.cluster.placement import parse_toleration
 from invmon.serving.client import DEFAULT_MODEL_NAME
 
 log = logging.getLogger(__name__)
@@ -172,10 +173,7 @@ def check_inference_service(manifest: dict):
 
 def toleration(text: str) -> dict:
     """A toleration from ``KEY[=VALUE]:EFFECT`` (the form ``invmon compile`` takes), as a dict."""
-    from invmon.pipelines.compile import parse_toleration
-
-    parsed = parse_toleration(text)
-    return {k: v for k, v in asdict(parsed).items() if v is not None}
+    return parse_toleration(text, "--toleration").to_dict()
 
 
 # -- rolling out on a cluster ------------------------------------------------------------------

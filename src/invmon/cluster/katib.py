@@ -25,6 +25,7 @@ from pathlib import Path
 
 from invmon.cluster import objects as cluster
 from invmon.cluster.container_images import DEFAULT_IMAGES
+from invmon.cluster.placement import PodPlacement
 from invmon.training.loop import TrainConfig, flag_name, to_flags
 from invmon.training.search import SearchSpec, TuneResult, write_outputs
 
@@ -53,7 +54,7 @@ class TrialSettings:
     image: str = field(default_factory=default_image)
     namespace: str = "kubeflow-user"
     endpoint_url: str | None = None
-    placement: cluster.PodPlacement = field(default_factory=cluster.PodPlacement)
+    placement: PodPlacement = field(default_factory=PodPlacement)
 
     def __post_init__(self):
         if not self.data.startswith("s3://"):
@@ -346,7 +347,7 @@ def tune_on_cluster(
     base: TrainConfig,
     image: str = "",
     namespace: str = "",
-    placement: cluster.PodPlacement | None = None,
+    placement: PodPlacement | None = None,
     endpoint_url: str | None = None,
     name: str | None = None,
     api=None,
@@ -366,7 +367,7 @@ def tune_on_cluster(
         image=image or default_image(),
         namespace=namespace or cluster.current_namespace("kubeflow-user"),
         endpoint_url=endpoint,
-        placement=placement or cluster.PodPlacement(),
+        placement=placement or PodPlacement(),
     )
     name = name or cluster.object_name("invmon-tune", str(out), data)
     manifest = render_experiment(name, spec, base, settings, seed=base.seed)

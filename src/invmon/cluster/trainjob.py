@@ -21,6 +21,7 @@ from pathlib import Path
 from invmon.cluster import objects as cluster
 from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.katib import check_name
+from invmon.cluster.placement import PodPlacement
 from invmon.training.loop import TrainConfig, to_flags
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class TrainJobSettings:
     num_nodes: int = 1
     endpoint_url: str | None = None
     checkpoint: str | None = None
-    placement: cluster.PodPlacement = field(default_factory=cluster.PodPlacement)
+    placement: PodPlacement = field(default_factory=PodPlacement)
 
     def __post_init__(self):
         check_name(self.name)
@@ -123,7 +124,7 @@ def render_trainjob(config: TrainConfig, settings: TrainJobSettings) -> dict:
     return manifest
 
 
-def _pod_patch(placement: cluster.PodPlacement):
+def _pod_patch(placement: PodPlacement):
     from kubeflow_trainer_api import models
 
     pod = {
@@ -196,7 +197,7 @@ def train_on_cluster(
     image: str = "",
     namespace: str = "",
     num_nodes: int = 1,
-    placement: cluster.PodPlacement | None = None,
+    placement: PodPlacement | None = None,
     endpoint_url: str | None = None,
     api=None,
     timeout: float = 7 * 24 * 3600,
@@ -221,7 +222,7 @@ def train_on_cluster(
         namespace=namespace or cluster.current_namespace("kubeflow-user"),
         num_nodes=num_nodes,
         endpoint_url=endpoint,
-        placement=placement or cluster.PodPlacement(),
+        placement=placement or PodPlacement(),
     )
     finished = run_trainjob(render_trainjob(config, settings), api, timeout=timeout, poll=poll)
     download_prefix(S3Uri.parse(out), Path(local_out), endpoint)
