@@ -77,7 +77,8 @@ def train_quick_model(image_size: int, out: Path) -> Path:
     from invmon.data.synth import synthesize
     from invmon.stages.arrange import arrange
     from invmon.stages.preprocess import preprocess
-    from invmon.training.loop import TrainConfig, fit
+    from invmon.training.config import TrainConfig
+    from invmon.training.loop import fit
 
     synthesize(str(out / "raw"), 600, seed=7, max_items=3, workers=2)
     arrange(out / "raw", out / "arranged", classes="0-3", split="0.8,0.1,0.1", seed=0)

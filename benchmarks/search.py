@@ -49,7 +49,7 @@ def make_dataset(root: Path) -> Path:
 
 
 def search(shards: Path, out: Path, early_stopping: str, start_epoch: int):
-    from invmon.training.loop import TrainConfig
+    from invmon.training.config import TrainConfig
     from invmon.training.search import Parameter, SearchSpec, tune
 
     spec = SearchSpec(

@@ -56,7 +56,8 @@ def _setup(shards: Path, precision: str):
     import torch
 
     from invmon.data.shards import DatasetIndex
-    from invmon.training.loop import TrainConfig, build_run, seed_everything
+    from invmon.training.config import TrainConfig
+    from invmon.training.loop import build_run, seed_everything
 
     seed_everything(0)
     index = DatasetIndex.read(shards)

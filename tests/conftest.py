@@ -16,7 +16,8 @@ from invmon.data.s3 import embedded_s3_server, make_client, make_public_bucket
 from invmon.data.synth import synthesize
 from invmon.stages.arrange import arrange
 from invmon.stages.preprocess import preprocess
-from invmon.training.loop import TrainConfig, fit
+from invmon.training.config import TrainConfig
+from invmon.training.loop import fit
 
 TINY_IMAGE_SIZE = 32
 

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from invmon.training.checkpoint import CHECKPOINT_FILE, CheckpointStore
-from invmon.training.loop import TrainConfig, fit
+from invmon.training.config import TrainConfig
+from invmon.training.loop import fit
 
 EPOCHS = 4
 

@@ -13,8 +13,8 @@ from torch import nn
 
 from invmon.stages.preprocess import preprocess
 from invmon.training import distributed
+from invmon.training.config import TrainConfig
 from invmon.training.distributed import AllReduceBatchNorm2d
-from invmon.training.loop import TrainConfig
 from invmon.training.model import load_model
 
 # fp64: in fp32, rounding alone moves some of ResNet50's gradients at initialisation by tens of

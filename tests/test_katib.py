@@ -17,7 +17,7 @@ from support.fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_
 from invmon.cli import build_parser, main
 from invmon.cluster import katib
 from invmon.cluster.placement import PodPlacement
-from invmon.training.loop import TrainConfig
+from invmon.training.config import TrainConfig
 from invmon.training.search import ALGORITHMS, Parameter, SearchSpec, default_parameters
 
 # Katib's default StdOut metrics collector filter (BRIEF section 5).
@@ -60,10 +60,9 @@ def substitute(command: list[str], values: dict) -> list[str]:
 
 def parsed_train_config(command: list[str]) -> TrainConfig:
     """The TrainConfig the real ``invmon train`` parser builds from a trial's command."""
-    from invmon._legacy_cli import _train_config
-
     assert command[:2] == ["invmon", "train"]
-    return _train_config(build_parser().parse_args(command[1:]))
+    args = build_parser().parse_args(command[1:])
+    return args.command_object.settings_from(args).config()
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

@@ -242,7 +242,7 @@ def test_compile_registry_and_tag_reach_the_katib_trials_and_the_trainjob(tmp_pa
     the compiled YAML is the one the rendered Experiment and TrainJob run."""
     from invmon.cli import main
     from invmon.cluster import katib, trainjob
-    from invmon.training.loop import TrainConfig
+    from invmon.training.config import TrainConfig
     from invmon.training.search import SearchSpec
 
     out = tmp_path / "p.yaml"
@@ -305,3 +305,17 @@ def test_compile_registry_and_tag_set_the_inference_service_image(tmp_path):
     default, _ = _documents(COMMITTED)
     committed = _task_inputs(default, "deploy")["serving_image"]["runtimeValue"]["constant"]
     assert committed == ImageSet().image("serve")
+
+
+def test_the_search_tunes_the_recipe_the_final_training_uses(compiled):
+    """The tune task takes the pipeline's train_recipe and weights, as the train task does, so
+    that its trials train the way the final model will."""
+    spec, _ = _documents(compiled)
+    tasks = spec["root"]["dag"]["tasks"]
+    for task, wiring in (
+        ("tune", {"recipe": "train_recipe", "weights": "weights"}),
+        ("train", {"recipe": "train_recipe", "weights": "weights"}),
+    ):
+        parameters = tasks[task]["inputs"]["parameters"]
+        for name, pipeline_parameter in wiring.items():
+            assert parameters[name] == {"componentInputParameter": pipeline_parameter}, task

@@ -10,26 +10,24 @@ import numpy as np
 import pytest
 import torch
 
-from invmon._legacy_cli import _train_config
 from invmon.cli import build_parser
-from invmon.training.loop import (
-    EpochResult,
-    Progress,
-    TrainConfig,
-    class_weights,
-    fit,
-    original_recipe,
-    print_metrics,
-    read_params,
-    schedule_factor,
-    to_flags,
-)
+from invmon.core.settings import to_flags
+from invmon.training.checkpoint import Progress
+from invmon.training.config import TrainConfig, original_recipe, read_params
+from invmon.training.loop import fit
+from invmon.training.metrics import EpochResult, print_metrics
 from invmon.training.model import CONFIG_FILE, WEIGHTS_FILE, load_model
+from invmon.training.optim import class_weights, schedule_factor
 from invmon.training.quantize import CALIBRATION_FILE
 from invmon.training.report import REPORT_FILE
 
 # Katib's default StdOut metrics collector filter (BRIEF section 5).
 KATIB_REGEX = re.compile(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)")
+
+
+def _train_config(args):
+    """The TrainConfig the real ``invmon train`` command builds from parsed ``args``."""
+    return args.command_object.settings_from(args).config()
 
 
 def test_model_folder_holds_weights_and_a_complete_config(model_dir):

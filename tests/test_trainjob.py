@@ -5,11 +5,10 @@ package's typed Trainer models) and the create/wait/fail logic against a FAKE Ku
 import pytest
 from support.fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_kubernetes_server
 
-from invmon._legacy_cli import _train_config
 from invmon.cli import build_parser
 from invmon.cluster import trainjob
 from invmon.cluster.placement import PodPlacement
-from invmon.training.loop import TrainConfig
+from invmon.training.config import TrainConfig
 
 SETTINGS = trainjob.TrainJobSettings(
     name="train-run-7",
@@ -22,6 +21,11 @@ SETTINGS = trainjob.TrainJobSettings(
     placement=PodPlacement(gpus=8, s3_secret="invmon-s3"),
 )
 CONFIG = TrainConfig(lr=1e-3, batch_size=256, epochs=30, label_smoothing=0.1, weights="imagenet")
+
+
+def _train_config(args):
+    """The TrainConfig the real ``invmon train`` command builds from parsed ``args``."""
+    return args.command_object.settings_from(args).config()
 
 
 def test_trainjob_is_accepted_by_the_typed_trainer_models():

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from invmon.training.loop import TrainConfig
+from invmon.training.config import TrainConfig
 from invmon.training.search import ALGORITHMS, Parameter, SearchSpec, default_parameters, tune
 
 
@@ -166,3 +166,30 @@ def test_a_seeded_hyperband_search_repeats(shards_dir, tmp_path):
             tables.append([(r["state"], r["trained_epochs"]) for r in csv.DictReader(handle)])
     assert any(state == "PRUNED" for state, _ in tables[0]), tables[0]  # else nothing to repeat
     assert tables[0] == tables[1]
+
+
+def test_the_tune_component_trains_its_trials_with_the_pipelines_recipe(shards_dir, tmp_path):
+    """The search tunes the recipe the final training will use: its trials train with the
+    pipeline's train_recipe and weights (they once trained with the default recipe, whatever
+    train_recipe said), and best.json records what they trained with."""
+    from kfp import dsl
+
+    from invmon.components import tune
+
+    search = dsl.Artifact(name="search", uri=str(tmp_path / "search"))
+    tune.python_func(
+        shards=dsl.Dataset(name="shards", uri=str(shards_dir)),
+        search=search,
+        trials=1,
+        max_epochs=1,
+        algorithm="random",
+        device="cpu",
+        seed=3,
+        recipe="original",
+        weights="none",
+    )
+    best = json.loads((tmp_path / "search" / "best.json").read_text())
+    assert best["training"]["schedule"] == "constant"  # the original recipe, not the default
+    assert best["training"]["warmup_fraction"] == 0.0
+    assert best["training"]["seed"] == 3 and best["training"]["device"] == "cpu"
+    assert search.metadata["best"] == best["parameters"]

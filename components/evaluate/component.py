@@ -35,7 +35,9 @@ def evaluate(
     from invmon.stages import evaluate as stage
 
     out = tempfile.mkdtemp()
-    result = stage.evaluate(model.path, shards.path, out, device=device)
+    result = stage.run(
+        stage.EvaluateSettings(model=model.path, data=shards.path, out=out, device=device)
+    )
     for name in (
         "accuracy",
         "rmse",

@@ -43,7 +43,7 @@ def train(
         seed: Seed of the run.
         recipe: default (warmup + cosine decay) or original (Adam at a constant rate).
         checkpoint: s3:// prefix for per-epoch checkpoints, so that a retried pod resumes
-            (empty: inside the model folder, removed at the end).
+            (empty: no checkpoint; a retried pod starts over).
         launcher: local (train in this task) or trainjob (a Kubeflow Trainer TrainJob).
         num_nodes: TrainJob nodes (launcher trainjob).
         gpus_per_node: GPUs, and training processes, per TrainJob node.
@@ -59,37 +59,41 @@ def train(
     import os
     import shutil
 
-    from invmon.training import loop as stage
+    from invmon.cluster.placement import PodOptions, Toleration
+    from invmon.stages import train as stage
+    from invmon.training.config import TrainOverrides
+    from invmon.training.loop import HISTORY_FILE
     from invmon.training.report import REPORT_FILE, summary_metrics
 
-    params = stage.read_params(os.path.join(search.path, "best.json"))
-    if epochs > 0:
-        params["epochs"] = epochs
-    config = stage.recipe_config(recipe, params, weights=weights, device=device, seed=seed)
-    if launcher == "local":
-        stage.fit(shards.path, config, out=model.path, checkpoint=checkpoint or None)
-    elif launcher == "trainjob":
-        from invmon.cluster import trainjob
-        from invmon.cluster.placement import PodPlacement
-
-        trainjob.train_on_cluster(
-            shards.uri,
-            model.uri,
-            model.path,
-            config,
-            image=train_image,
-            namespace=namespace,
+    settings = stage.TrainSettings(
+        data=shards.path,
+        out=model.path,
+        params=os.path.join(search.path, "best.json"),
+        recipe=recipe,
+        training=TrainOverrides(epochs=epochs or None, weights=weights, device=device, seed=seed),
+        checkpoint=checkpoint or "none",
+        endpoint_url=artifact_endpoint_url or None,
+        launcher=launcher,
+        trainjob=stage.TrainJobOptions(
             num_nodes=num_nodes,
-            placement=PodPlacement.for_gpu_pool(
-                gpus_per_node, gpu_node_selector, gpu_tolerations, s3_secret
+            pods=PodOptions(
+                image=train_image,
+                namespace=namespace,
+                gpus=gpus_per_node,
+                node_selector=gpu_node_selector,
+                tolerations=tuple(Toleration(**t) for t in gpu_tolerations),
+                s3_secret=s3_secret,
             ),
-            endpoint_url=artifact_endpoint_url or None,
-        )
-    else:
-        raise ValueError(f"launcher must be local or trainjob, got {launcher!r}")
-    with open(os.path.join(model.path, stage.HISTORY_FILE)) as handle:
+        ),
+        data_uri=shards.uri,
+        out_uri=model.uri,
+    )
+    stage.run(settings)
+    with open(os.path.join(model.path, HISTORY_FILE)) as handle:
         training = json.load(handle)
     for name, value in summary_metrics(training).items():
         metrics.log_metric(name, value)
     shutil.copyfile(os.path.join(model.path, REPORT_FILE), report.path)
-    model.metadata.update({"framework": "pytorch", "architecture": "resnet50", **params})
+    model.metadata.update(
+        {"framework": "pytorch", "architecture": "resnet50", **settings.hyperparameters()}
+    )

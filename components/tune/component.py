@@ -17,6 +17,8 @@ def tune(
     objective: str = "accuracy",
     device: str = "auto",
     seed: int = 0,
+    recipe: str = "default",
+    weights: str = "none",
     backend: str = "local",
     parallel_trials: int = 2,
     train_image: str = "",
@@ -39,6 +41,9 @@ def tune(
         objective: accuracy (validation, maximised) or val_loss (minimised).
         device: auto, cpu or cuda (local backend).
         seed: Seed of the search and of every trial.
+        recipe: The trials' training recipe: default (warmup + cosine decay) or original (Adam
+            at a constant rate); the final training's recipe, so that the search tunes it.
+        weights: The trials' backbone start: none, imagenet, a path or an s3:// URI.
         backend: local (trials run in this task) or katib (a Katib Experiment, parallel trials).
         parallel_trials: Trials at once (katib backend).
         train_image: Image of the trial pods (empty: the project's train image).
@@ -50,38 +55,37 @@ def tune(
         gpu_node_selector: Node labels of the GPU pool, for the trial pods.
         gpu_tolerations: Tolerations of the GPU pool's taints, for the trial pods.
     """
-    from invmon.training import loop as train
-    from invmon.training import search as stage
+    from invmon.cluster.placement import PodOptions, Toleration
+    from invmon.stages import tune as stage
+    from invmon.training.config import TrainOverrides
 
-    spec = stage.SearchSpec(
-        parameters=stage.default_parameters(max_epochs),
-        objective_metric=objective,
+    settings = stage.TuneSettings(
+        data=shards.path,
+        out=search.path,
+        trials=trials,
         algorithm=algorithm,
-        max_trials=trials,
-        parallel_trials=parallel_trials,
+        backend=backend,
+        objective=objective,
         early_stopping=early_stopping,
-    )
-    base = train.TrainConfig(device=device, seed=seed)
-    if backend == "local":
-        result = stage.tune(shards.path, search.path, spec=spec, base=base, seed=seed)
-    elif backend == "katib":
-        from invmon.cluster import katib
-        from invmon.cluster.placement import PodPlacement
-
-        result = katib.tune_on_cluster(
-            shards.uri,
-            search.path,
-            spec,
-            base,
-            image=train_image,
-            namespace=namespace,
-            placement=PodPlacement.for_gpu_pool(
-                gpus, gpu_node_selector, gpu_tolerations, s3_secret
+        max_epochs=max_epochs,
+        parallel_trials=parallel_trials,
+        recipe=recipe,
+        training=TrainOverrides(weights=weights, device=device, seed=seed),
+        endpoint_url=artifact_endpoint_url or None,
+        katib=stage.KatibOptions(
+            name="",
+            pods=PodOptions(
+                image=train_image,
+                namespace=namespace,
+                gpus=gpus,
+                node_selector=gpu_node_selector,
+                tolerations=tuple(Toleration(**t) for t in gpu_tolerations),
+                s3_secret=s3_secret,
             ),
-            endpoint_url=artifact_endpoint_url or None,
-        )
-    else:
-        raise ValueError(f"backend must be local or katib, got {backend!r}")
+        ),
+        data_uri=shards.uri,
+    )
+    result = stage.run(settings)
     search.metadata.update(
         {
             "best": result.best_parameters,

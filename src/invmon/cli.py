@@ -30,9 +30,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "invmon._legacy_cli:preprocess",
         "decode and resize once into training shards",
     ),
-    "tune": ("invmon._legacy_cli:tune", "search learning rate, batch size and epochs"),
-    "train": ("invmon._legacy_cli:train", "train the ResNet50 counting model"),
-    "evaluate": ("invmon._legacy_cli:evaluate", "evaluate a model on the test split"),
+    "tune": ("invmon.stages.tune:TUNE", "search learning rate, batch size and epochs"),
+    "train": ("invmon.stages.train:TRAIN", "train the ResNet50 counting model"),
+    "evaluate": ("invmon.stages.evaluate:EVALUATE", "evaluate a model on the test split"),
     "deploy": (
         "invmon._legacy_cli:deploy",
         "create or update the KServe InferenceService, wait for Ready, smoke-test it",

@@ -26,7 +26,8 @@ from pathlib import Path
 from invmon.cluster import objects as cluster
 from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.placement import PodPlacement
-from invmon.training.loop import TrainConfig, flag_name, to_flags
+from invmon.core.settings import flag_for, to_flags
+from invmon.training.config import TrainConfig
 from invmon.training.search import SearchSpec, TuneResult, write_outputs
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def trial_command(spec: SearchSpec, base: TrainConfig, settings: TrialSettings) 
     if settings.endpoint_url:
         command += ["--endpoint-url", settings.endpoint_url]
     command += to_flags(base, skip=tuple(searched))
-    command += [f"{flag_name(name)}=${{trialParameters.{name}}}" for name in searched]
+    command += [f"{flag_for(TrainConfig, name)}=${{trialParameters.{name}}}" for name in searched]
     return command
 
 
@@ -177,7 +178,7 @@ def render_experiment(
                     models.V1beta1TrialParameterSpec(
                         name=p.name,
                         reference=p.name,
-                        description=f"invmon train {flag_name(p.name)}",
+                        description=f"invmon train {flag_for(TrainConfig, p.name)}",
                     )
                     for p in spec.parameters
                 ],
@@ -233,13 +234,15 @@ def run_experiment(
     manifest: dict,
     out: str | Path,
     spec: SearchSpec,
+    base: TrainConfig | None = None,
     api=None,
     timeout: float = 24 * 3600,
     poll: float = 30.0,
     sleep=None,
 ) -> TuneResult:
     """Create the Experiment (or follow an existing one of the same name), wait until it succeeds,
-    and write best.json, trials.csv and search_space.json to ``out``.
+    and write best.json (recording ``base``, the trials' training config), trials.csv and
+    search_space.json to ``out``.
 
     Raises RuntimeError naming Katib's reason when the Experiment fails, TimeoutError after
     ``timeout`` seconds.
@@ -265,7 +268,7 @@ def run_experiment(
         label_selector=f"{EXPERIMENT_LABEL}={name}",
     )
     result = result_from_status(finished, trials.get("items", []), spec)
-    write_outputs(Path(out), spec, result)
+    write_outputs(Path(out), spec, result, base)
     return result
 
 
@@ -340,7 +343,7 @@ def _trial_row(number: int, trial: dict, spec: SearchSpec) -> dict:
     return row
 
 
-def tune_on_cluster(
+def experiment_manifest(
     data_uri: str,
     out: str | Path,
     spec: SearchSpec,
@@ -349,17 +352,14 @@ def tune_on_cluster(
     namespace: str = "",
     placement: PodPlacement | None = None,
     endpoint_url: str | None = None,
-    name: str | None = None,
-    api=None,
-    timeout: float = 24 * 3600,
-    poll: float = 30.0,
-) -> TuneResult:
-    """Run the search as a Katib Experiment over the dataset at ``data_uri`` (an artifact URI on
-    S3 or KFP's MinIO) and write best.json, trials.csv and search_space.json to ``out``.
+    name: str = "",
+) -> dict:
+    """The Experiment that searches over the dataset at ``data_uri`` (``s3://``, or an artifact
+    URI on KFP's MinIO) with trials that train from ``base``.
 
-    Without ``name``, the Experiment is named after ``out``, so a retried task follows the
-    Experiment it started instead of starting another. Empty ``image`` and ``namespace`` mean the
-    project's train image and this pod's namespace.
+    Without ``name``, the Experiment is named after ``out`` and the data, so a retried task
+    follows the Experiment it started instead of starting another. Empty ``image`` and
+    ``namespace`` mean the project's train image and this pod's namespace (else kubeflow-user).
     """
     data, endpoint = cluster.s3_location(data_uri, endpoint_url)
     settings = TrialSettings(
@@ -370,5 +370,20 @@ def tune_on_cluster(
         placement=placement or PodPlacement(),
     )
     name = name or cluster.object_name("invmon-tune", str(out), data)
-    manifest = render_experiment(name, spec, base, settings, seed=base.seed)
-    return run_experiment(manifest, out, spec, api=api, timeout=timeout, poll=poll)
+    return render_experiment(name, spec, base, settings, seed=base.seed)
+
+
+def tune_on_cluster(
+    data_uri: str,
+    out: str | Path,
+    spec: SearchSpec,
+    base: TrainConfig,
+    api=None,
+    timeout: float = 24 * 3600,
+    poll: float = 30.0,
+    **where,
+) -> TuneResult:
+    """Run the search as a Katib Experiment (:func:`experiment_manifest`, which ``where`` is
+    passed to) and write best.json, trials.csv and search_space.json to ``out``."""
+    manifest = experiment_manifest(data_uri, out, spec, base, **where)
+    return run_experiment(manifest, out, spec, base, api=api, timeout=timeout, poll=poll)

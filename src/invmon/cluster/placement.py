@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from invmon.core.settings import Settings, setting
+
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
@@ -108,3 +110,45 @@ class PodPlacement:
         if self.tolerations:
             pool["tolerations"] = [dict(t) for t in self.tolerations]
         return pool
+
+
+@dataclass(frozen=True)
+class PodOptions(Settings):
+    """Where the pods a stage creates on the cluster (Katib trials, TrainJob nodes) run."""
+
+    image: str = setting("", help="image of the pods (default: the project's train image)")
+    namespace: str = setting(
+        "", help="namespace of the pods (default: this pod's namespace, else kubeflow-user)"
+    )
+    gpus: int = setting(1, help="GPUs per pod", minimum=0)
+    node_selector: dict[str, str] = setting(
+        default_factory=dict,
+        help="node label of the GPU pool (repeatable; default nvidia.com/gpu.present=true)",
+        metavar="KEY=VALUE",
+    )
+    tolerations: tuple[Toleration, ...] = setting(
+        (),
+        help="taint of the GPU pool to tolerate (repeatable; default nvidia.com/gpu:NoSchedule)",
+        flag="--toleration",
+        metavar="KEY[=VALUE]:EFFECT",
+        parse=lambda text: parse_toleration(text, "--toleration"),
+    )
+    service_account: str = setting("", help="ServiceAccount of the pods")
+    s3_secret: str = setting(
+        "", help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY that the pods read S3 with"
+    )
+
+    def placement(self) -> PodPlacement:
+        """The pods' placement; without a node selector or toleration, the default GPU pool's."""
+        chosen = {}
+        if self.node_selector or self.tolerations:
+            chosen = {
+                "node_selector": tuple(self.node_selector.items()),
+                "tolerations": tuple(t.to_dict() for t in self.tolerations),
+            }
+        return PodPlacement(
+            gpus=self.gpus,
+            service_account=self.service_account or None,
+            s3_secret=self.s3_secret or None,
+            **chosen,
+        )

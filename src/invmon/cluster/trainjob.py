@@ -22,7 +22,8 @@ from invmon.cluster import objects as cluster
 from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.katib import check_name
 from invmon.cluster.placement import PodPlacement
-from invmon.training.loop import TrainConfig, to_flags
+from invmon.core.settings import to_flags
+from invmon.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def run_trainjob(
 def train_on_cluster(
     data_uri: str,
     out_uri: str,
-    local_out: str,
+    local_out: str | None,
     config: TrainConfig,
     image: str = "",
     namespace: str = "",
@@ -204,7 +205,8 @@ def train_on_cluster(
     poll: float = 30.0,
 ) -> dict:
     """Train as a TrainJob that reads ``data_uri`` and writes the model to ``out_uri``, then copy
-    the model folder into ``local_out`` (the train component's output); return the TrainJob.
+    the model folder into ``local_out`` when given (the train component's output); return the
+    finished TrainJob.
 
     Artifact URIs from KFP's MinIO (``minio://``) are read as S3 at MinIO's endpoint. Empty
     ``image`` and ``namespace`` mean the project's train image and this pod's namespace.
@@ -225,5 +227,6 @@ def train_on_cluster(
         placement=placement or PodPlacement(),
     )
     finished = run_trainjob(render_trainjob(config, settings), api, timeout=timeout, poll=poll)
-    download_prefix(S3Uri.parse(out), Path(local_out), endpoint)
+    if local_out is not None:
+        download_prefix(S3Uri.parse(out), Path(local_out), endpoint)
     return finished

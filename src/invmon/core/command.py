@@ -39,9 +39,13 @@ class Command:
         if self.extend is not None:
             self.extend(parser)
 
+    def settings_from(self, args: argparse.Namespace):
+        """The settings that parsed ``args`` describe."""
+        return self.build(args) if self.build else options.from_args(self.settings, args)
+
     def execute(self, args: argparse.Namespace) -> str | None:
         """Build the settings from parsed ``args``, run, and return what to print."""
-        settings = self.build(args) if self.build else options.from_args(self.settings, args)
+        settings = self.settings_from(args)
         result = self.run(settings)
         return self.show(result, settings) if self.show else None
 

@@ -68,6 +68,14 @@ def flag_of(field: dataclasses.Field) -> str:
     return spec_of(field).flag or "--" + field.name.replace("_", "-")
 
 
+def flag_for(cls, name: str) -> str:
+    """The option of field ``name`` of ``cls`` (``batch_size``: ``--batch-size``)."""
+    field = next((f for f in fields(cls) if f.name == name), None)
+    if field is None:
+        raise AttributeError(f"{cls.__name__} has no setting {name!r}")
+    return flag_of(field)
+
+
 @functools.cache
 def _hints(cls) -> dict[str, object]:
     return typing.get_type_hints(cls)
@@ -208,31 +216,34 @@ def _converter(field: dataclasses.Field, kind: _Kind) -> Callable[[str], object]
 def _help(field: dataclasses.Field, default, shown: bool) -> str:
     spec = spec_of(field)
     text = spec.help
-    if shown and spec.show_default and default not in (None, False, "", (), {}, MISSING):
+    hidden = default is None or default is False or default is MISSING or default in ("", (), {})
+    if shown and spec.show_default and not hidden:
         text += f" (default {default})"
     return text.replace("%", "%%")
 
 
-def add_options(
-    parser, cls, *, unset: bool = False, exclude: tuple[str, ...] = (), _default=None
-) -> None:
-    """Add the command-line options of settings class ``cls`` to ``parser`` (or a group).
+def add_options(parser, cls, *, unset: bool = False, exclude: tuple[str, ...] = ()) -> None:
+    """Add the command-line options of settings class ``cls`` to ``parser``.
 
     A field with no default is a required option (or a positional argument). With ``unset``,
     every option defaults to None, so that the caller can tell which ones were given (see
-    :func:`overrides_of`). Nested settings classes add their options in a group of their own.
+    :func:`overrides_of`). Nested settings classes add their options in a group of their own
+    (groups do not nest: a nested class inside a nested class joins the parser's groups).
     """
+    _add_options(parser, parser, cls, unset, exclude)
+
+
+def _add_options(root, target, cls, unset: bool, exclude: tuple[str, ...]) -> None:
     for field in fields(cls):
         spec = spec_of(field)
         if not spec.cli or field.name in exclude:
             continue
         kind = kind_of(cls, field)
-        default = _default_or_missing(field)
         if kind.nested:
-            group = parser.add_argument_group(spec.group or spec.help or field.name)
-            add_options(group, kind.base, unset=unset, exclude=exclude)
+            group = root.add_argument_group(spec.group or spec.help or field.name)
+            _add_options(root, group, kind.base, unset, exclude)
             continue
-        _add_one(parser, cls, field, kind, default, unset)
+        _add_one(target, cls, field, kind, _default_or_missing(field), unset)
 
 
 def _default_or_missing(field):

@@ -11,13 +11,18 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from invmon.core import html as report
+from invmon.core.command import Command
 from invmon.core.progress import Progress
-from invmon.data.shards import DatasetIndex
-from invmon.serving.counter import Counter
+from invmon.core.settings import Settings, setting
+
+if TYPE_CHECKING:
+    from invmon.data.shards import DatasetIndex
+    from invmon.serving.counter import Counter
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +111,9 @@ def evaluate(
 
     Writes metrics.json, predictions.csv and report.html (with the confusion matrix) to ``out``.
     """
+    from invmon.data.shards import DatasetIndex
+    from invmon.serving.counter import Counter
+
     counter = Counter.from_model_dir(model, device=device)
     index = DatasetIndex.read(data)
     _check_compatible(counter, index, model, data)
@@ -190,3 +198,35 @@ def html_report(evaluation: Evaluation) -> str:
             ("Per class", classes),
         ],
     )
+
+
+@dataclass(frozen=True)
+class EvaluateSettings(Settings):
+    """Settings of an evaluation: the model, the data and where the report goes."""
+
+    model: str = setting(help="model folder (from train)")
+    data: str = setting(help="preprocessed folder (from preprocess)")
+    out: str = setting(help="output folder for metrics and report")
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
+
+
+def run(settings: EvaluateSettings) -> Evaluation:
+    """Evaluate as ``settings`` say (see :func:`evaluate`)."""
+    return evaluate(settings.model, settings.data, settings.out, device=settings.device)
+
+
+def _show(e: Evaluation, settings: EvaluateSettings) -> str:
+    return (
+        f"test accuracy {e.accuracy:.4f} (baseline {e.baseline_accuracy:.4f}), RMSE "
+        f"{e.rmse:.4f} (baseline {e.baseline_rmse:.4f}), off-by-one {e.off_by_one_accuracy:.4f}"
+        f" on {e.images} bins -> {settings.out}"
+    )
+
+
+EVALUATE = Command(
+    EvaluateSettings,
+    run,
+    description="Accuracy, RMSE, off-by-one accuracy, per-class scores and the confusion matrix, "
+    "beside the majority-class baseline.",
+    show=_show,
+)

@@ -17,11 +17,19 @@ import contextlib
 import logging
 import os
 import tempfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from invmon.data.s3 import S3Uri, is_s3_uri, make_client
+from invmon.training.config import RESUMABLE_DIFFERENCES, TrainConfig
+from invmon.training.metrics import EpochResult
+
+if TYPE_CHECKING:
+    from invmon.training.loop import Run
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +119,81 @@ def _read(path: Path, name: str) -> dict:
             f"checkpoint {name} is not an invmon training checkpoint (format {FORMAT_VERSION})"
         )
     return state
+
+
+# -- what a checkpoint holds ------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """What the loop has done so far: saved in every checkpoint."""
+
+    history: list[EpochResult] = field(default_factory=list)
+    best_accuracy: float = -1.0
+    best_epoch: int = 0
+    best_state: dict | None = None
+    stopped_early: bool = False
+
+    @property
+    def epoch(self) -> int:
+        """The last completed epoch (0 before the first)."""
+        return self.history[-1].epoch if self.history else 0
+
+    def record(self, result: EpochResult, model: nn.Module, keep_best: bool) -> None:
+        """Add an epoch; remember the weights of the best epoch so far when ``keep_best``."""
+        self.history.append(result)
+        if result.accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = result.accuracy, result.epoch
+            if keep_best:
+                self.best_state = _cpu_state(model)
+
+    def should_stop(self, patience: int) -> bool:
+        """True when validation accuracy has not improved for ``patience`` epochs (0: never)."""
+        return patience > 0 and self.epoch - self.best_epoch >= patience
+
+
+def _cpu_state(model: nn.Module) -> dict:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def checkpoint_state(run: Run, config: TrainConfig, progress: Progress) -> dict:
+    """Everything needed to continue the run after its last completed epoch."""
+    return {
+        "epoch": progress.epoch,
+        "config": asdict(config),
+        "model": _cpu_state(run.plain_model),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "history": [asdict(e) for e in progress.history],
+        "best_accuracy": progress.best_accuracy,
+        "best_epoch": progress.best_epoch,
+        "best_state": progress.best_state,
+        "rng": torch.get_rng_state(),
+    }
+
+
+def restore(state: dict, run: Run, config: TrainConfig, where: str) -> Progress:
+    """Load a checkpoint into ``run``; refuse one written by a run with other settings."""
+    saved = TrainConfig.from_dict(state["config"])
+    different = [
+        f"{name}={getattr(saved, name)!r} (now {getattr(config, name)!r})"
+        for name in (f.name for f in fields(TrainConfig))
+        if name not in RESUMABLE_DIFFERENCES and getattr(saved, name) != getattr(config, name)
+    ]
+    if different:
+        raise ValueError(
+            f"checkpoint {where} belongs to a run with other settings: {', '.join(different)}; "
+            "use another --checkpoint location or --no-resume to start over"
+        )
+    run.plain_model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"])
+    return Progress(
+        history=[EpochResult(**e) for e in state["history"]],
+        best_accuracy=state["best_accuracy"],
+        best_epoch=state["best_epoch"],
+        best_state=state["best_state"],
+    )

@@ -12,8 +12,8 @@ import contextlib
 
 import torch
 
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+from invmon.training.config import DEVICES, PRECISIONS
+
 # Inference may also run int8 on a CPU (invmon.training.quantize); training never does.
 INFERENCE_PRECISIONS = ("auto", "int8", *PRECISIONS[1:])
 INFERENCE_PRECISION_HELP = (

@@ -31,6 +31,7 @@ add pattern). tests/test_quantize.py fails when a PyTorch upgrade breaks this pa
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
@@ -42,6 +43,8 @@ from torch import nn
 
 from invmon.data.transforms import Preprocessing, normalize
 from invmon.training.model import ModelNotFound
+
+log = logging.getLogger(__name__)
 
 ENGINE = "x86"
 CALIBRATION_FILE = "quantization.pt"
@@ -335,3 +338,47 @@ def convert(
         from torch.ao.quantization.quantize_fx import convert_fx
 
         return convert_fx(prepared)
+
+
+def calibrate_model_folder(model_dir: str | Path, index) -> None:
+    """Calibrate int8 inference of the saved model on training images; save it beside it.
+
+    How closely the int8 model follows the float one is measured too, on up to
+    :data:`AGREEMENT_IMAGES` images (the validation split, topped up from the training
+    split: this measures numerical fidelity, not generalisation, and a few dozen validation
+    images are too few to tell 99 % from 97 %), and saved: ``--precision auto`` serves int8 only
+    when it is faithful enough (:class:`Fidelity`). ``index`` is the training data's
+    :class:`~invmon.data.shards.DatasetIndex`. The model is read back from ``model_dir`` as a
+    predictor reads it (plain batch norm, float32, CPU), whatever wrappers and precision trained
+    it. Skipped, with a warning, where PyTorch has no x86 quantized engine (an Arm build):
+    serving then runs the float model.
+    """
+    from invmon.training.loop import measuring_split_name  # the loop imports this module late
+    from invmon.training.model import load_model
+
+    if not int8_supported(torch.device("cpu")):
+        log.warning("no int8 calibration: this PyTorch has no %s quantized engine", ENGINE)
+        return
+    model, _ = load_model(model_dir, "cpu")
+    train_split, check = index.split("train"), index.split(measuring_split_name(index))
+    calibration = train_split.gather(calibration_sample(len(train_split)))
+    preprocessing = index.preprocessing
+    state = calibrate(
+        model, calibration_batches(calibration, preprocessing), preprocessing.image_size
+    )
+    held_out = calibration_sample(len(check), AGREEMENT_IMAGES)
+    top_up = calibration_sample(len(train_split), AGREEMENT_IMAGES - len(held_out))
+    parts = [(check, held_out), (train_split, top_up)]
+    images = np.concatenate([split.gather(rows) for split, rows in parts if len(rows)])
+    int8 = convert(model, state, preprocessing.image_size)
+    fidelity = measure_fidelity(model, int8, calibration_batches(images, preprocessing))
+    log.info(
+        "int8 gives the fp32 count on %.1f%% of %d images, %.1f%% once the %.1f%% closest calls "
+        "are re-checked in float: %s",
+        100 * fidelity.agreement,
+        fidelity.images,
+        100 * fidelity.checked_agreement,
+        100 * fidelity.rechecked,
+        "served by default" if fidelity.serves_int8 else "NOT served by default",
+    )
+    save_calibration(state, model_dir, fidelity)

@@ -25,7 +25,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from invmon.training.loop import TUNABLE, EpochResult, TrainConfig, coerce_param, fit
+from invmon.training.config import TUNABLE, TrainConfig, coerce_param
+from invmon.training.metrics import EpochResult
 
 log = logging.getLogger(__name__)
 
@@ -303,6 +304,8 @@ def run_local(data: str | Path, spec: SearchSpec, base: TrainConfig, seed: int =
     """Run the search here with Optuna; every trial is a call of the training loop."""
     import optuna
 
+    from invmon.training.loop import fit
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
         # Hyperband assigns trials to brackets by a hash of the study name: a fixed name keeps a
@@ -377,18 +380,26 @@ def tune(
     spec = spec or SearchSpec()
     base = base or TrainConfig()
     result = run_local(data, spec, base, seed)
-    write_outputs(Path(out), spec, result)
+    write_outputs(Path(out), spec, result, base)
     return result
 
 
-def write_outputs(out: Path, spec: SearchSpec, result: TuneResult) -> None:
-    """Write best.json (read by ``train --params``), trials.csv and the spec."""
+def write_outputs(
+    out: Path, spec: SearchSpec, result: TuneResult, base: TrainConfig | None = None
+) -> None:
+    """Write best.json (read by ``train --params``), trials.csv and the spec.
+
+    best.json also records ``base``, what every trial trained with but for the searched
+    parameters, so that a search's result says which recipe it holds for.
+    """
     out.mkdir(parents=True, exist_ok=True)
     best = {
         "parameters": result.best_parameters,
         "objective": {"metric": spec.objective_metric, "value": result.best_value},
         "search": {"trials": len(result.trials), "trial_epochs": result.trial_epochs},
     }
+    if base is not None:
+        best["training"] = base.to_dict()
     (out / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
     (out / SPEC_FILE).write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
     columns = ["number", "state", "value", "trained_epochs", *[p.name for p in spec.parameters]]
