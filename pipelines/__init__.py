@@ -18,7 +18,15 @@ _EXPORTS = (
 __all__ = list(_EXPORTS)
 
 
+_HOMES = {
+    "ClusterSettings": "invmon.pipelines.compile",
+    "WorkspaceSettings": "invmon.pipelines.compile",
+    "Toleration": "invmon.cluster.placement",
+}
+
+
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module("invmon.pipelines.inventory_pipeline"), name)
+        home = _HOMES.get(name, "invmon.pipelines.inventory_pipeline")
+        return getattr(importlib.import_module(home), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,13 +6,9 @@ registry and tag, GPU node pool); ``invmon compile`` compiles it to the YAML a K
 runs, and ``invmon run`` runs the very same function locally through ``kfp.local``.
 """
 
-from dataclasses import dataclass, field
-
 from kfp import dsl, kubernetes
 from kfp.dsl import Dataset, Input, Model
 
-from invmon.cluster.container_images import DEFAULT_IMAGES, ImageSet
-from invmon.cluster.placement import Toleration
 from invmon.components import (
     arrange,
     audit,
@@ -25,77 +21,9 @@ from invmon.components import (
     train,
     tune,
 )
+from invmon.pipelines.compile import ClusterSettings
 
 PIPELINE_NAME = "inventory-monitoring"
-TUNE_BACKENDS = ("local", "katib")
-TRAIN_LAUNCHERS = ("local", "trainjob")
-
-
-@dataclass(frozen=True)
-class WorkspaceSettings:
-    """The run's shared workspace (a PVC per run): where the raw and arranged bins live.
-
-    ABID's million small files would otherwise be uploaded to and downloaded from object storage
-    by every data task. ``access_modes`` and ``storage_class`` patch the PVC (empty: the KFP
-    server's defaults); parallel ingest parts on several nodes need ``ReadWriteMany``.
-    """
-
-    size: str = "250Gi"
-    storage_class: str = ""
-    access_modes: tuple[str, ...] = ()
-
-    def config(self) -> dsl.PipelineConfig:
-        """The pipeline-level KFP configuration of this workspace."""
-        patch = {}
-        if self.storage_class:
-            patch["storageClassName"] = self.storage_class
-        if self.access_modes:
-            patch["accessModes"] = list(self.access_modes)
-        kubernetes_config = dsl.KubernetesWorkspaceConfig(pvcSpecPatch=patch) if patch else None
-        return dsl.PipelineConfig(
-            workspace=dsl.WorkspaceConfig(size=self.size, kubernetes=kubernetes_config)
-        )
-
-
-@dataclass(frozen=True)
-class ClusterSettings:
-    """Compile-time settings: where images come from and where GPU stages are scheduled."""
-
-    images: ImageSet = DEFAULT_IMAGES
-    accelerator: str = "nvidia.com/gpu"
-    gpus: int = 1
-    gpu_node_selector: dict[str, str] = field(
-        default_factory=lambda: {"nvidia.com/gpu.present": "true"}
-    )
-    gpu_tolerations: tuple[Toleration, ...] = (Toleration(),)
-    run_as_user: int = 1000
-    caching: bool = True
-    workspace: WorkspaceSettings | None = WorkspaceSettings()
-    # Where the search and the final training run. local: in the task itself, on a GPU node.
-    # katib / trainjob: the task creates a Katib Experiment / a Kubeflow Trainer TrainJob on the
-    # GPU pool and waits for it, without holding a GPU itself.
-    tune_backend: str = "local"
-    train_launcher: str = "local"
-
-    def __post_init__(self):
-        if self.tune_backend not in TUNE_BACKENDS:
-            raise ValueError(
-                f"--tune-backend must be one of {', '.join(TUNE_BACKENDS)}, "
-                f"got {self.tune_backend!r}"
-            )
-        if self.train_launcher not in TRAIN_LAUNCHERS:
-            raise ValueError(
-                f"--train-launcher must be one of {', '.join(TRAIN_LAUNCHERS)}, "
-                f"got {self.train_launcher!r}"
-            )
-
-    def pool(self) -> dict:
-        """The GPU pool's placement, as arguments of the tasks that create pods on it."""
-        return {
-            "train_image": self.images.image("train"),
-            "gpu_node_selector": dict(self.gpu_node_selector),
-            "gpu_tolerations": [t.to_dict() for t in self.gpu_tolerations],
-        }
 
 
 def _configure(task, stage: str, settings: ClusterSettings, gpu: bool = False, name: str = ""):
@@ -120,12 +48,12 @@ def build_pipeline(settings: ClusterSettings | None = None):
     settings = settings or ClusterSettings()
 
     # With a workspace, the data tasks ask for it (and get it mounted) through this placeholder.
-    shared = dsl.WORKSPACE_PATH_PLACEHOLDER if settings.workspace else ""
+    shared = dsl.WORKSPACE_PATH_PLACEHOLDER if settings.workspace.enabled else ""
 
     @dsl.pipeline(
         name="release",
         description="Deploy the model and audit the bins, when the test accuracy passes the gate.",
-        pipeline_config=settings.workspace.config() if settings.workspace else None,
+        pipeline_config=settings.workspace.config(),
     )
     def release(
         model: Input[Model],
@@ -185,7 +113,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         name=PIPELINE_NAME,
         description="Count the items in Amazon Bin Image Dataset photos: ingest from S3, arrange, "
         "preprocess, tune, train a ResNet50, evaluate and deploy to KServe.",
-        pipeline_config=settings.workspace.config() if settings.workspace else None,
+        pipeline_config=settings.workspace.config(),
     )
     def inventory_monitoring(
         source: str = "s3://aft-vbi-pds",

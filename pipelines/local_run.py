@@ -17,7 +17,9 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from invmon.data.s3 import embedded_s3_server, make_client, make_public_bucket
+from invmon.core.command import Command
+from invmon.core.settings import Settings, setting
+from invmon.data.s3 import S3Options, embedded_s3_server, make_client, make_public_bucket
 
 log = logging.getLogger(__name__)
 
@@ -29,35 +31,49 @@ DEFAULT_MIN_ACCURACY = 0.4
 _TASK_FOLDERS = {"ingest": "merge-ingest"}
 
 
-@dataclass
-class RunOptions:
-    """What ``invmon run`` runs; None means "the default for this source"."""
+@dataclass(frozen=True)
+class RunSettings(Settings):
+    """What ``invmon run`` runs; None means "the default for this source" (embedded or not)."""
 
-    source: str | None = None
-    endpoint_url: str | None = None
-    anonymous: bool = False
-    file_list: str | None = None
-    limit: int = 0
-    ingest_parts: int | None = None
-    classes: str = "0-5"
-    image_size: int | None = None
-    epochs: int | None = None
-    trials: int | None = None
-    max_trial_epochs: int | None = None
-    algorithm: str = "tpe"
-    weights: str = "none"
-    seed: int = 0
-    min_accuracy: float = DEFAULT_MIN_ACCURACY
-    synth_bins: int = DEMO_BINS
-    out: str = "runs"
+    source: str | None = setting(
+        None, help="s3://BUCKET[/PREFIX] (default: the embedded synthetic bucket)"
+    )
+    s3: S3Options = setting(default_factory=S3Options, help="S3 access")
+    file_list: str | None = setting(None, help="file_list.json selecting bins")
+    limit: int = setting(0, help="most bins (0 = all)", minimum=0)
+    ingest_parts: int | None = setting(
+        None, help="parallel ingest tasks (default 2 embedded, 4 otherwise)", minimum=1
+    )
+    classes: str = setting("0-5", help="counts to learn")
+    image_size: int | None = setting(
+        None, help="model input size (default 64 embedded, 224 otherwise)", minimum=1
+    )
+    epochs: int | None = setting(
+        None, help="final training epochs (default 10 embedded, the search's otherwise)", minimum=1
+    )
+    trials: int | None = setting(
+        None, help="search trials (default 3 embedded, 4 otherwise)", minimum=1
+    )
+    max_trial_epochs: int | None = setting(
+        None, help="most epochs a search trial trains (default 2 embedded, 10 otherwise)", minimum=1
+    )
+    algorithm: str = setting("tpe", help="search algorithm", choices=("random", "tpe", "grid"))
+    weights: str = setting("none", help="none, imagenet, a path or an s3:// URI")
+    seed: int = setting(0, help="seed of the split, the search and training")
+    min_accuracy: float = setting(
+        DEFAULT_MIN_ACCURACY,
+        help="quality gate: deploy and audit only at this test accuracy or above",
+    )
+    synth_bins: int = setting(DEMO_BINS, help="synthetic bins in the embedded bucket", minimum=1)
+    out: str = setting("runs", help="where runs are kept")
 
     def pipeline_arguments(self) -> dict:
         """The pipeline's parameters for this run (embedded runs get small, CPU-sized defaults)."""
         embedded = self.source is None
         return {
             "source": self.source or f"s3://{DEMO_BUCKET}",
-            "endpoint_url": self.endpoint_url or "",
-            "anonymous": True if embedded else self.anonymous,
+            "endpoint_url": self.s3.endpoint_url or "",
+            "anonymous": True if embedded else self.s3.anonymous,
             "file_list": self.file_list or "",
             "limit": self.limit,
             # Two parts show the parallel ingest locally; a laptop gains little from more.
@@ -103,7 +119,7 @@ def seed_demo_bucket(endpoint_url: str, bins: int, seed: int) -> str:
     return f"s3://{DEMO_BUCKET}"
 
 
-def run_pipeline(options: RunOptions) -> RunSummary:
+def run_pipeline(options: RunSettings) -> RunSummary:
     """Run the pipeline locally with ``options``; raise RuntimeError if any stage fails."""
     from kfp import local
 
@@ -119,7 +135,7 @@ def run_pipeline(options: RunOptions) -> RunSummary:
             logging.getLogger("werkzeug").setLevel(logging.ERROR)
             print(f"embedded S3 server at {url}; seeding {options.synth_bins} synthetic bins")
             seed_demo_bucket(url, options.synth_bins, options.seed)
-            options = RunOptions(**{**asdict(options), "endpoint_url": url})
+            options = options.replace(s3=S3Options(endpoint_url=url, anonymous=True))
         # The pipeline's shared workspace is a folder here; kfp.local deletes it after the run
         # (the arranged dataset keeps its images: they are hard links).
         local.init(
@@ -203,3 +219,12 @@ def format_summary(summary: RunSummary) -> str:
         )
     lines += [f"  {name}: {path}" for name, path in summary.artifacts.items()]
     return "\n".join(lines)
+
+
+RUN = Command(
+    RunSettings,
+    run_pipeline,
+    description="Run the pipeline on this machine through kfp.local. Without --source, an "
+    "embedded S3 server holds synthetic bins.",
+    show=lambda summary, _: format_summary(summary),
+)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from invmon.pipelines.compile import compile_pipeline
+from invmon.core.command import Command
+from invmon.core.settings import Settings, setting
+from invmon.pipelines.compile import ClusterSettings, compile_pipeline
 
 DEFAULT_EXPERIMENT = "inventory-monitoring"
 DEFAULT_SERVICE_ACCOUNT = "invmon-pipeline"
@@ -72,13 +74,13 @@ def _typed(name: str, text: str, kind: str):
 
 def submit(
     host: str,
-    params: list[str] | None = None,
+    params: list[str] | tuple[str, ...] | None = None,
     experiment: str = DEFAULT_EXPERIMENT,
     run_name: str | None = None,
     namespace: str | None = None,
     service_account: str | None = DEFAULT_SERVICE_ACCOUNT,
     enable_caching: bool | None = None,
-    settings=None,
+    settings: ClusterSettings | None = None,
     token_env: str | None = None,
     client=None,
 ) -> Submitted:
@@ -113,3 +115,48 @@ def submit(
         experiment=experiment,
         url=f"{host.rstrip('/')}/#/runs/details/{result.run_id}",
     )
+
+
+@dataclass(frozen=True)
+class SubmitSettings(Settings):
+    """Settings of ``invmon submit``: the server, the run, and the cluster it is compiled for."""
+
+    host: str = setting(help="KFP API endpoint, e.g. https://HOST/pipeline")
+    experiment: str = setting(DEFAULT_EXPERIMENT, help="experiment to run in")
+    run_name: str | None = setting(None, help="run name shown in the UI")
+    namespace: str | None = setting(None, help="profile namespace (multi-user Kubeflow)")
+    param: tuple[str, ...] = setting(
+        (),
+        help="pipeline parameter (repeatable), e.g. --param classes=1-5",
+        metavar="NAME=VALUE",
+    )
+    service_account: str = setting(
+        DEFAULT_SERVICE_ACCOUNT, help="service account the run's pods use"
+    )
+    token_env: str | None = setting(
+        None, help="environment variable holding a bearer token", metavar="VAR"
+    )
+    cluster: ClusterSettings = setting(default_factory=ClusterSettings, help="cluster")
+
+
+def run(settings: SubmitSettings) -> Submitted:
+    """Compile for ``settings.cluster`` and start the run (caching off when compiled off)."""
+    return submit(
+        settings.host,
+        params=settings.param,
+        experiment=settings.experiment,
+        run_name=settings.run_name,
+        namespace=settings.namespace,
+        service_account=settings.service_account or None,
+        enable_caching=None if settings.cluster.caching else False,
+        settings=settings.cluster,
+        token_env=settings.token_env,
+    )
+
+
+SUBMIT = Command(
+    SubmitSettings,
+    run,
+    description="Compile the pipeline and start a run of it through kfp.Client.",
+    show=lambda r, _: f"started run {r.run_id} in experiment {r.experiment!r}: {r.url}",
+)

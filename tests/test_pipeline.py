@@ -8,7 +8,8 @@ from kfp import components
 
 from invmon.cli import main
 from invmon.cluster.container_images import IMAGE_NAMES, ImageSet
-from invmon.pipelines.compile import compile_pipeline, parse_toleration, settings_from
+from invmon.cluster.placement import parse_toleration
+from invmon.pipelines.compile import ClusterSettings, WorkspaceSettings, compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "pipelines" / "inventory_pipeline.yaml"
@@ -69,8 +70,11 @@ def test_every_image_has_a_dockerfile(compiled):
 
 
 def test_registry_tag_and_gpu_pool_are_configurable(tmp_path):
-    settings = settings_from(
-        "registry.local:5000/ml", "2.0", [("pool", "a100")], ["gpu=true:NoSchedule"], gpus=2
+    settings = ClusterSettings(
+        images=ImageSet("registry.local:5000/ml", "2.0"),
+        gpu_node_selector={"pool": "a100"},
+        gpu_tolerations=(parse_toleration("gpu=true:NoSchedule"),),
+        gpus=2,
     )
     spec, platform = _documents(compile_pipeline(tmp_path / "p.yaml", settings))
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
@@ -129,7 +133,7 @@ def _container_tasks(spec: dict) -> list[dict]:
 def test_caching_is_on_by_default_and_can_be_compiled_off(compiled, tmp_path):
     spec, _ = _documents(compiled)
     assert all(t["cachingOptions"]["enableCache"] for t in _container_tasks(spec))
-    off = compile_pipeline(tmp_path / "p.yaml", settings_from("r", "t", caching=False))
+    off = compile_pipeline(tmp_path / "p.yaml", ClusterSettings(caching=False))
     spec, _ = _documents(off)
     assert not any(t.get("cachingOptions", {}).get("enableCache") for t in _container_tasks(spec))
 
@@ -170,12 +174,10 @@ def test_data_steps_share_a_workspace_and_arrange_reports_in_markdown(compiled):
 
 
 def test_workspace_can_be_sized_or_compiled_out(tmp_path):
-    sized = settings_from(
-        "r",
-        "t",
-        workspace_size="80Gi",
-        workspace_storage_class="efs",
-        workspace_access_modes=["ReadWriteMany"],
+    sized = ClusterSettings(
+        workspace=WorkspaceSettings(
+            size="80Gi", storage_class="efs", access_modes=("ReadWriteMany",)
+        )
     )
     _, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "a.yaml", sized).read_text())
     workspace = platform["platforms"]["kubernetes"]["pipelineConfig"]["workspace"]
@@ -185,7 +187,9 @@ def test_workspace_can_be_sized_or_compiled_out(tmp_path):
             "pvcSpecPatch": {"storageClassName": "efs", "accessModes": ["ReadWriteMany"]}
         },
     }
-    plain = compile_pipeline(tmp_path / "b.yaml", settings_from("r", "t", workspace_size=""))
+    plain = compile_pipeline(
+        tmp_path / "b.yaml", ClusterSettings(workspace=WorkspaceSettings(enabled=False))
+    )
     text = plain.read_text()
     assert "workspace_path" not in text and "pipelineConfig" not in text
 
@@ -193,11 +197,10 @@ def test_workspace_can_be_sized_or_compiled_out(tmp_path):
 def test_cluster_backends_create_pods_on_the_gpu_pool_without_holding_a_gpu(tmp_path):
     """Compiled for Katib and TrainJobs, tune and train only create objects and wait: they ask
     for no GPU themselves, and hand the GPU pool's placement to the pods they create."""
-    settings = settings_from(
-        "registry.local/ml",
-        "3.0",
-        [("pool", "h100")],
-        ["gpu=true:NoSchedule"],
+    settings = ClusterSettings(
+        images=ImageSet("registry.local/ml", "3.0"),
+        gpu_node_selector={"pool": "h100"},
+        gpu_tolerations=(parse_toleration("gpu=true:NoSchedule"),),
         gpus=8,
         tune_backend="katib",
         train_launcher="trainjob",
@@ -230,7 +233,7 @@ def test_train_publishes_a_report_and_metrics(compiled):
 
 def test_unknown_backend_is_named():
     with pytest.raises(ValueError, match="--tune-backend must be one of local, katib"):
-        settings_from("r", "t", tune_backend="slurm")
+        ClusterSettings(tune_backend="slurm")
 
 
 @pytest.mark.parametrize(

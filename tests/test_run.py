@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from invmon.pipelines.local_run import RunOptions, format_summary, run_pipeline
+from invmon.pipelines.local_run import RunSettings, format_summary, run_pipeline
 
 
 @pytest.mark.slow
 def test_local_run_completes_every_stage(tmp_path):
     # min_accuracy 0: a one-epoch model must still pass the quality gate here.
-    options = RunOptions(
+    options = RunSettings(
         synth_bins=150,
         epochs=1,
         trials=1,

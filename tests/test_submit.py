@@ -10,7 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from invmon.pipelines.compile import settings_from
+from invmon.cluster.container_images import ImageSet
+from invmon.pipelines.compile import ClusterSettings
 from invmon.pipelines.submit import parse_params, submit
 
 
@@ -83,7 +84,7 @@ def test_submit_creates_an_experiment_and_a_run_with_typed_parameters(kfp_api):
         params=["classes=1-5", "trials=8", "anonymous=false"],
         experiment="audit",
         enable_caching=False,
-        settings=settings_from("registry.example/ml", "9.9"),
+        settings=ClusterSettings(images=ImageSet("registry.example/ml", "9.9")),
     )
     assert run.run_id == "run-42" and run.url.endswith("/#/runs/details/run-42")
     assert kfp_api.posted("/apis/v2beta1/experiments")["display_name"] == "audit"

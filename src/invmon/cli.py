@@ -43,12 +43,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "invmon._legacy_cli:audit",
         "flag bins whose photo disagrees with their recorded count",
     ),
-    "compile": ("invmon._legacy_cli:compile", "compile the pipeline to Kubeflow IR YAML"),
+    "compile": ("invmon.pipelines.compile:COMPILE", "compile the pipeline to Kubeflow IR YAML"),
     "submit": (
-        "invmon._legacy_cli:submit",
+        "invmon.pipelines.submit:SUBMIT",
         "compile and start a run on a Kubeflow Pipelines server",
     ),
-    "run": ("invmon._legacy_cli:run", "run the whole pipeline locally (kfp.local)"),
+    "run": ("invmon.pipelines.local_run:RUN", "run the whole pipeline locally (kfp.local)"),
 }
 
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from invmon.core.settings import Settings, setting
+
 DEFAULT_REGISTRY = "ghcr.io/inventory-monitoring"
 DEFAULT_TAG = "0.1.0"
 IMAGE_NAMES = ("data", "train", "serve")
@@ -26,11 +28,11 @@ STAGE_IMAGES = {
 
 
 @dataclass(frozen=True)
-class ImageSet:
+class ImageSet(Settings):
     """Where the project's images live: ``<registry>/invmon-<name>:<tag>``."""
 
-    registry: str = DEFAULT_REGISTRY
-    tag: str = DEFAULT_TAG
+    registry: str = setting(DEFAULT_REGISTRY, help="image registry")
+    tag: str = setting(DEFAULT_TAG, help="image tag")
 
     def image(self, name: str) -> str:
         """The reference of image ``name`` (one of data, train, serve)."""

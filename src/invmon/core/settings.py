@@ -218,8 +218,17 @@ def _help(field: dataclasses.Field, default, shown: bool) -> str:
     text = spec.help
     hidden = default is None or default is False or default is MISSING or default in ("", (), {})
     if shown and spec.show_default and not hidden:
-        text += f" (default {default})"
+        text += f" (default {_shown(default)})"
     return text.replace("%", "%%")
+
+
+def _shown(value) -> str:
+    """A default as it would be typed: ``KEY=VALUE`` pairs, a list joined by commas."""
+    if isinstance(value, dict):
+        return ", ".join(f"{key}={item}" for key, item in value.items())
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value))
+    return str(value)
 
 
 def add_options(parser, cls, *, unset: bool = False, exclude: tuple[str, ...] = ()) -> None:
