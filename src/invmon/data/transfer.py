@@ -13,12 +13,11 @@ import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from invmon.data.s3 import S3Uri, is_s3_uri, make_client
-from invmon.training import distributed
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +33,24 @@ def cache_dir(uri: str) -> Path:
 
 
 def fetch_dataset(
-    data: str | Path, place: distributed.Distributed | None = None, endpoint_url: str | None = None
+    data: str | Path,
+    endpoint_url: str | None = None,
+    local_rank: int = 0,
+    barrier: Callable[[], None] = lambda: None,
 ) -> Path:
     """Return a local folder holding ``data``: the path itself, or a copy of an ``s3://`` prefix.
 
-    One process per node copies (local rank 0) while the others wait; files already copied are
-    not fetched again, so a restarted pod continues the copy.
+    One process per node copies (``local_rank`` 0) while the others wait at ``barrier`` (the
+    training processes' own); files already copied are not fetched again, so a restarted pod
+    continues the copy.
     """
-    place = place or distributed.Distributed()
     if not is_s3_uri(str(data)):
         return Path(data)
     target = cache_dir(str(data))
-    if place.local_rank == 0 and not (target / COMPLETE_MARKER).is_file():
+    if local_rank == 0 and not (target / COMPLETE_MARKER).is_file():
         download_prefix(S3Uri.parse(str(data)), target, endpoint_url)
         (target / COMPLETE_MARKER).write_text(str(data) + "\n")
-    place.barrier()
+    barrier()
     return target
 
 

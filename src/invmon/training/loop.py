@@ -317,7 +317,8 @@ def fit(
                 "training processes (each takes an equal share of every batch)"
             )
         seed_everything(config.seed)
-        index = DatasetIndex.read(fetch_dataset(data, place, endpoint_url))
+        local = fetch_dataset(data, endpoint_url, place.local_rank, place.barrier)
+        index = DatasetIndex.read(local)
         store = CheckpointStore(checkpoint, endpoint_url) if checkpoint is not None else None
         result, run = _fit(
             index, config, place.device(device), place, store, resume, on_epoch, quiet
