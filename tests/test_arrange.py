@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 
-from invmon.stages.arrange import SPLITS, arrange, parse_classes, parse_split, read_manifest
+from invmon.data.layout import SPLITS, read_manifest
+from invmon.stages.arrange import arrange, parse_classes, parse_split
 
 
 def test_layout_manifest_and_counts(arranged_dir, raw_dir):
@@ -121,7 +122,7 @@ def test_images_are_hard_links_by_default(raw_dir, tmp_path):
 
 
 def test_refer_mode_writes_no_image_and_preprocess_reads_the_raw_folder(raw_dir, tmp_path):
-    from invmon.stages.arrange import image_locator
+    from invmon.data.layout import image_locator
     from invmon.stages.preprocess import preprocess
 
     report = arrange(raw_dir, tmp_path / "out", images="refer")

@@ -8,10 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from invmon.data.layout import read_manifest
 from invmon.data.shards import DatasetIndex
 from invmon.data.synth import make_bin
 from invmon.data.transforms import InvalidImage, Preprocessing, normalize, prepare
-from invmon.stages.arrange import read_manifest
 from invmon.stages.preprocess import preprocess
 
 

@@ -5,8 +5,9 @@ import json
 import pytest
 from conftest import public_bucket_on
 
+from invmon.data.layout import read_manifest
 from invmon.data.s3 import make_client
-from invmon.stages.arrange import arrange, read_manifest
+from invmon.stages.arrange import arrange
 from invmon.stages.ingest import ingest
 
 

@@ -573,7 +573,7 @@ def deploy_local(
 
 def first_test_image(arranged: str | Path) -> tuple[Path, int]:
     """The first test image of an arranged dataset and its recorded count."""
-    from invmon.stages.arrange import image_locator, read_manifest
+    from invmon.data.layout import image_locator, read_manifest
 
     rows = [r for r in read_manifest(arranged) if r[2] == "test"]
     if not rows:

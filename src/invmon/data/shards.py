@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from invmon.data.layout import INDEX_FILE
 from invmon.data.transforms import Preprocessing
-from invmon.stages.preprocess import INDEX_FILE
 
 
 @dataclass(frozen=True)

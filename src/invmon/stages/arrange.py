@@ -32,13 +32,11 @@ from PIL import Image, UnidentifiedImageError
 
 from invmon.core.progress import Progress
 from invmon.data import abid, workspace
+from invmon.data.layout import DATASET_FILE, MANIFEST_FILE, SPLITS, read_manifest
 from invmon.data.transforms import ALLOWED_FORMATS
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-MANIFEST_FILE = "manifest.csv"
-DATASET_FILE = "dataset.json"
 REPORT_FILE = "data_report.md"
 # How the class folders get their images: hard links (copies across file systems), copies, none
 # (preprocess reads the raw folder), or hard links with none as the fallback (pipeline workspace).
@@ -394,45 +392,6 @@ def arrange(
     (out / DATASET_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (out / REPORT_FILE).write_text(markdown_report(report))
     return report
-
-
-def read_manifest(data: str | Path) -> list[tuple[str, int, str]]:
-    """Return ``(bin_id, count, split)`` rows of an arranged folder's manifest."""
-    path = Path(data) / MANIFEST_FILE
-    if not path.is_file():
-        raise ValueError(f"{str(data)!r} is not an arranged dataset: {MANIFEST_FILE} is missing")
-    with open(path, newline="") as handle:
-        return [(r["bin_id"], int(r["count"]), r["split"]) for r in csv.DictReader(handle)]
-
-
-def read_classes(data: str | Path) -> list[int]:
-    """Return the classes an arranged folder was made for."""
-    return [int(c) for c in _dataset(data)["classes"]]
-
-
-def _dataset(data: str | Path) -> dict:
-    path = Path(data) / DATASET_FILE
-    if not path.is_file():
-        raise ValueError(f"{str(data)!r} is not an arranged dataset: {DATASET_FILE} is missing")
-    return json.loads(path.read_text())
-
-
-def image_locator(data: str | Path):
-    """Return ``f(bin_id, count, split) -> Path`` of the image files of an arranged folder.
-
-    Images are in the class folders, or, for a folder arranged with ``images="refer"``, in the raw
-    folder it was arranged from.
-    """
-    data = Path(data)
-    info = _dataset(data)
-    if info.get("layout", "folders") == "raw":
-        images = Path(info["raw"]) / abid.IMAGE_DIR
-        if not images.is_dir():
-            raise ValueError(
-                f"{str(data)!r} refers to images in {str(images)!r}, which does not exist here"
-            )
-        return lambda bin_id, count, split: images / f"{bin_id}{abid.IMAGE_SUFFIX}"
-    return lambda bin_id, count, split: data / split / str(count) / f"{bin_id}{abid.IMAGE_SUFFIX}"
 
 
 def markdown_report(report: ArrangeReport) -> str:

@@ -37,12 +37,11 @@ from pathlib import Path
 import numpy as np
 
 from invmon.core.progress import Progress
+from invmon.data.layout import INDEX_FILE, SPLITS, image_locator, read_classes, read_manifest
 from invmon.data.transforms import InvalidImage, Preprocessing, prepare
-from invmon.stages.arrange import SPLITS, image_locator, read_classes, read_manifest
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "index.json"
 DEFAULT_SHARD_SIZE = 4096
 
 
