@@ -4,9 +4,10 @@ import json
 
 import pytest
 
+from invmon.data.bucket_copy import Part, read_file_list
 from invmon.data.s3 import make_client
 from invmon.data.synth import synthesize
-from invmon.stages.ingest import Part, ingest, merge_parts, plan_parts, read_file_list
+from invmon.stages.ingest import ingest, merge_parts, plan_parts
 
 
 @pytest.fixture
@@ -219,7 +220,7 @@ def test_absolute_looking_keys_are_refused_and_never_written(s3_url, public_buck
 
 
 def test_a_key_resolving_outside_the_output_is_never_written(tmp_path):
-    from invmon.stages.ingest import _Copier
+    from invmon.data.bucket_copy import _Copier
 
     copier = _Copier(reader=None, source=None, out=tmp_path / "out", verify="size")
     for key in ("/etc/passwd", "bin-images/../../x.jpg"):

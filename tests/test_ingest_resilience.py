@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from support.netsim import Faults, running
 
+from invmon.data.bucket_copy import read_report
 from invmon.data.s3 import RetryPolicy, make_client
-from invmon.stages.ingest import ingest, read_report
+from invmon.stages.ingest import ingest
 
 # Short waits keep the tests fast; the production policy backs off for seconds.
 QUICK = RetryPolicy(attempts=10, base=0.005, slowdown_base=0.01, cap=0.2)
