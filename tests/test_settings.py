@@ -39,6 +39,8 @@ class Example(Settings):
     tags: tuple[str, ...] = setting((), help="tags")
     s3: Inner = setting(default_factory=Inner, help="S3 access")
     internal: int = setting(0, help="set by code", cli=False)
+    seed: int = setting(0, help="random seed")
+    empty: str = setting("", help="empty means none")
 
 
 def _parse(*argv, cls=Example, **kwargs):
@@ -65,6 +67,8 @@ def test_help_shows_each_default_once_and_the_nested_group():
     assert "--no-channels-last keep NCHW" in text
     assert "S3 access:" in text and "--endpoint-url" in text
     assert "--internal" not in text
+    assert "random seed (default 0)" in text  # 0 is a default worth showing, unlike False or ""
+    assert "empty means none (default" not in text
 
 
 @pytest.mark.parametrize(
