@@ -1,11 +1,14 @@
 """Synthetic bins: ABID's layout and schema, deterministic for a seed."""
 
+import inspect
 import json
 
 from PIL import Image
 
+from invmon.core.settings import default_of
 from invmon.data import abid
 from invmon.data.synth import make_bin, synthesize
+from invmon.stages.synth import SynthSettings
 
 
 def test_layout_and_schema_match_abid(raw_dir):
@@ -73,3 +76,10 @@ def test_synth_writes_to_s3(s3_url, public_bucket):
     assert report.bins == 5
     assert "abid/bin-images/00005.jpg" in keys and "abid/metadata/00001.json" in keys
     assert len(keys) == 10
+
+
+def test_the_command_draws_with_the_generators_defaults():
+    """`invmon synth` without --seed or --max-items draws what synthesize() draws by default."""
+    parameters = inspect.signature(synthesize).parameters
+    for name in ("seed", "max_items"):
+        assert default_of(SynthSettings, name) == parameters[name].default, name

@@ -53,36 +53,6 @@ def _add_s3_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def cmd_synth(args) -> None:
-    from invmon.data.synth import synthesize
-
-    report = synthesize(
-        args.out,
-        args.count,
-        seed=args.seed,
-        max_items=args.max_items,
-        endpoint_url=args.endpoint_url,
-        anonymous=args.anonymous,
-    )
-    print(f"wrote {report.bins} bins to {report.destination}; counts {report.counts}")
-
-
-def _synth_parser(sub) -> None:
-    p = sub.add_parser(
-        "synth",
-        description="Write synthetic bin photos and metadata exactly in ABID's "
-        "layout, to a folder or s3://BUCKET/PREFIX.",
-    )
-    p.add_argument("--out", required=True, help="folder or s3://BUCKET/PREFIX")
-    p.add_argument("--count", type=_positive_int, required=True, help="number of bins")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument(
-        "--max-items", type=_non_negative_int, default=5, help="most items in one bin (default 5)"
-    )
-    _add_s3_options(p)
-    p.set_defaults(func=cmd_synth)
-
-
 def cmd_ingest(args) -> None:
     from invmon.stages.ingest import Part, ingest
 
@@ -596,7 +566,6 @@ class _Legacy:
         args.func(args)
 
 
-synth = _Legacy(_synth_parser)
 ingest = _Legacy(_ingest_parser)
 ingest_plan = _Legacy(_ingest_plan_parser)
 ingest_merge = _Legacy(_ingest_merge_parser)

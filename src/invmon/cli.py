@@ -18,7 +18,7 @@ PROG = "invmon"
 
 # name: (module:attribute of its Command, one-line help shown by `invmon --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("invmon._legacy_cli:synth", "write synthetic bins in ABID's layout and schema"),
+    "synth": ("invmon.stages.synth:SYNTH", "write synthetic bins in ABID's layout and schema"),
     "ingest": ("invmon._legacy_cli:ingest", "copy bin images and metadata from S3"),
     "ingest-plan": (
         "invmon._legacy_cli:ingest_plan",
