@@ -124,11 +124,13 @@ def raw_gets(url: str, keys: list[str], threads: int) -> float:
 
 
 FUNCTION = """
-import json, sys
-from invmon.stages.ingest import ingest
+import sys
+from invmon.data.s3 import S3Options
+from invmon.stages import ingest
 url, bucket, out, workers, limit = sys.argv[1:6]
-report = ingest(f"s3://{bucket}", out, endpoint_url=url, anonymous=True, workers=int(workers),
-                limit=int(limit) or None)
+report = ingest.run(ingest.IngestSettings(source=f"s3://{bucket}", out=out,
+                    s3=S3Options(endpoint_url=url, anonymous=True), workers=int(workers),
+                    limit=int(limit) or None))
 """
 
 

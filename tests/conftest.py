@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from invmon.data.s3 import embedded_s3_server, make_client, make_public_bucket
+from invmon.data.s3 import S3Options, embedded_s3_server, make_client, make_public_bucket
 from invmon.data.synth import synthesize
 from invmon.stages.arrange import arrange
 from invmon.stages.preprocess import preprocess
@@ -27,6 +27,12 @@ def s3_url():
     """URL of a moto S3 server on 127.0.0.1 (real HTTP), shared by the session."""
     with embedded_s3_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def s3(s3_url) -> S3Options:
+    """How the stages reach the test server: its URL, with unsigned requests."""
+    return S3Options(endpoint_url=s3_url, anonymous=True)
 
 
 def public_bucket_on(url: str) -> str:

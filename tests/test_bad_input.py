@@ -12,8 +12,9 @@ from PIL import Image
 
 from invmon.data.s3 import make_client
 from invmon.data.synth import make_bin
+from invmon.stages import ingest
 from invmon.stages.arrange import arrange
-from invmon.stages.ingest import ingest
+from invmon.stages.ingest import IngestSettings
 from invmon.stages.preprocess import preprocess
 
 
@@ -81,9 +82,9 @@ def bad_bucket(s3_url):
 
 
 @pytest.fixture(scope="module")
-def through_the_stages(bad_bucket, s3_url, tmp_path_factory):
+def through_the_stages(bad_bucket, s3, tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
-    ingested = ingest(bad_bucket, root / "raw", endpoint_url=s3_url, anonymous=True)
+    ingested = ingest.run(IngestSettings(source=bad_bucket, out=str(root / "raw"), s3=s3))
     arranged = arrange(root / "raw", root / "arranged", classes="0-5", split="0.7,0.15,0.15")
     shards = preprocess(root / "arranged", root / "shards", image_size=32, workers=1)
     return ingested, arranged, shards, root
@@ -129,18 +130,22 @@ def test_real_quirks_of_the_metadata_keep_the_bin(through_the_stages):
     assert sum(shards.images.values()) == 43 and shards.skipped == {}
 
 
-def test_zero_matching_objects_is_an_error_not_an_empty_success(s3_url, tmp_path):
+def test_zero_matching_objects_is_an_error_not_an_empty_success(s3_url, tmp_path, s3):
     from conftest import public_bucket_on
 
     bucket = public_bucket_on(s3_url)
     make_client(s3_url, anonymous=True).put_object(Bucket=bucket, Key="other/x.jpg", Body=b"x")
     with pytest.raises(ValueError, match="no bin images or metadata matched"):
-        ingest(f"s3://{bucket}", tmp_path, endpoint_url=s3_url, anonymous=True)
+        ingest.run(IngestSettings(source=f"s3://{bucket}", out=str(tmp_path), s3=s3))
 
 
-def test_a_bucket_of_only_bad_bins_is_an_error_at_arrange(bad_bucket, s3_url, tmp_path):
+def test_a_bucket_of_only_bad_bins_is_an_error_at_arrange(bad_bucket, s3, tmp_path):
     file_list = tmp_path / "bad.json"
     file_list.write_text(json.dumps({"1": ["metadata/00903.json", "metadata/00907.json"]}))
-    ingest(bad_bucket, tmp_path / "raw", endpoint_url=s3_url, anonymous=True, file_list=file_list)
+    ingest.run(
+        IngestSettings(
+            source=bad_bucket, out=str(tmp_path / "raw"), s3=s3, file_list=str(file_list)
+        )
+    )
     with pytest.raises(ValueError, match="no usable bins"):
         arrange(tmp_path / "raw", tmp_path / "arranged")

@@ -7,7 +7,8 @@ import pytest
 from invmon.data.bucket_copy import Part, read_file_list
 from invmon.data.s3 import make_client
 from invmon.data.synth import synthesize
-from invmon.stages.ingest import ingest, merge_parts, plan_parts
+from invmon.stages import ingest
+from invmon.stages.ingest import IngestSettings, MergeSettings, PlanSettings
 
 
 @pytest.fixture
@@ -19,8 +20,8 @@ def seeded(s3_url, public_bucket):
     return f"s3://{public_bucket}/abid"
 
 
-def test_copies_every_object_in_the_bucket_layout(seeded, s3_url, tmp_path):
-    report = ingest(seeded, tmp_path, endpoint_url=s3_url, anonymous=True, workers=8)
+def test_copies_every_object_in_the_bucket_layout(seeded, s3, tmp_path):
+    report = ingest.run(IngestSettings(source=seeded, out=str(tmp_path), s3=s3, workers=8))
     assert (report.objects, report.copied, report.failed) == (24, 24, {})
     assert len(list((tmp_path / "bin-images").glob("*.jpg"))) == 12
     assert len(list((tmp_path / "metadata").glob("*.json"))) == 12
@@ -28,24 +29,24 @@ def test_copies_every_object_in_the_bucket_layout(seeded, s3_url, tmp_path):
     assert saved["copied"] == 24
 
 
-def test_rerun_skips_what_is_present_and_refetches_a_wrong_size(seeded, s3_url, tmp_path):
-    ingest(seeded, tmp_path, endpoint_url=s3_url, anonymous=True)
+def test_rerun_skips_what_is_present_and_refetches_a_wrong_size(seeded, s3, tmp_path):
+    ingest.run(IngestSettings(source=seeded, out=str(tmp_path), s3=s3))
     (tmp_path / "bin-images" / "00003.jpg").write_bytes(b"partial")
     (tmp_path / "metadata" / "00004.json").unlink()
-    report = ingest(seeded, tmp_path, endpoint_url=s3_url, anonymous=True)
+    report = ingest.run(IngestSettings(source=seeded, out=str(tmp_path), s3=s3))
     assert (report.copied, report.skipped_present) == (2, 22)
     assert (tmp_path / "bin-images" / "00003.jpg").stat().st_size > 1000
 
 
-def test_limit_takes_whole_bins(seeded, s3_url, tmp_path):
-    report = ingest(seeded, tmp_path, endpoint_url=s3_url, anonymous=True, limit=5)
+def test_limit_takes_whole_bins(seeded, s3, tmp_path):
+    report = ingest.run(IngestSettings(source=seeded, out=str(tmp_path), s3=s3, limit=5))
     assert report.copied == 10
     images = {p.stem for p in (tmp_path / "bin-images").iterdir()}
     documents = {p.stem for p in (tmp_path / "metadata").iterdir()}
     assert images == documents and len(images) == 5
 
 
-def test_unpadded_and_padded_ids_stay_distinct_bins(s3_url, public_bucket, tmp_path):
+def test_unpadded_and_padded_ids_stay_distinct_bins(s3_url, public_bucket, tmp_path, s3):
     client = make_client(s3_url, anonymous=True)
     for key, body in [
         ("bin-images/121.jpg", b"a" * 10),
@@ -54,12 +55,12 @@ def test_unpadded_and_padded_ids_stay_distinct_bins(s3_url, public_bucket, tmp_p
         ("metadata/00121.json", b"{ }"),
     ]:
         client.put_object(Bucket=public_bucket, Key=key, Body=body)
-    ingest(f"s3://{public_bucket}", tmp_path, endpoint_url=s3_url, anonymous=True)
+    ingest.run(IngestSettings(source=f"s3://{public_bucket}", out=str(tmp_path), s3=s3))
     assert (tmp_path / "bin-images" / "121.jpg").read_bytes() == b"a" * 10
     assert (tmp_path / "bin-images" / "00121.jpg").read_bytes() == b"b" * 20
 
 
-def test_file_list_selects_bins_and_keeps_every_class(seeded, s3_url, tmp_path):
+def test_file_list_selects_bins_and_keeps_every_class(seeded, s3, tmp_path):
     file_list = tmp_path / "file_list.json"
     file_list.write_text(
         json.dumps(
@@ -71,22 +72,28 @@ def test_file_list_selects_bins_and_keeps_every_class(seeded, s3_url, tmp_path):
     )
     assert read_file_list(file_list, limit=2) == ["00001", "00007"]
     out = tmp_path / "out"
-    report = ingest(seeded, out, endpoint_url=s3_url, anonymous=True, file_list=file_list)
+    report = ingest.run(
+        IngestSettings(source=seeded, out=str(out), s3=s3, file_list=str(file_list))
+    )
     assert report.copied == 6
     assert sorted(p.stem for p in (out / "bin-images").iterdir()) == ["00001", "00002", "00007"]
 
 
-def test_no_matching_objects_is_an_error(s3_url, public_bucket, tmp_path):
+def test_no_matching_objects_is_an_error(s3, public_bucket, tmp_path):
     with pytest.raises(ValueError, match="no bin images or metadata matched"):
-        ingest(f"s3://{public_bucket}/nothing-here", tmp_path, endpoint_url=s3_url, anonymous=True)
+        ingest.run(
+            IngestSettings(source=f"s3://{public_bucket}/nothing-here", out=str(tmp_path), s3=s3)
+        )
 
 
-def test_keys_outside_the_layout_are_refused_and_reported(s3_url, public_bucket, tmp_path):
+def test_keys_outside_the_layout_are_refused_and_reported(s3_url, public_bucket, tmp_path, s3):
     client = make_client(s3_url, anonymous=True)
     client.put_object(Bucket=public_bucket, Key="bin-images/00001.jpg", Body=b"x")
     client.put_object(Bucket=public_bucket, Key="bin-images/../../escape.jpg", Body=b"x")
     client.put_object(Bucket=public_bucket, Key="bin-images/sub/00002.jpg", Body=b"x")
-    report = ingest(f"s3://{public_bucket}", tmp_path / "out", endpoint_url=s3_url, anonymous=True)
+    report = ingest.run(
+        IngestSettings(source=f"s3://{public_bucket}", out=str(tmp_path / "out"), s3=s3)
+    )
     assert report.copied == 1
     assert len(report.refused_keys) == 2
     assert not (tmp_path / "escape.jpg").exists()
@@ -95,7 +102,7 @@ def test_keys_outside_the_layout_are_refused_and_reported(s3_url, public_bucket,
 @pytest.mark.parametrize("source", ["bucket/prefix", "s3://", "http://x"])
 def test_bad_source_is_named(source, tmp_path):
     with pytest.raises(ValueError, match="S3 URI"):
-        ingest(source, tmp_path)
+        ingest.run(IngestSettings(source=source, out=str(tmp_path)))
 
 
 # -- parts, file lists from S3, verification ---------------------------------------------------
@@ -114,20 +121,24 @@ def two_families(s3_url, public_bucket):
     return f"s3://{public_bucket}", ids
 
 
-def test_parts_cover_both_id_families_once(two_families, s3_url, tmp_path):
+def test_parts_cover_both_id_families_once(two_families, s3, tmp_path):
     source, ids = two_families
-    plan = plan_parts(source, 4, endpoint_url=s3_url, anonymous=True)
+    plan = ingest.plan_parts(PlanSettings(source=source, s3=s3, parts=4))
     assert len(plan) == 4 and sum(p.objects for p in plan) == 2 * len(ids)
     folders = []
     for part in plan:
         out = tmp_path / f"part{part.index}"
-        report = ingest(source, out, endpoint_url=s3_url, anonymous=True, part=part)
+        report = ingest.run(
+            IngestSettings(source=source, out=str(out), s3=s3, part=json.dumps(part.to_dict()))
+        )
         assert report.copied == report.objects > 0
         folders.append(out)
     per_part = [{p.stem for p in (f / "bin-images").iterdir()} for f in folders]
     assert sum(len(s) for s in per_part) == len(ids)  # disjoint
     assert set().union(*per_part) == set(ids)  # complete, "1" and "00001" both kept
-    merged = merge_parts(folders, tmp_path / "merged")
+    merged = ingest.merge_parts(
+        MergeSettings(parts=tuple(map(str, folders)), out=str(tmp_path / "merged"))
+    )
     assert (merged.copied, merged.objects, merged.failed) == (2 * len(ids), 2 * len(ids), {})
     assert (tmp_path / "merged" / "bin-images" / "1.jpg").read_bytes() == b"1"
     assert (tmp_path / "merged" / "bin-images" / "00001.jpg").read_bytes() == b"00001"
@@ -147,51 +158,59 @@ def test_part_ranges_round_trip_through_kfp_style_dicts():
         Part.parse("../x:")
 
 
-def test_plan_with_limit_keeps_the_first_bins(two_families, s3_url, tmp_path):
+def test_plan_with_limit_keeps_the_first_bins(two_families, s3, tmp_path):
     source, _ = two_families
-    plan = plan_parts(source, 3, endpoint_url=s3_url, anonymous=True, limit=7)
+    plan = ingest.plan_parts(PlanSettings(source=source, s3=s3, limit=7, parts=3))
     copied = set()
     for part in plan:
-        ingest(source, tmp_path / "o", endpoint_url=s3_url, anonymous=True, part=part, limit=7)
+        ingest.run(
+            IngestSettings(
+                source=source,
+                out=str(tmp_path / "o"),
+                s3=s3,
+                part=json.dumps(part.to_dict()),
+                limit=7,
+            )
+        )
     copied = {p.stem for p in (tmp_path / "o" / "bin-images").iterdir()}
     assert len(copied) == 7
     assert copied == {f"{n:05d}" for n in range(1, 8)}  # key order: 00001 < ... < 1 < 10
 
 
-def test_file_list_can_live_in_the_bucket(seeded, s3_url, tmp_path):
+def test_file_list_can_live_in_the_bucket(seeded, s3_url, tmp_path, s3):
     bucket = seeded.split("/")[2]
     make_client(s3_url, anonymous=True).put_object(
         Bucket=bucket, Key="lists/file_list.json", Body=b'{"3": ["data/metadata/00005.json"]}'
     )
-    report = ingest(
-        seeded,
-        tmp_path,
-        endpoint_url=s3_url,
-        anonymous=True,
-        file_list=f"s3://{bucket}/lists/file_list.json",
+    report = ingest.run(
+        IngestSettings(
+            source=seeded, out=str(tmp_path), s3=s3, file_list=f"s3://{bucket}/lists/file_list.json"
+        )
     )
     assert report.copied == 2
     assert [p.name for p in (tmp_path / "bin-images").iterdir()] == ["00005.jpg"]
 
 
-def test_etag_verification_refetches_same_size_different_content(seeded, s3_url, tmp_path):
-    ingest(seeded, tmp_path, endpoint_url=s3_url, anonymous=True)
+def test_etag_verification_refetches_same_size_different_content(seeded, s3, tmp_path):
+    ingest.run(IngestSettings(source=seeded, out=str(tmp_path), s3=s3))
     image = tmp_path / "bin-images" / "00002.jpg"
     original = image.read_bytes()
     image.write_bytes(b"\0" * len(original))  # right size, wrong bytes
-    by_size = ingest(seeded, tmp_path, endpoint_url=s3_url, anonymous=True)
+    by_size = ingest.run(IngestSettings(source=seeded, out=str(tmp_path), s3=s3))
     assert by_size.copied == 0 and image.read_bytes() != original
-    by_etag = ingest(seeded, tmp_path, endpoint_url=s3_url, anonymous=True, verify="etag")
+    by_etag = ingest.run(IngestSettings(source=seeded, out=str(tmp_path), s3=s3, verify="etag"))
     assert by_etag.copied == 1 and image.read_bytes() == original
 
 
-def test_keys_escaping_the_output_are_refused_with_their_reason(s3_url, public_bucket, tmp_path):
+def test_keys_escaping_the_output_are_refused_with_their_reason(
+    s3_url, public_bucket, tmp_path, s3
+):
     client = make_client(s3_url, anonymous=True)
     client.put_object(Bucket=public_bucket, Key="bin-images/00001.jpg", Body=b"x")
     client.put_object(Bucket=public_bucket, Key="metadata/00001.json", Body=b"{}")
     client.put_object(Bucket=public_bucket, Key="metadata/../../../escape.json", Body=b"{}")
     out = tmp_path / "out"
-    report = ingest(f"s3://{public_bucket}", out, endpoint_url=s3_url, anonymous=True)
+    report = ingest.run(IngestSettings(source=f"s3://{public_bucket}", out=str(out), s3=s3))
     assert report.copied == 2
     assert report.refused_keys == {
         "metadata/../../../escape.json": "key would be written outside the output"
@@ -203,13 +222,13 @@ def test_keys_escaping_the_output_are_refused_with_their_reason(s3_url, public_b
     ]
 
 
-def test_absolute_looking_keys_are_refused_and_never_written(s3_url, public_bucket, tmp_path):
+def test_absolute_looking_keys_are_refused_and_never_written(s3_url, public_bucket, tmp_path, s3):
     client = make_client(s3_url, anonymous=True)
     client.put_object(Bucket=public_bucket, Key="abid/bin-images/00002.jpg", Body=b"y")
     client.put_object(Bucket=public_bucket, Key=f"abid/bin-images/{tmp_path}/evil.jpg", Body=b"x")
     client.put_object(Bucket=public_bucket, Key="abid/metadata//etc/evil.json", Body=b"{}")
     out = tmp_path / "out"
-    report = ingest(f"s3://{public_bucket}/abid", out, endpoint_url=s3_url, anonymous=True)
+    report = ingest.run(IngestSettings(source=f"s3://{public_bucket}/abid", out=str(out), s3=s3))
     assert report.copied == 1
     assert set(report.refused_keys) == {
         f"abid/bin-images/{tmp_path}/evil.jpg",
@@ -228,8 +247,8 @@ def test_a_key_resolving_outside_the_output_is_never_written(tmp_path):
             copier.target(key)
 
 
-def test_a_bucket_that_cannot_be_listed_is_named(s3_url, tmp_path):
+def test_a_bucket_that_cannot_be_listed_is_named(s3, tmp_path):
     with pytest.raises(
         ValueError, match=r"cannot list s3://no-such-bucket-here: HTTP 404 NoSuchBucket"
     ):
-        ingest("s3://no-such-bucket-here", tmp_path, endpoint_url=s3_url, anonymous=True)
+        ingest.run(IngestSettings(source="s3://no-such-bucket-here", out=str(tmp_path), s3=s3))

@@ -18,8 +18,9 @@ import pytest
 from support.netsim import Faults, running
 
 from invmon.data.bucket_copy import read_report
-from invmon.data.s3 import RetryPolicy, make_client
-from invmon.stages.ingest import ingest
+from invmon.data.s3 import RetryPolicy, S3Options, make_client
+from invmon.stages import ingest
+from invmon.stages.ingest import IngestSettings
 
 # Short waits keep the tests fast; the production policy backs off for seconds.
 QUICK = RetryPolicy(attempts=10, base=0.005, slowdown_base=0.01, cap=0.2)
@@ -50,13 +51,14 @@ def test_every_object_arrives_intact_through_throttling_drops_and_cut_bodies(
     bodies = _seed(s3_url, public_bucket, 40)
     faults = Faults(slowdown=0.15, drop=0.1, truncate=0.1, seed=7)
     with running(s3_url, faults) as (proxy_url, proxy):
-        report = ingest(
-            f"s3://{public_bucket}",
-            tmp_path,
-            endpoint_url=proxy_url,
-            anonymous=True,
-            workers=8,
-            retry=QUICK,
+        report = ingest.run(
+            IngestSettings(
+                source=f"s3://{public_bucket}",
+                out=str(tmp_path),
+                s3=S3Options(endpoint_url=proxy_url, anonymous=True),
+                workers=8,
+                retry=QUICK,
+            )
         )
         injected = proxy.stats()["injected"]
     assert (report.copied, report.failed) == (80, {})
@@ -66,17 +68,18 @@ def test_every_object_arrives_intact_through_throttling_drops_and_cut_bodies(
 
 
 def test_an_object_that_cannot_be_had_is_named_and_the_rest_is_copied(
-    s3_url, public_bucket, tmp_path
+    s3_url, public_bucket, tmp_path, s3
 ):
     _seed(s3_url, public_bucket, 3)
     file_list = tmp_path / "file_list.json"
     file_list.write_text(json.dumps({"1": ["metadata/00001.json", "metadata/00404.json"]}))
-    report = ingest(
-        f"s3://{public_bucket}",
-        tmp_path / "out",
-        endpoint_url=s3_url,
-        anonymous=True,
-        file_list=file_list,
+    report = ingest.run(
+        IngestSettings(
+            source=f"s3://{public_bucket}",
+            out=str(tmp_path / "out"),
+            s3=s3,
+            file_list=str(file_list),
+        )
     )
     assert report.copied == 2
     assert set(report.failed) == {"bin-images/00404.jpg", "metadata/00404.json"}
@@ -102,7 +105,13 @@ def test_a_killed_run_resumes_and_fetches_only_what_was_missing(s3_url, public_b
         for key in present:  # nothing half-written under a final name
             assert (out / key).read_bytes() == bodies[key], key
         urllib.request.urlopen(urllib.request.Request(f"{proxy_url}/__netsim__/reset", b""))
-        report = ingest(f"s3://{public_bucket}", out, endpoint_url=proxy_url, anonymous=True)
+        report = ingest.run(
+            IngestSettings(
+                source=f"s3://{public_bucket}",
+                out=str(out),
+                s3=S3Options(endpoint_url=proxy_url, anonymous=True),
+            )
+        )
         stats = json.loads(urllib.request.urlopen(f"{proxy_url}/__netsim__/stats").read())
     fetched = {
         request.split(f"/{public_bucket}/", 1)[1]

@@ -7,19 +7,20 @@ from conftest import public_bucket_on
 
 from invmon.data.layout import read_manifest
 from invmon.data.s3 import make_client
+from invmon.stages import ingest
 from invmon.stages.arrange import arrange
-from invmon.stages.ingest import ingest
+from invmon.stages.ingest import IngestSettings
 
 
 @pytest.mark.sample
-def test_real_sample_lands_in_the_folder_of_its_expected_quantity(sample_dir, s3_url, tmp_path):
+def test_real_sample_lands_in_the_folder_of_its_expected_quantity(sample_dir, s3_url, tmp_path, s3):
     bucket = public_bucket_on(s3_url)
     client = make_client(s3_url, anonymous=True)
     for folder in ("bin-images", "metadata"):
         for path in (sample_dir / folder).iterdir():
             client.put_object(Bucket=bucket, Key=f"{folder}/{path.name}", Body=path.read_bytes())
     raw, out = tmp_path / "raw", tmp_path / "arranged"
-    ingest(f"s3://{bucket}", raw, endpoint_url=s3_url, anonymous=True)
+    ingest.run(IngestSettings(source=f"s3://{bucket}", out=str(raw), s3=s3))
     report = arrange(raw, out, classes="0-5")
 
     images = {p.stem for p in (sample_dir / "bin-images").iterdir()}

@@ -32,15 +32,17 @@ def plan_ingest(
     Returns:
         One description per part, for ``ingest``'s ``part`` input.
     """
+    from invmon.data.s3 import S3Options
     from invmon.stages import ingest as stage
 
     plan = stage.plan_parts(
-        source,
-        parts,
-        endpoint_url=endpoint_url or None,
-        anonymous=anonymous,
-        file_list=file_list or None,
-        limit=limit or None,
+        stage.PlanSettings(
+            source=source,
+            s3=S3Options(endpoint_url=endpoint_url or None, anonymous=anonymous),
+            file_list=file_list or None,
+            limit=limit or None,
+            parts=parts,
+        )
     )
     for part in plan:
         print(part.describe(), f"~{part.objects} objects")
@@ -73,20 +75,24 @@ def ingest(
         workspace: The pipeline workspace path; when set, the bins are copied into it (where a
             retried task finds what an earlier attempt copied) instead of into the artifact.
     """
+    import json
+
     from invmon.data import workspace as shared
+    from invmon.data.s3 import S3Options
     from invmon.stages import ingest as stage
 
     folder = shared.data_folder(workspace, "raw", raw.path)
-    report = stage.ingest(
-        source,
-        folder,
-        endpoint_url=endpoint_url or None,
-        anonymous=anonymous,
-        file_list=file_list or None,
-        limit=limit or None,
-        workers=workers,
-        part=stage.Part.from_dict(part),
-        report_to=raw.path,
+    report = stage.run(
+        stage.IngestSettings(
+            source=source,
+            s3=S3Options(endpoint_url=endpoint_url or None, anonymous=anonymous),
+            file_list=file_list or None,
+            limit=limit or None,
+            out=str(folder),
+            workers=workers,
+            part=json.dumps(part),
+            report_to=raw.path,
+        )
     )
     if workspace:
         shared.write_pointer(raw.path, folder)
@@ -111,7 +117,9 @@ def merge_ingest(
     """
     from invmon.stages import ingest as stage
 
-    report = stage.merge_parts([part.path for part in parts], raw.path)
+    report = stage.merge_parts(
+        stage.MergeSettings(parts=tuple(part.path for part in parts), out=raw.path)
+    )
     print(report.summary())
     if report.failed:
         print(f"{len(report.failed)} objects failed; see ingest_report.json in the raw dataset")

@@ -53,101 +53,6 @@ def _add_s3_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def cmd_ingest(args) -> None:
-    from invmon.stages.ingest import Part, ingest
-
-    report = ingest(
-        args.source,
-        args.out,
-        endpoint_url=args.endpoint_url,
-        anonymous=args.anonymous,
-        file_list=args.file_list,
-        limit=args.limit,
-        workers=args.workers,
-        part=Part.parse(args.part) if args.part else None,
-        verify=args.verify,
-    )
-    print(f"ingest: {report.summary()} -> {args.out}")
-
-
-def _add_selection_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", required=True, help="s3://BUCKET[/PREFIX]")
-    _add_s3_options(p)
-    p.add_argument("--file-list", help="the original project's file_list.json (path or s3://)")
-    p.add_argument("--limit", type=_positive_int, help="copy at most this many bins")
-
-
-def _ingest_parser(sub) -> None:
-    from invmon.stages.ingest import VERIFY_MODES
-
-    p = sub.add_parser(
-        "ingest",
-        description="Copy bin-images/ and metadata/ from S3 into a folder, many "
-        "requests at once, retrying throttled and failed requests; a re-run resumes.",
-    )
-    _add_selection_options(p)
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--workers", type=_positive_int, default=32, help="requests in flight (default 32)"
-    )
-    p.add_argument(
-        "--part",
-        help="copy one part only: START:STOP (bin ids; either may be empty) or a part "
-        "printed by ingest-plan",
-    )
-    p.add_argument(
-        "--verify",
-        choices=VERIFY_MODES,
-        default="size",
-        help="what makes a file already on disk count as copied (default size; etag also "
-        "compares its MD5)",
-    )
-    p.set_defaults(func=cmd_ingest)
-
-
-def cmd_ingest_plan(args) -> None:
-    from invmon.stages.ingest import plan_parts
-
-    plan = plan_parts(
-        args.source,
-        args.parts,
-        endpoint_url=args.endpoint_url,
-        anonymous=args.anonymous,
-        file_list=args.file_list,
-        limit=args.limit,
-    )
-    for part in plan:
-        print(json.dumps(part.to_dict()))
-
-
-def _ingest_plan_parser(sub) -> None:
-    p = sub.add_parser(
-        "ingest-plan",
-        description="List the image keys once and print one JSON line per part (a key "
-        "range of about equal size), for `invmon ingest --part`.",
-    )
-    _add_selection_options(p)
-    p.add_argument("--parts", type=_positive_int, required=True, help="number of parts")
-    p.set_defaults(func=cmd_ingest_plan)
-
-
-def cmd_ingest_merge(args) -> None:
-    from invmon.stages.ingest import merge_parts
-
-    print(f"ingest: {merge_parts(args.parts, args.out).summary()} -> {args.out}")
-
-
-def _ingest_merge_parser(sub) -> None:
-    p = sub.add_parser(
-        "ingest-merge",
-        description="Join the folders written by `invmon ingest --part` (hard links where "
-        "possible) and merge their reports.",
-    )
-    p.add_argument("parts", nargs="+", help="the parts' output folders")
-    p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=cmd_ingest_merge)
-
-
 def cmd_arrange(args) -> None:
     from invmon.stages.arrange import arrange, summarize
 
@@ -566,9 +471,6 @@ class _Legacy:
         args.func(args)
 
 
-ingest = _Legacy(_ingest_parser)
-ingest_plan = _Legacy(_ingest_plan_parser)
-ingest_merge = _Legacy(_ingest_merge_parser)
 arrange = _Legacy(_arrange_parser)
 preprocess = _Legacy(_preprocess_parser)
 deploy = _Legacy(_deploy_parser)

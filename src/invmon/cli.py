@@ -19,12 +19,12 @@ PROG = "invmon"
 # name: (module:attribute of its Command, one-line help shown by `invmon --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("invmon.stages.synth:SYNTH", "write synthetic bins in ABID's layout and schema"),
-    "ingest": ("invmon._legacy_cli:ingest", "copy bin images and metadata from S3"),
+    "ingest": ("invmon.stages.ingest:INGEST", "copy bin images and metadata from S3"),
     "ingest-plan": (
-        "invmon._legacy_cli:ingest_plan",
+        "invmon.stages.ingest:PLAN",
         "cut a bucket into parts for parallel ingest",
     ),
-    "ingest-merge": ("invmon._legacy_cli:ingest_merge", "join the parts of a parallel ingest"),
+    "ingest-merge": ("invmon.stages.ingest:MERGE", "join the parts of a parallel ingest"),
     "arrange": ("invmon._legacy_cli:arrange", "label bins by count and split train/val/test"),
     "preprocess": (
         "invmon._legacy_cli:preprocess",

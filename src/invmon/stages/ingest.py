@@ -1,19 +1,24 @@
 """Ingest: copy bin images and metadata from S3 into a local folder in the bucket's layout.
 
 The copy itself (parallel, retried, resumable) is :mod:`invmon.data.bucket_copy`. At scale it is
-split into parts: :func:`plan_parts` lists the image keys once (keeping only a bounded sample of
-them) and cuts the bins into contiguous key ranges of about equal size; each part runs
-:func:`ingest` on its range (in the pipeline: one task per part under ``dsl.ParallelFor``), and
-:func:`merge_parts` joins the parts' reports and folders.
+split into parts: :func:`plan_parts` (``invmon ingest-plan``) lists the image keys once, keeping
+only a bounded sample of them, and cuts the bins into contiguous key ranges of about equal size;
+each part runs :func:`run` (``invmon ingest --part``; in the pipeline, one task per part under
+``dsl.ParallelFor``) on its range, and :func:`merge_parts` (``invmon ingest-merge``) joins the
+parts' reports and folders.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+from invmon.core.command import Command
+from invmon.core.settings import Settings, setting
 from invmon.data import abid, workspace
 from invmon.data.bucket_copy import (
     VERIFY_MODES,
@@ -27,9 +32,88 @@ from invmon.data.bucket_copy import (
 )
 from invmon.data.s3 import ObjectReader, RetryPolicy, S3Options, S3Uri, make_client
 
-DEFAULT_WORKERS = 32
 # A planner keeps at most this many image keys in memory to place the part boundaries.
 _PLAN_SAMPLE = 4096
+
+
+@dataclass(frozen=True)
+class BinSelection(Settings):
+    """Which bins of a bucket: the settings that ingest and ingest-plan share."""
+
+    source: str = setting(help="s3://BUCKET[/PREFIX]")
+    s3: S3Options = setting(default_factory=S3Options, help="S3 access")
+    file_list: str | None = setting(
+        None, help="the original project's file_list.json (path or s3://)"
+    )
+    limit: int | None = setting(None, help="copy at most this many bins", minimum=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        S3Uri.parse(self.source)  # a source that is not s3://BUCKET[/PREFIX] is named now
+
+
+@dataclass(frozen=True, kw_only=True)
+class IngestSettings(BinSelection):
+    """Settings of ingest."""
+
+    out: str = setting(help="output folder")
+    workers: int = setting(32, help="requests in flight", minimum=1)
+    part: str | None = setting(
+        None,
+        help="copy one part only: START:STOP (bin ids; either may be empty) or a part "
+        "printed by ingest-plan",
+    )
+    verify: str = setting(
+        "size",
+        choices=VERIFY_MODES,
+        help="what makes a file already on disk count as copied (etag also compares its MD5)",
+    )
+    # Set by code: the KFP component keeps the report in its artifact when the bins go to the
+    # workspace, and tests retry with short waits.
+    report_to: str | None = setting(None, help="where the report goes (default: out)", cli=False)
+    retry: RetryPolicy | None = setting(None, help="how failed requests are retried", cli=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.selected_part()  # a --part that does not parse is named now
+
+    def selected_part(self) -> Part:
+        """The part to copy (all bins when no part is given)."""
+        return Part.parse(self.part) if self.part else WHOLE
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanSettings(BinSelection):
+    """Settings of ingest-plan."""
+
+    parts: int = setting(help="number of parts", minimum=1)
+
+
+@dataclass(frozen=True)
+class MergeSettings(Settings):
+    """Settings of ingest-merge."""
+
+    parts: tuple[str, ...] = setting(help="the parts' output folders", positional=True)
+    out: str = setting(help="output folder")
+
+
+def run(settings: IngestSettings) -> IngestReport:
+    """Copy the selected bins (or one part of them) into ``settings.out``; return the report.
+
+    See :func:`invmon.data.bucket_copy.copy_bins` for what is skipped, retried and refused.
+    """
+    return copy_bins(
+        settings.source,
+        settings.out,
+        settings.s3,
+        workers=settings.workers,
+        verify=settings.verify,
+        part=settings.selected_part(),
+        file_list=settings.file_list,
+        limit=settings.limit,
+        retry=settings.retry,
+        report_to=settings.report_to,
+    )
 
 
 # -- planning parts --------------------------------------------------------------------------
@@ -48,31 +132,23 @@ def _image_ids(reader: ObjectReader, source: S3Uri, limit: int | None) -> Iterat
             return
 
 
-def plan_parts(
-    source: str,
-    parts: int,
-    endpoint_url: str | None = None,
-    anonymous: bool = False,
-    file_list: str | Path | None = None,
-    limit: int | None = None,
-) -> list[Part]:
-    """Cut the bins under ``source`` into ``parts`` contiguous key ranges of about equal size.
+def plan_parts(settings: PlanSettings) -> list[Part]:
+    """Cut the selected bins into ``settings.parts`` contiguous key ranges of about equal size.
 
     The image keys are listed once (one request per 1,000 keys); only an evenly spaced sample of
     at most a few thousand ids is kept, so memory does not grow with the bucket. With a file list
     nothing is listed: part ``i`` takes the ``i``-th slice of its ids. Raises ValueError when no
     bin matched.
     """
-    if parts < 1:
-        raise ValueError(f"--parts must be >= 1, got {parts}")
-    uri = S3Uri.parse(source)
-    if file_list:
-        ids = read_file_list(file_list, limit, S3Options(endpoint_url, anonymous))
+    if settings.file_list:
+        ids = read_file_list(settings.file_list, settings.limit, settings.s3)
         if not ids:
-            raise ValueError(f"--file-list {str(file_list)!r} names no bins")
-        count = min(parts, len(ids))
+            raise ValueError(f"--file-list {settings.file_list!r} names no bins")
+        count = min(settings.parts, len(ids))
         return [Part(i, count, objects=2 * len(Part(i, count).slice(ids))) for i in range(count)]
-    reader = ObjectReader(make_client(endpoint_url, anonymous=anonymous), uri.bucket)
+    uri = S3Uri.parse(settings.source)
+    s3, limit = settings.s3, settings.limit
+    reader = ObjectReader(make_client(s3.endpoint_url, anonymous=s3.anonymous), uri.bucket)
     sample: list[str] = []
     step, total, after_limit = 1, 0, ""
     for bin_id in _image_ids(reader, uri, limit):
@@ -86,7 +162,7 @@ def plan_parts(
         total += 1
     if total == 0:
         raise ValueError(f"no bin images matched under {uri}")
-    count = min(parts, total)
+    count = min(settings.parts, total)
     bounds = [""] + [sample[len(sample) * i // count] for i in range(1, count)] + [after_limit]
     return [
         Part(
@@ -98,51 +174,6 @@ def plan_parts(
         )
         for i in range(count)
     ]
-
-
-# -- copying ---------------------------------------------------------------------------------
-
-
-def ingest(
-    source: str,
-    out: str | Path,
-    endpoint_url: str | None = None,
-    anonymous: bool = False,
-    file_list: str | Path | None = None,
-    limit: int | None = None,
-    workers: int = DEFAULT_WORKERS,
-    part: Part | None = None,
-    verify: str = "size",
-    retry: RetryPolicy | None = None,
-    report_to: str | Path | None = None,
-) -> IngestReport:
-    """Copy bins from ``s3://BUCKET[/PREFIX]`` into ``out``; return (and write) a report.
-
-    ``part`` restricts the copy to one part of a plan (:func:`plan_parts`). Objects already in
-    ``out`` are skipped when their size (``verify="size"``) or also their MD5 (``"etag"``) match.
-    One object that cannot be copied is named in the report and the copy goes on. The report is
-    written to ``report_to`` (default ``out``), so that parts copying into one shared folder keep
-    their reports apart. Raises ValueError when nothing matched or the source cannot be listed,
-    and RuntimeError when every object failed: an empty copy is never reported as a success.
-    """
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
-    if limit is not None and limit < 1:
-        raise ValueError(f"--limit must be >= 1, got {limit}")
-    if verify not in VERIFY_MODES:
-        raise ValueError(f"--verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
-    return copy_bins(
-        source,
-        out,
-        S3Options(endpoint_url, anonymous),
-        workers=workers,
-        verify=verify,
-        part=part or WHOLE,
-        file_list=file_list,
-        limit=limit,
-        retry=retry,
-        report_to=report_to,
-    )
 
 
 # -- merging parts ---------------------------------------------------------------------------
@@ -162,14 +193,14 @@ def merge_reports(reports: list[IngestReport]) -> IngestReport:
     return merged
 
 
-def merge_parts(parts: list[str | Path], out: str | Path) -> IngestReport:
-    """Join the folders that the parts of a copy wrote into ``out``, and merge their reports.
+def merge_parts(settings: MergeSettings) -> IngestReport:
+    """Join the folders that the parts of a copy wrote into ``settings.out``; merge their reports.
 
     Files are hard-linked where ``out`` shares a file system with the parts (no copy), copied
     otherwise. Parts that wrote into a shared workspace folder (their output is a pointer to it)
     are not moved: ``out`` becomes a pointer to that folder too.
     """
-    out = Path(out)
+    parts, out = list(settings.parts), Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     reports = [read_report(part) for part in parts]
     pointers = [workspace.is_pointer(part) for part in parts]
@@ -203,3 +234,26 @@ def _link_tree(source: Path, out: Path) -> None:
                 os.link(entry.path, target)
             except OSError:  # another file system
                 shutil.copyfile(entry.path, target)
+
+
+INGEST = Command(
+    IngestSettings,
+    run,
+    description="Copy bin-images/ and metadata/ from S3 into a folder, many requests at once, "
+    "retrying throttled and failed requests; a re-run resumes.",
+    show=lambda report, settings: f"ingest: {report.summary()} -> {settings.out}",
+)
+PLAN = Command(
+    PlanSettings,
+    plan_parts,
+    description="List the image keys once and print one JSON line per part (a key range of "
+    "about equal size), for `invmon ingest --part`.",
+    show=lambda plan, settings: "\n".join(json.dumps(part.to_dict()) for part in plan),
+)
+MERGE = Command(
+    MergeSettings,
+    merge_parts,
+    description="Join the folders written by `invmon ingest --part` (hard links where possible) "
+    "and merge their reports.",
+    show=lambda report, settings: f"ingest: {report.summary()} -> {settings.out}",
+)
