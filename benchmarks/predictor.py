@@ -75,13 +75,22 @@ def train_quick_model(image_size: int, out: Path) -> Path:
     all 300), which makes "same count as the naive predictor" say nothing.
     """
     from invmon.data.synth import synthesize
-    from invmon.stages.arrange import arrange
+    from invmon.stages import arrange
+    from invmon.stages.arrange import ArrangeSettings
     from invmon.stages.preprocess import preprocess
     from invmon.training.config import TrainConfig
     from invmon.training.loop import fit
 
     synthesize(str(out / "raw"), 600, seed=7, max_items=3, workers=2)
-    arrange(out / "raw", out / "arranged", classes="0-3", split="0.8,0.1,0.1", seed=0)
+    arrange.run(
+        ArrangeSettings(
+            raw=str(out / "raw"),
+            out=str(out / "arranged"),
+            classes="0-3",
+            split="0.8,0.1,0.1",
+            seed=0,
+        )
+    )
     preprocess(out / "arranged", out / "shards", image_size=image_size, workers=2)
     config = TrainConfig(epochs=6, batch_size=32, lr=2e-3, device="cpu")
     fit(out / "shards", config, out=out / "model", quiet=True)

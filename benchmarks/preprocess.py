@@ -78,7 +78,8 @@ def measure_stage(arranged: Path, workers: int) -> dict:
 
 def arrange_sample(raw: Path, out: Path, copies: int) -> Path:
     """Arrange the sample (``copies`` times over, under new bin ids) into class folders."""
-    from invmon.stages.arrange import arrange
+    from invmon.stages import arrange
+    from invmon.stages.arrange import ArrangeSettings
 
     if copies > 1:
         many = out / "raw"
@@ -88,7 +89,11 @@ def arrange_sample(raw: Path, out: Path, copies: int) -> Path:
                 for copy in range(copies):
                     os.link(path, many / folder / f"{path.stem}x{copy}{path.suffix}")
         raw = many
-    arrange(raw, out / "arranged", classes="0-99", split="0.8,0.1,0.1")
+    arrange.run(
+        ArrangeSettings(
+            raw=str(raw), out=str(out / "arranged"), classes="0-99", split="0.8,0.1,0.1"
+        )
+    )
     return out / "arranged"
 
 

@@ -39,11 +39,20 @@ VARIANTS = (
 def make_dataset(root: Path) -> Path:
     """Synthetic bins through the project's own synth, arrange and preprocess stages."""
     from invmon.data.synth import synthesize
-    from invmon.stages.arrange import arrange
+    from invmon.stages import arrange
+    from invmon.stages.arrange import ArrangeSettings
     from invmon.stages.preprocess import preprocess
 
     synthesize(str(root / "raw"), BINS, seed=1)
-    arrange(root / "raw", root / "arranged", classes="0-5", split="0.7,0.15,0.15", seed=0)
+    arrange.run(
+        ArrangeSettings(
+            raw=str(root / "raw"),
+            out=str(root / "arranged"),
+            classes="0-5",
+            split="0.7,0.15,0.15",
+            seed=0,
+        )
+    )
     preprocess(root / "arranged", root / "shards", image_size=SIZE)
     return root / "shards"
 

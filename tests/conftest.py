@@ -14,7 +14,8 @@ import pytest
 
 from invmon.data.s3 import S3Options, embedded_s3_server, make_client, make_public_bucket
 from invmon.data.synth import synthesize
-from invmon.stages.arrange import arrange
+from invmon.stages import arrange
+from invmon.stages.arrange import ArrangeSettings
 from invmon.stages.preprocess import preprocess
 from invmon.training.config import TrainConfig
 from invmon.training.loop import fit
@@ -60,7 +61,11 @@ def raw_dir(tmp_path_factory) -> Path:
 def arranged_dir(raw_dir, tmp_path_factory) -> Path:
     """The synthetic bins arranged into train/val/test class folders."""
     out = tmp_path_factory.mktemp("arranged")
-    arrange(raw_dir, out, classes="0-5", split="0.7,0.15,0.15", seed=0)
+    arrange.run(
+        ArrangeSettings(
+            raw=str(raw_dir), out=str(out), classes="0-5", split="0.7,0.15,0.15", seed=0
+        )
+    )
     return out
 
 
@@ -85,7 +90,15 @@ def counting_model(tmp_path_factory) -> Path:
     """A model trained well enough to count 0-2 items in small synthetic photos."""
     root = tmp_path_factory.mktemp("counting")
     synthesize(str(root / "raw"), 480, seed=21, max_items=2, workers=1)
-    arrange(root / "raw", root / "arranged", classes="0-2", split="0.8,0.1,0.1", seed=0)
+    arrange.run(
+        ArrangeSettings(
+            raw=str(root / "raw"),
+            out=str(root / "arranged"),
+            classes="0-2",
+            split="0.8,0.1,0.1",
+            seed=0,
+        )
+    )
     preprocess(root / "arranged", root / "shards", image_size=48, shard_size=256, workers=1)
     config = TrainConfig(epochs=6, batch_size=32, lr=2e-3, device="cpu", seed=0)
     fit(root / "shards", config, out=root / "model", quiet=True)

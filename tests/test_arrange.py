@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from invmon.data.layout import SPLITS, read_manifest
-from invmon.stages.arrange import arrange, parse_classes, parse_split
+from invmon.stages import arrange
+from invmon.stages.arrange import ArrangeSettings, parse_classes, parse_split
 
 
 def test_layout_manifest_and_counts(arranged_dir, raw_dir):
@@ -31,9 +32,9 @@ def test_split_is_stratified_by_count(arranged_dir):
 
 
 def test_same_seed_same_split_different_seed_different_split(raw_dir, tmp_path):
-    arrange(raw_dir, tmp_path / "a", seed=1)
-    arrange(raw_dir, tmp_path / "b", seed=1)
-    arrange(raw_dir, tmp_path / "c", seed=2)
+    arrange.run(ArrangeSettings(raw=str(raw_dir), out=str(tmp_path / "a"), seed=1))
+    arrange.run(ArrangeSettings(raw=str(raw_dir), out=str(tmp_path / "b"), seed=1))
+    arrange.run(ArrangeSettings(raw=str(raw_dir), out=str(tmp_path / "c"), seed=2))
     assert read_manifest(tmp_path / "a") == read_manifest(tmp_path / "b")
     assert read_manifest(tmp_path / "a") != read_manifest(tmp_path / "c")
 
@@ -44,7 +45,7 @@ def test_drops_are_counted_by_reason(raw_dir, tmp_path):
     (raw / "metadata" / "00001.json").unlink()  # image without metadata
     (raw / "bin-images" / "00002.jpg").unlink()  # metadata without image
     (raw / "metadata" / "00003.json").write_text("{broken")
-    report = arrange(raw, tmp_path / "out", classes="1-3")
+    report = arrange.run(ArrangeSettings(raw=str(raw), out=str(tmp_path / "out"), classes="1-3"))
     assert report.dropped["image without metadata"] == 1
     assert report.dropped["metadata without image"] == 1
     assert report.dropped["invalid metadata"] == 1
@@ -55,8 +56,8 @@ def test_drops_are_counted_by_reason(raw_dir, tmp_path):
 
 
 def test_rerun_replaces_the_previous_layout(raw_dir, tmp_path):
-    arrange(raw_dir, tmp_path, classes="0-5")
-    arrange(raw_dir, tmp_path, classes="1-2")
+    arrange.run(ArrangeSettings(raw=str(raw_dir), out=str(tmp_path), classes="0-5"))
+    arrange.run(ArrangeSettings(raw=str(raw_dir), out=str(tmp_path), classes="1-2"))
     folders = {p.name for s in SPLITS for p in (tmp_path / s).iterdir()}
     assert folders == {"1", "2"}
 
@@ -64,7 +65,7 @@ def test_rerun_replaces_the_previous_layout(raw_dir, tmp_path):
 def test_nothing_usable_is_an_error(tmp_path):
     (tmp_path / "raw" / "metadata").mkdir(parents=True)
     with pytest.raises(ValueError, match="no usable bins"):
-        arrange(tmp_path / "raw", tmp_path / "out")
+        arrange.run(ArrangeSettings(raw=str(tmp_path / "raw"), out=str(tmp_path / "out")))
 
 
 @pytest.mark.parametrize(("text", "expected"), [("0-5", [0, 1, 2, 3, 4, 5]), ("1,3,2", [1, 2, 3])])
@@ -78,6 +79,13 @@ def test_bad_classes_are_named(text):
         parse_classes(text)
 
 
+def test_settings_name_bad_classes_and_split_when_made():
+    with pytest.raises(ValueError, match="--classes"):
+        ArrangeSettings(raw="raw", out="out", classes="five")
+    with pytest.raises(ValueError, match="--split"):
+        ArrangeSettings(raw="raw", out="out", split="0.5,0.5")
+
+
 @pytest.mark.parametrize("text", ["0.8,0.2", "0.5,0.5,0.5", "x,y,z", "0,0.5,0.5", "1,0,0"])
 def test_bad_split_is_named(text):
     with pytest.raises(ValueError, match="--split"):
@@ -88,7 +96,7 @@ def test_data_report_has_counts_drops_image_sizes_and_the_split_check(raw_dir, t
     raw = tmp_path / "raw"
     shutil.copytree(raw_dir, raw)
     (raw / "metadata" / "00001.json").unlink()
-    report = arrange(raw, tmp_path / "out", classes="0-5")
+    report = arrange.run(ArrangeSettings(raw=str(raw), out=str(tmp_path / "out"), classes="0-5"))
     text = (tmp_path / "out" / "data_report.md").read_text()
     train = sum(report.counts["train"].values())
     assert f"| **all** | {train} |" in text
@@ -115,7 +123,7 @@ def test_a_bin_in_two_splits_is_found(arranged_dir, tmp_path):
 
 
 def test_images_are_hard_links_by_default(raw_dir, tmp_path):
-    arrange(raw_dir, tmp_path / "out")
+    arrange.run(ArrangeSettings(raw=str(raw_dir), out=str(tmp_path / "out")))
     bin_id, count, split = read_manifest(tmp_path / "out")[0]
     arranged = tmp_path / "out" / split / str(count) / f"{bin_id}.jpg"
     assert arranged.stat().st_ino == (raw_dir / "bin-images" / f"{bin_id}.jpg").stat().st_ino
@@ -125,7 +133,9 @@ def test_refer_mode_writes_no_image_and_preprocess_reads_the_raw_folder(raw_dir,
     from invmon.data.layout import image_locator
     from invmon.stages.preprocess import preprocess
 
-    report = arrange(raw_dir, tmp_path / "out", images="refer")
+    report = arrange.run(
+        ArrangeSettings(raw=str(raw_dir), out=str(tmp_path / "out"), images="refer")
+    )
     assert report.layout == "raw"
     assert not list((tmp_path / "out").rglob("*.jpg"))
     bin_id, count, split = read_manifest(tmp_path / "out")[0]
@@ -140,14 +150,18 @@ def test_raw_may_be_a_workspace_pointer(raw_dir, tmp_path):
     from invmon.data import workspace
 
     workspace.write_pointer(tmp_path / "artifact", raw_dir)
-    report = arrange(tmp_path / "artifact", tmp_path / "out", images="link-or-refer")
+    report = arrange.run(
+        ArrangeSettings(
+            raw=str(tmp_path / "artifact"), out=str(tmp_path / "out"), images="link-or-refer"
+        )
+    )
     assert report.kept == 120 and report.layout == "folders"  # same file system: links
     shutil.rmtree(raw_dir.parent / "gone", ignore_errors=True)
     workspace.write_pointer(tmp_path / "dangling", raw_dir.parent / "gone")
     with pytest.raises(ValueError, match="workspace"):
-        arrange(tmp_path / "dangling", tmp_path / "out2")
+        arrange.run(ArrangeSettings(raw=str(tmp_path / "dangling"), out=str(tmp_path / "out2")))
 
 
 def test_bad_image_mode_is_named(raw_dir, tmp_path):
     with pytest.raises(ValueError, match="--images"):
-        arrange(raw_dir, tmp_path / "out", images="symlink")
+        arrange.run(ArrangeSettings(raw=str(raw_dir), out=str(tmp_path / "out"), images="symlink"))

@@ -12,8 +12,8 @@ from PIL import Image
 
 from invmon.data.s3 import make_client
 from invmon.data.synth import make_bin
-from invmon.stages import ingest
-from invmon.stages.arrange import arrange
+from invmon.stages import arrange, ingest
+from invmon.stages.arrange import ArrangeSettings
 from invmon.stages.ingest import IngestSettings
 from invmon.stages.preprocess import preprocess
 
@@ -85,7 +85,11 @@ def bad_bucket(s3_url):
 def through_the_stages(bad_bucket, s3, tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     ingested = ingest.run(IngestSettings(source=bad_bucket, out=str(root / "raw"), s3=s3))
-    arranged = arrange(root / "raw", root / "arranged", classes="0-5", split="0.7,0.15,0.15")
+    arranged = arrange.run(
+        ArrangeSettings(
+            raw=str(root / "raw"), out=str(root / "arranged"), classes="0-5", split="0.7,0.15,0.15"
+        )
+    )
     shards = preprocess(root / "arranged", root / "shards", image_size=32, workers=1)
     return ingested, arranged, shards, root
 
@@ -148,4 +152,4 @@ def test_a_bucket_of_only_bad_bins_is_an_error_at_arrange(bad_bucket, s3, tmp_pa
         )
     )
     with pytest.raises(ValueError, match="no usable bins"):
-        arrange(tmp_path / "raw", tmp_path / "arranged")
+        arrange.run(ArrangeSettings(raw=str(tmp_path / "raw"), out=str(tmp_path / "arranged")))

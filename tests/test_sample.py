@@ -7,8 +7,8 @@ from conftest import public_bucket_on
 
 from invmon.data.layout import read_manifest
 from invmon.data.s3 import make_client
-from invmon.stages import ingest
-from invmon.stages.arrange import arrange
+from invmon.stages import arrange, ingest
+from invmon.stages.arrange import ArrangeSettings
 from invmon.stages.ingest import IngestSettings
 
 
@@ -21,7 +21,7 @@ def test_real_sample_lands_in_the_folder_of_its_expected_quantity(sample_dir, s3
             client.put_object(Bucket=bucket, Key=f"{folder}/{path.name}", Body=path.read_bytes())
     raw, out = tmp_path / "raw", tmp_path / "arranged"
     ingest.run(IngestSettings(source=f"s3://{bucket}", out=str(raw), s3=s3))
-    report = arrange(raw, out, classes="0-5")
+    report = arrange.run(ArrangeSettings(raw=str(raw), out=str(out), classes="0-5"))
 
     images = {p.stem for p in (sample_dir / "bin-images").iterdir()}
     documents = {p.stem for p in (sample_dir / "metadata").iterdir()}

@@ -32,13 +32,15 @@ def arrange(
 
     from invmon.stages import arrange as stage
 
-    result = stage.arrange(
-        raw.path,
-        arranged.path,
-        classes=classes,
-        split=split,
-        seed=seed,
-        images="link-or-refer" if workspace else "link",
+    result = stage.run(
+        stage.ArrangeSettings(
+            raw=raw.path,
+            out=arranged.path,
+            classes=classes,
+            split=split,
+            seed=seed,
+            images="link-or-refer" if workspace else "link",
+        )
     )
     print(stage.summarize(result))
     shutil.copyfile(f"{arranged.path}/{stage.REPORT_FILE}", report.path)

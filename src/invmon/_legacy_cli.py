@@ -53,42 +53,6 @@ def _add_s3_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def cmd_arrange(args) -> None:
-    from invmon.stages.arrange import arrange, summarize
-
-    report = arrange(args.raw, args.out, args.classes, args.split, args.seed, images=args.images)
-    print(f"{summarize(report)} -> {args.out} (report: {args.out}/data_report.md)")
-
-
-def _arrange_parser(sub) -> None:
-    from invmon.stages.arrange import IMAGE_MODES
-
-    p = sub.add_parser(
-        "arrange",
-        description="Label each bin with EXPECTED_QUANTITY and write "
-        "<split>/<count>/<id>.jpg plus manifest.csv.",
-    )
-    p.add_argument("--raw", required=True, help="folder in the bucket's layout (from ingest)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--classes",
-        default="0-5",
-        help="counts to keep: a range or list (default 0-5; 1-5 as the original)",
-    )
-    p.add_argument(
-        "--split", default="0.8,0.1,0.1", help="train,val,test fractions (default 0.8,0.1,0.1)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the split (default 0)")
-    p.add_argument(
-        "--images",
-        choices=IMAGE_MODES,
-        default="link",
-        help="how class folders get their images: hard links (copies across file systems; "
-        "the default), copies, none (refer: preprocess reads the raw folder), or link-or-refer",
-    )
-    p.set_defaults(func=cmd_arrange)
-
-
 def cmd_preprocess(args) -> None:
     from invmon.stages.preprocess import preprocess
 
@@ -471,7 +435,6 @@ class _Legacy:
         args.func(args)
 
 
-arrange = _Legacy(_arrange_parser)
 preprocess = _Legacy(_preprocess_parser)
 deploy = _Legacy(_deploy_parser)
 serve = _Legacy(_serve_parser)

@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "cut a bucket into parts for parallel ingest",
     ),
     "ingest-merge": ("invmon.stages.ingest:MERGE", "join the parts of a parallel ingest"),
-    "arrange": ("invmon._legacy_cli:arrange", "label bins by count and split train/val/test"),
+    "arrange": ("invmon.stages.arrange:ARRANGE", "label bins by count and split train/val/test"),
     "preprocess": (
         "invmon._legacy_cli:preprocess",
         "decode and resize once into training shards",

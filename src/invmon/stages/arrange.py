@@ -30,7 +30,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from invmon.core.command import Command
 from invmon.core.progress import Progress
+from invmon.core.settings import Settings, setting
 from invmon.data import abid, workspace
 from invmon.data.layout import DATASET_FILE, MANIFEST_FILE, SPLITS, read_manifest
 from invmon.data.transforms import ALLOWED_FORMATS
@@ -44,6 +46,29 @@ IMAGE_MODES = ("link", "copy", "refer", "link-or-refer")
 _JPEG_END = b"\xff\xd9"
 # Bins named per drop reason in the report; the full lists are in dataset.json.
 _EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class ArrangeSettings(Settings):
+    """Settings of arrange."""
+
+    raw: str = setting(help="folder in the bucket's layout (from ingest)")
+    out: str = setting(help="output folder")
+    classes: str = setting("0-5", help="counts to keep: a range or list (1-5 as the original)")
+    split: str = setting("0.8,0.1,0.1", help="train,val,test fractions")
+    seed: int = setting(0, help="seed of the split")
+    images: str = setting(
+        "link",
+        choices=IMAGE_MODES,
+        help="how class folders get their images: link (hard links; copies across file "
+        "systems), copy, refer (none: preprocess reads the raw folder) or link-or-refer",
+    )
+    workers: int = setting(8, help="threads reading the bins", minimum=1, cli=False)
+
+    def __post_init__(self):
+        super().__post_init__()
+        parse_classes(self.classes)  # --classes and --split that do not parse are named now
+        parse_split(self.split)
 
 
 @dataclass(frozen=True)
@@ -333,15 +358,7 @@ def splits_overlap(out: Path) -> dict[str, list[str]]:
     return twice
 
 
-def arrange(
-    raw: str | Path,
-    out: str | Path,
-    classes: list[int] | str = "0-5",
-    split: dict[str, float] | str = "0.8,0.1,0.1",
-    seed: int = 0,
-    images: str = "link",
-    workers: int = 8,
-) -> ArrangeReport:
+def run(settings: ArrangeSettings) -> ArrangeReport:
     """Label, filter and split the bins under ``raw`` into the class-folder layout under ``out``.
 
     ``raw`` may be an ingest output or a pointer to one in the pipeline workspace. ``images``
@@ -349,23 +366,23 @@ def arrange(
     ``dataset.json`` and ``data_report.md``. Raises ValueError when no usable bin remains: an
     empty dataset is never a success.
     """
-    classes = parse_classes(classes) if isinstance(classes, str) else sorted(classes)
-    fractions = parse_split(split) if isinstance(split, str) else split
-    raw, out = Path(raw), Path(out)
+    classes = parse_classes(settings.classes)
+    raw, out = Path(settings.raw), Path(settings.out)
     if not raw.is_dir():
         raise ValueError(f"--raw {str(raw)!r} is not a folder")
     raw = workspace.resolve(raw)
     image_files, metadata = scan_raw(raw)
-    labels = label_bins(image_files, metadata, classes, workers)
+    labels = label_bins(image_files, metadata, classes, settings.workers)
     if not labels.counts:
         raise ValueError(
             f"no usable bins under {str(raw)!r}: found {len(image_files)} images and "
             f"{len(metadata)} metadata files; dropped "
             f"{ {k: len(v) for k, v in labels.dropped.items()} }"
         )
-    assignment = stratified_split(labels.counts, fractions, seed)
+    fractions = parse_split(settings.split)
+    assignment = stratified_split(labels.counts, fractions, settings.seed)
     out.mkdir(parents=True, exist_ok=True)
-    mode = resolve_image_mode(images, raw, out)
+    mode = resolve_image_mode(settings.images, raw, out)
     write_layout(out, image_files, labels.counts, assignment, mode)
     overlap = splits_overlap(out)
     if overlap:
@@ -378,7 +395,7 @@ def arrange(
     report = ArrangeReport(
         classes=classes,
         split=fractions,
-        seed=seed,
+        seed=settings.seed,
         kept=len(labels.counts),
         counts=counts,
         dropped={reason: len(ids) for reason, ids in sorted(labels.dropped.items())},
@@ -454,3 +471,14 @@ def summarize(report: ArrangeReport) -> str:
     if report.dropped:
         text += "; dropped " + ", ".join(f"{n} ({r})" for r, n in report.dropped.items())
     return text
+
+
+ARRANGE = Command(
+    ArrangeSettings,
+    run,
+    description="Label each bin with EXPECTED_QUANTITY and write <split>/<count>/<id>.jpg plus "
+    "manifest.csv.",
+    show=lambda report, settings: (
+        f"{summarize(report)} -> {settings.out} (report: {settings.out}/{REPORT_FILE})"
+    ),
+)
