@@ -85,9 +85,9 @@ def main() -> None:
         else:
             report(measure_ours(Path(folder), normalize_on_cpu=what == "ours+normalize"))
         return
-    from invmon.stages import arrange
+    from invmon.stages import arrange, preprocess
     from invmon.stages.arrange import ArrangeSettings
-    from invmon.stages.preprocess import preprocess
+    from invmon.stages.preprocess import PreprocessSettings
 
     sample = sample_dir()
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,7 +95,7 @@ def main() -> None:
         arrange.run(
             ArrangeSettings(raw=str(sample), out=str(arranged), classes="0-99", split="0.8,0.1,0.1")
         )
-        preprocess(arranged, shards, image_size=SIZE)
+        preprocess.run(PreprocessSettings(data=str(arranged), out=str(shards), image_size=SIZE))
         print(f"training split of the ABID sample at {SIZE} px, batches of {BATCH}, one core")
         original = measure_in_child(__file__, "original", str(arranged))
         print(

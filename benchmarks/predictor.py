@@ -75,9 +75,9 @@ def train_quick_model(image_size: int, out: Path) -> Path:
     all 300), which makes "same count as the naive predictor" say nothing.
     """
     from invmon.data.synth import synthesize
-    from invmon.stages import arrange
+    from invmon.stages import arrange, preprocess
     from invmon.stages.arrange import ArrangeSettings
-    from invmon.stages.preprocess import preprocess
+    from invmon.stages.preprocess import PreprocessSettings
     from invmon.training.config import TrainConfig
     from invmon.training.loop import fit
 
@@ -91,7 +91,11 @@ def train_quick_model(image_size: int, out: Path) -> Path:
             seed=0,
         )
     )
-    preprocess(out / "arranged", out / "shards", image_size=image_size, workers=2)
+    preprocess.run(
+        PreprocessSettings(
+            data=str(out / "arranged"), out=str(out / "shards"), image_size=image_size, workers=2
+        )
+    )
     config = TrainConfig(epochs=6, batch_size=32, lr=2e-3, device="cpu")
     fit(out / "shards", config, out=out / "model", quiet=True)
     return out / "model"

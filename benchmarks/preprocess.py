@@ -65,11 +65,16 @@ def measure_prepare(arranged: Path) -> dict:
 
 
 def measure_stage(arranged: Path, workers: int) -> dict:
-    from invmon.stages.preprocess import preprocess
+    from invmon.stages import preprocess
+    from invmon.stages.preprocess import PreprocessSettings
 
     out = Path(tempfile.mkdtemp())
     try:
-        result = preprocess(arranged, out, image_size=SIZE, shard_size=256, workers=workers)
+        result = preprocess.run(
+            PreprocessSettings(
+                data=str(arranged), out=str(out), image_size=SIZE, shard_size=256, workers=workers
+            )
+        )
     finally:
         shutil.rmtree(out)
     images = sum(result.images.values())

@@ -39,9 +39,9 @@ VARIANTS = (
 def make_dataset(root: Path) -> Path:
     """Synthetic bins through the project's own synth, arrange and preprocess stages."""
     from invmon.data.synth import synthesize
-    from invmon.stages import arrange
+    from invmon.stages import arrange, preprocess
     from invmon.stages.arrange import ArrangeSettings
-    from invmon.stages.preprocess import preprocess
+    from invmon.stages.preprocess import PreprocessSettings
 
     synthesize(str(root / "raw"), BINS, seed=1)
     arrange.run(
@@ -53,7 +53,9 @@ def make_dataset(root: Path) -> Path:
             seed=0,
         )
     )
-    preprocess(root / "arranged", root / "shards", image_size=SIZE)
+    preprocess.run(
+        PreprocessSettings(data=str(root / "arranged"), out=str(root / "shards"), image_size=SIZE)
+    )
     return root / "shards"
 
 

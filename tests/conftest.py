@@ -14,9 +14,9 @@ import pytest
 
 from invmon.data.s3 import S3Options, embedded_s3_server, make_client, make_public_bucket
 from invmon.data.synth import synthesize
-from invmon.stages import arrange
+from invmon.stages import arrange, preprocess
 from invmon.stages.arrange import ArrangeSettings
-from invmon.stages.preprocess import preprocess
+from invmon.stages.preprocess import PreprocessSettings
 from invmon.training.config import TrainConfig
 from invmon.training.loop import fit
 
@@ -73,7 +73,15 @@ def arranged_dir(raw_dir, tmp_path_factory) -> Path:
 def shards_dir(arranged_dir, tmp_path_factory) -> Path:
     """The arranged bins preprocessed into shards at a tiny image size."""
     out = tmp_path_factory.mktemp("shards")
-    preprocess(arranged_dir, out, image_size=TINY_IMAGE_SIZE, shard_size=40, workers=1)
+    preprocess.run(
+        PreprocessSettings(
+            data=str(arranged_dir),
+            out=str(out),
+            image_size=TINY_IMAGE_SIZE,
+            shard_size=40,
+            workers=1,
+        )
+    )
     return out
 
 
@@ -99,7 +107,15 @@ def counting_model(tmp_path_factory) -> Path:
             seed=0,
         )
     )
-    preprocess(root / "arranged", root / "shards", image_size=48, shard_size=256, workers=1)
+    preprocess.run(
+        PreprocessSettings(
+            data=str(root / "arranged"),
+            out=str(root / "shards"),
+            image_size=48,
+            shard_size=256,
+            workers=1,
+        )
+    )
     config = TrainConfig(epochs=6, batch_size=32, lr=2e-3, device="cpu", seed=0)
     fit(root / "shards", config, out=root / "model", quiet=True)
     return root / "model"

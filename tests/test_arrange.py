@@ -131,7 +131,8 @@ def test_images_are_hard_links_by_default(raw_dir, tmp_path):
 
 def test_refer_mode_writes_no_image_and_preprocess_reads_the_raw_folder(raw_dir, tmp_path):
     from invmon.data.layout import image_locator
-    from invmon.stages.preprocess import preprocess
+    from invmon.stages import preprocess
+    from invmon.stages.preprocess import PreprocessSettings
 
     report = arrange.run(
         ArrangeSettings(raw=str(raw_dir), out=str(tmp_path / "out"), images="refer")
@@ -142,7 +143,11 @@ def test_refer_mode_writes_no_image_and_preprocess_reads_the_raw_folder(raw_dir,
     assert image_locator(tmp_path / "out")(bin_id, count, split) == (
         raw_dir / "bin-images" / f"{bin_id}.jpg"
     )
-    shards = preprocess(tmp_path / "out", tmp_path / "shards", image_size=16, workers=1)
+    shards = preprocess.run(
+        PreprocessSettings(
+            data=str(tmp_path / "out"), out=str(tmp_path / "shards"), image_size=16, workers=1
+        )
+    )
     assert sum(shards.images.values()) == report.kept
 
 

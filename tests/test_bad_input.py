@@ -12,10 +12,10 @@ from PIL import Image
 
 from invmon.data.s3 import make_client
 from invmon.data.synth import make_bin
-from invmon.stages import arrange, ingest
+from invmon.stages import arrange, ingest, preprocess
 from invmon.stages.arrange import ArrangeSettings
 from invmon.stages.ingest import IngestSettings
-from invmon.stages.preprocess import preprocess
+from invmon.stages.preprocess import PreprocessSettings
 
 
 def _document(count, **changes) -> bytes:
@@ -90,7 +90,11 @@ def through_the_stages(bad_bucket, s3, tmp_path_factory):
             raw=str(root / "raw"), out=str(root / "arranged"), classes="0-5", split="0.7,0.15,0.15"
         )
     )
-    shards = preprocess(root / "arranged", root / "shards", image_size=32, workers=1)
+    shards = preprocess.run(
+        PreprocessSettings(
+            data=str(root / "arranged"), out=str(root / "shards"), image_size=32, workers=1
+        )
+    )
     return ingested, arranged, shards, root
 
 

@@ -5,14 +5,19 @@ import pytest
 import torch
 
 from invmon.data.shards import DatasetIndex, LoaderOptions, augment, epoch_order
-from invmon.stages.preprocess import preprocess
+from invmon.stages import preprocess
+from invmon.stages.preprocess import PreprocessSettings
 
 
 @pytest.fixture(scope="module")
 def many_shards(arranged_dir, tmp_path_factory):
     """The tiny dataset cut into shards of 10 images (9 train shards)."""
     out = tmp_path_factory.mktemp("many-shards")
-    preprocess(arranged_dir, out, image_size=16, shard_size=10, workers=1)
+    preprocess.run(
+        PreprocessSettings(
+            data=str(arranged_dir), out=str(out), image_size=16, shard_size=10, workers=1
+        )
+    )
     return DatasetIndex.read(out).split("train")
 
 

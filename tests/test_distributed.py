@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from invmon.stages.preprocess import preprocess
+from invmon.stages import preprocess
+from invmon.stages.preprocess import PreprocessSettings
 from invmon.training import distributed
 from invmon.training.config import TrainConfig
 from invmon.training.distributed import AllReduceBatchNorm2d
@@ -92,7 +93,11 @@ def test_two_processes_compute_what_one_computes_on_the_same_global_batches(shar
 def small_shards(arranged_dir, tmp_path_factory):
     """The test bins in shards of 10, so that two processes get shards of similar total size."""
     out = tmp_path_factory.mktemp("small-shards")
-    preprocess(arranged_dir, out, image_size=32, shard_size=10, workers=1)
+    preprocess.run(
+        PreprocessSettings(
+            data=str(arranged_dir), out=str(out), image_size=32, shard_size=10, workers=1
+        )
+    )
     return out
 
 

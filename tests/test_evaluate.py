@@ -42,8 +42,13 @@ def test_evaluate_writes_metrics_predictions_and_report(model_dir, shards_dir, t
 
 
 def test_model_and_data_must_agree_on_image_size(model_dir, arranged_dir, tmp_path):
-    from invmon.stages.preprocess import preprocess
+    from invmon.stages import preprocess
+    from invmon.stages.preprocess import PreprocessSettings
 
-    preprocess(arranged_dir, tmp_path / "s48", image_size=48, workers=1)
+    preprocess.run(
+        PreprocessSettings(
+            data=str(arranged_dir), out=str(tmp_path / "s48"), image_size=48, workers=1
+        )
+    )
     with pytest.raises(ValueError, match="48px"):
         evaluate(model_dir, tmp_path / "s48", tmp_path / "out", device="cpu")

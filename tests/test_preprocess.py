@@ -12,7 +12,8 @@ from invmon.data.layout import read_manifest
 from invmon.data.shards import DatasetIndex
 from invmon.data.synth import make_bin
 from invmon.data.transforms import InvalidImage, Preprocessing, normalize, prepare
-from invmon.stages.preprocess import preprocess
+from invmon.stages import preprocess
+from invmon.stages.preprocess import PreprocessSettings
 
 
 def _jpeg(width=480, height=330, colour=(200, 180, 90)) -> bytes:
@@ -80,7 +81,9 @@ def test_a_bad_image_is_skipped_and_named(arranged_dir, tmp_path):
     shutil.copytree(arranged_dir, data)
     victim = next((data / "train").glob("*/*.jpg"))
     victim.write_bytes(b"\xff\xd8 truncated")
-    report = preprocess(data, tmp_path / "out", image_size=32, workers=1)
+    report = preprocess.run(
+        PreprocessSettings(data=str(data), out=str(tmp_path / "out"), image_size=32, workers=1)
+    )
     assert report.skipped.keys() == {victim.stem}
     index = json.loads((tmp_path / "out" / "index.json").read_text())
     in_manifest = sum(1 for r in read_manifest(data) if r[2] == "train")
@@ -89,7 +92,10 @@ def test_a_bad_image_is_skipped_and_named(arranged_dir, tmp_path):
 
 def test_a_stopped_run_resumes_at_the_first_unfinished_shard(arranged_dir, tmp_path):
     out = tmp_path / "shards"
-    first = preprocess(arranged_dir, out, image_size=32, shard_size=20, workers=1)
+    settings = PreprocessSettings(
+        data=str(arranged_dir), out=str(out), image_size=32, shard_size=20, workers=1
+    )
+    first = preprocess.run(settings)
     total = sum(first.shards.values())
     before = {p: p.stat().st_mtime_ns for p in out.rglob("shard-*")}
     # As if the run had been killed while writing the last train shard:
@@ -98,7 +104,7 @@ def test_a_stopped_run_resumes_at_the_first_unfinished_shard(arranged_dir, tmp_p
         (out / "train" / name).unlink()
     (out / "train" / f"{last}.images.npy").rename(out / "train" / f".{last}.images.npy.part")
     (out / "index.json").unlink()
-    second = preprocess(arranged_dir, out, image_size=32, shard_size=20, workers=1)
+    second = preprocess.run(settings)
     assert second.reused_shards == total - 1
     assert second.images == first.images
     untouched = [p for p in before if last not in p.name]
@@ -107,7 +113,7 @@ def test_a_stopped_run_resumes_at_the_first_unfinished_shard(arranged_dir, tmp_p
     train = index.split("train")
     assert np.array_equal(train.gather(np.array([len(train) - 1]))[0].shape, (3, 32, 32))
     # Another image size is other data: nothing is reused.
-    third = preprocess(arranged_dir, out, image_size=16, shard_size=20, workers=1)
+    third = preprocess.run(settings.replace(image_size=16))
     assert third.reused_shards == 0
 
 
@@ -119,7 +125,11 @@ def test_shard_files_hold_exactly_the_kept_rows(arranged_dir, tmp_path):
     victims = sorted((data / "train").glob("*/*.jpg"))[:3]
     for victim in victims:
         victim.write_bytes(b"not a jpeg")
-    report = preprocess(data, tmp_path / "out", image_size=32, shard_size=1000, workers=2)
+    report = preprocess.run(
+        PreprocessSettings(
+            data=str(data), out=str(tmp_path / "out"), image_size=32, shard_size=1000, workers=2
+        )
+    )
     assert set(report.skipped) == {v.stem for v in victims}
     images = np.load(tmp_path / "out" / "train" / "shard-00000.images.npy")
     labels = np.load(tmp_path / "out" / "train" / "shard-00000.labels.npy")

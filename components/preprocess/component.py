@@ -25,8 +25,10 @@ def preprocess(
     """
     from invmon.stages import preprocess as stage
 
-    report = stage.preprocess(
-        arranged.path, shards.path, image_size=image_size, shard_size=shard_size
+    report = stage.run(
+        stage.PreprocessSettings(
+            data=arranged.path, out=shards.path, image_size=image_size, shard_size=shard_size
+        )
     )
     print(
         f"preprocess: {report.images} images in {report.seconds:.1f}s on {report.workers} "

@@ -53,43 +53,6 @@ def _add_s3_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def cmd_preprocess(args) -> None:
-    from invmon.stages.preprocess import preprocess
-
-    report = preprocess(
-        args.data,
-        args.out,
-        image_size=args.image_size,
-        shard_size=args.shard_size,
-        workers=args.workers,
-    )
-    print(
-        f"preprocess: {report.images} images at {report.image_size}px in "
-        f"{sum(report.shards.values())} shards, {len(report.skipped)} skipped -> {args.out}"
-    )
-
-
-def _preprocess_parser(sub) -> None:
-    p = sub.add_parser(
-        "preprocess",
-        description="Decode and resize every arranged image once into uint8 "
-        "shards that the trainer reads without decoding JPEG.",
-    )
-    p.add_argument("--data", required=True, help="arranged folder (from arrange)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--image-size",
-        type=_positive_int,
-        default=224,
-        help="side of the square model input in pixels (default 224)",
-    )
-    p.add_argument(
-        "--shard-size", type=_positive_int, default=4096, help="images per shard (default 4096)"
-    )
-    p.add_argument("--workers", type=_positive_int, help="decoding processes (default: all cores)")
-    p.set_defaults(func=cmd_preprocess)
-
-
 def cmd_deploy(args) -> None:
     from invmon.cluster import inference_service as deploy
 
@@ -435,7 +398,6 @@ class _Legacy:
         args.func(args)
 
 
-preprocess = _Legacy(_preprocess_parser)
 deploy = _Legacy(_deploy_parser)
 serve = _Legacy(_serve_parser)
 predict = _Legacy(_predict_parser)

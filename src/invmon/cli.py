@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ingest-merge": ("invmon.stages.ingest:MERGE", "join the parts of a parallel ingest"),
     "arrange": ("invmon.stages.arrange:ARRANGE", "label bins by count and split train/val/test"),
     "preprocess": (
-        "invmon._legacy_cli:preprocess",
+        "invmon.stages.preprocess:PREPROCESS",
         "decode and resize once into training shards",
     ),
     "tune": ("invmon.stages.tune:TUNE", "search learning rate, batch size and epochs"),

@@ -36,13 +36,32 @@ from pathlib import Path
 
 import numpy as np
 
+from invmon.core.command import Command
 from invmon.core.progress import Progress
+from invmon.core.settings import Settings, setting
 from invmon.data.layout import INDEX_FILE, SPLITS, image_locator, read_classes, read_manifest
 from invmon.data.transforms import InvalidImage, Preprocessing, prepare
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SHARD_SIZE = 4096
+
+@dataclass(frozen=True)
+class PreprocessSettings(Settings):
+    """Settings of preprocess."""
+
+    data: str = setting(help="arranged folder (from arrange)")
+    out: str = setting(help="output folder")
+    image_size: int = setting(224, help="side of the square model input in pixels", minimum=1)
+    shard_size: int = setting(4096, help="images per shard", minimum=1)
+    workers: int | None = setting(None, help="decoding processes (default: all cores)", minimum=1)
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.preprocessing()  # an image size the transform refuses is named now
+
+    def preprocessing(self) -> Preprocessing:
+        """The shared preprocessing these shards are made with (saved in their index)."""
+        return Preprocessing(image_size=self.image_size)
 
 
 @dataclass
@@ -254,31 +273,20 @@ def _decode_into_shards(todo, records, out, locate, image_size, workers, progres
             window.release(in_flight)
 
 
-def preprocess(
-    data: str | Path,
-    out: str | Path,
-    image_size: int = 96,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    workers: int | None = None,
-) -> PreprocessReport:
+def run(settings: PreprocessSettings) -> PreprocessReport:
     """Decode and resize the arranged dataset under ``data`` into shards under ``out``.
 
     Images that cannot be decoded are skipped and named in the report; a split left empty is an
     error for train and test. Shards that a previous run finished from the same rows are kept.
     """
-    if shard_size < 1:
-        raise ValueError(f"--shard-size must be >= 1, got {shard_size}")
-    preprocessing = Preprocessing(image_size=image_size)
-    data, out = Path(data), Path(out)
+    data, out, image_size = Path(settings.data), Path(settings.out), settings.image_size
     rows = read_manifest(data)
     classes = read_classes(data)
     locate = image_locator(data)
-    workers = workers or os.cpu_count() or 1
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
+    workers = settings.workers or os.cpu_count() or 1
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    shards = plan_shards(rows, shard_size)
+    shards = plan_shards(rows, settings.shard_size)
     records = {s.key: _finished(out, s, image_size) for s in shards}
     todo = [s for s in shards if records[s.key] is None]
     report = PreprocessReport(image_size, {}, {}, reused_shards=len(shards) - len(todo))
@@ -289,6 +297,17 @@ def preprocess(
     if todo:
         _decode_into_shards(todo, records, out, locate, image_size, workers, progress)
     progress.close()
+    index = _index(shards, records, report, settings.preprocessing(), classes)
+    for split in ("train", "test"):
+        if report.images[split] == 0:
+            raise ValueError(f"preprocess produced no {split} images from {str(data)!r}")
+    report.seconds = round(time.monotonic() - start, 3)
+    _write_atomic(out / INDEX_FILE, (json.dumps(index, indent=2) + "\n").encode())
+    return report
+
+
+def _index(shards, records, report: PreprocessReport, preprocessing, classes) -> dict:
+    """The dataset's index (what the trainer reads), filling the report's counts on the way."""
     index = {"preprocessing": preprocessing.to_dict(), "classes": classes, "splits": {}}
     for split in SPLITS:
         done = [(s, records[s.key]) for s in shards if s.split == split]
@@ -298,10 +317,17 @@ def preprocess(
             report.skipped.update(record["skipped"])
         index["splits"][split] = {"images": kept, "shards": stems}
         report.images[split], report.shards[split] = kept, len(stems)
-    for split in ("train", "test"):
-        if report.images[split] == 0:
-            raise ValueError(f"preprocess produced no {split} images from {str(data)!r}")
     index["skipped"] = report.skipped
-    report.seconds = round(time.monotonic() - start, 3)
-    _write_atomic(out / INDEX_FILE, (json.dumps(index, indent=2) + "\n").encode())
-    return report
+    return index
+
+
+PREPROCESS = Command(
+    PreprocessSettings,
+    run,
+    description="Decode and resize every arranged image once into uint8 shards that the "
+    "trainer reads without decoding JPEG.",
+    show=lambda report, settings: (
+        f"preprocess: {report.images} images at {report.image_size}px in "
+        f"{sum(report.shards.values())} shards, {len(report.skipped)} skipped -> {settings.out}"
+    ),
+)
