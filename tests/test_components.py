@@ -2,6 +2,7 @@
 
 import dataclasses
 import inspect
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +63,34 @@ def test_component_defaults_are_the_stage_settings_defaults(component, settings,
     assert set(paired) == set(shared)
     for name, declared in paired.items():
         assert declared == _as_parameter(defaults[name], declared), name
+
+
+class _Artifact:
+    """What a component body uses of a KFP artifact: a local path and its metadata."""
+
+    def __init__(self, path):
+        self.path, self.metadata = str(path), {}
+
+
+def test_the_data_components_chain_from_a_bucket_to_shards(s3_url, public_bucket, tmp_path):
+    """The bodies, run as KFP runs them (without KFP): each builds its stage's settings."""
+    from invmon.data.synth import synthesize
+
+    source = f"s3://{public_bucket}/abid"
+    synthesize(source, 30, seed=5, endpoint_url=s3_url, anonymous=True, workers=1)
+    s3 = {"endpoint_url": s3_url, "anonymous": True}
+    plan = components.plan_ingest.python_func(source=source, parts=2, **s3)
+    assert len(plan) == 2
+    parts = [_Artifact(tmp_path / f"part{n}") for n in range(len(plan))]
+    for part, artifact in zip(plan, parts, strict=True):
+        components.ingest.python_func(source=source, part=part, raw=artifact, **s3)
+    raw = _Artifact(tmp_path / "raw")
+    components.merge_ingest.python_func(parts=parts, raw=raw)
+    assert raw.metadata["copied"] == 60
+    arranged, report = _Artifact(tmp_path / "arranged"), _Artifact(tmp_path / "report.md")
+    components.arrange.python_func(raw=raw, arranged=arranged, report=report)
+    assert arranged.metadata["bins"] == 30
+    assert Path(report.path).read_text().startswith("# Data report")
+    shards = _Artifact(tmp_path / "shards")
+    components.preprocess.python_func(arranged=arranged, shards=shards, image_size=32)
+    assert sum(shards.metadata["images"].values()) == 30
