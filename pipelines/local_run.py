@@ -18,15 +18,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from invmon.core.command import Command
-from invmon.core.settings import Settings, setting
+from invmon.core.settings import Settings, inherit, setting
 from invmon.data.s3 import S3Options, embedded_s3_server, make_client, make_public_bucket
+from invmon.pipelines.parameters import PipelineParameters
 
 log = logging.getLogger(__name__)
 
 DEMO_BUCKET = "invmon-demo"
 DEMO_BINS = 3600
 TASKS = ("ingest", "arrange", "preprocess", "tune", "train", "evaluate", "deploy", "audit")
-DEFAULT_MIN_ACCURACY = 0.4
 # The kfp.local task folder that marks the end of each stage (ingest ends when its parts merge).
 _TASK_FOLDERS = {"ingest": "merge-ingest"}
 
@@ -40,11 +40,11 @@ class RunSettings(Settings):
     )
     s3: S3Options = setting(default_factory=S3Options, help="S3 access")
     file_list: str | None = setting(None, help="file_list.json selecting bins")
-    limit: int = setting(0, help="most bins (0 = all)", minimum=0)
+    limit: int = inherit(PipelineParameters, "limit")
     ingest_parts: int | None = setting(
         None, help="parallel ingest tasks (default 2 embedded, 4 otherwise)", minimum=1
     )
-    classes: str = setting("0-5", help="counts to learn")
+    classes: str = inherit(PipelineParameters, "classes")
     image_size: int | None = setting(
         None, help="model input size (default 64 embedded, 224 otherwise)", minimum=1
     )
@@ -57,13 +57,10 @@ class RunSettings(Settings):
     max_trial_epochs: int | None = setting(
         None, help="most epochs a search trial trains (default 2 embedded, 10 otherwise)", minimum=1
     )
-    algorithm: str = setting("tpe", help="search algorithm", choices=("random", "tpe", "grid"))
-    weights: str = setting("none", help="none, imagenet, a path or an s3:// URI")
-    seed: int = setting(0, help="seed of the split, the search and training")
-    min_accuracy: float = setting(
-        DEFAULT_MIN_ACCURACY,
-        help="quality gate: deploy and audit only at this test accuracy or above",
-    )
+    algorithm: str = inherit(PipelineParameters, "algorithm")
+    weights: str = inherit(PipelineParameters, "weights")
+    seed: int = inherit(PipelineParameters, "seed")
+    min_accuracy: float = inherit(PipelineParameters, "min_accuracy")
     synth_bins: int = setting(DEMO_BINS, help="synthetic bins in the embedded bucket", minimum=1)
     out: str = setting("runs", help="where runs are kept")
 

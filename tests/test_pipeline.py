@@ -322,3 +322,30 @@ def test_the_search_tunes_the_recipe_the_final_training_uses(compiled):
         parameters = tasks[task]["inputs"]["parameters"]
         for name, pipeline_parameter in wiring.items():
             assert parameters[name] == {"componentInputParameter": pipeline_parameter}, task
+
+
+def test_every_pipeline_parameter_default_is_its_stage_settings_default(compiled):
+    """The pipeline restates no default: a parameter that is a stage's setting compiles with the
+    stage's default (KFP's empty value for a None), or is listed with the reason it differs."""
+    from dataclasses import fields
+
+    from invmon.core.settings import default_of, origin_of
+    from invmon.pipelines.parameters import DEFAULTS, DIFFERENT_DEFAULTS, PipelineParameters
+
+    spec, _ = _documents(compiled)
+    declared = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(declared) == {f.name for f in fields(PipelineParameters)}
+    inherited = 0
+    for field in fields(PipelineParameters):
+        value = getattr(DEFAULTS, field.name)
+        assert declared[field.name]["defaultValue"] == value, field.name
+        origin = origin_of(field)
+        if origin is None or field.name in DIFFERENT_DEFAULTS:
+            continue
+        inherited += 1
+        stage_default = default_of(*origin)
+        expected = type(value)() if stage_default is None else stage_default
+        assert value == expected, (
+            f"{field.name}: {value!r}, but {origin[0].__name__} says {expected!r}"
+        )
+    assert inherited >= 15, "most parameters are stage settings"

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import MISSING, dataclass, fields
 
 _KEY = "invmon.setting"
+_ORIGIN = "invmon.setting.origin"
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,29 @@ def setting(default=MISSING, help: str = "", *, default_factory=MISSING, **spec)
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def inherit(cls, name: str, *, default=MISSING, **changes) -> typing.Any:
+    """A settings field that is another settings class's field ``name`` again: the same default,
+    help and checks unless ``default`` or Spec ``changes`` say otherwise. The field remembers
+    where it came from (:func:`origin_of`), so that a test can hold the two together."""
+    field = field_named(cls, name)
+    spec = dataclasses.replace(spec_of(field), **changes)
+    value = default_of(cls, name) if default is MISSING else default
+    return dataclasses.field(default=value, metadata={_KEY: spec, _ORIGIN: (cls, name)})
+
+
+def origin_of(field: dataclasses.Field) -> tuple[type, str] | None:
+    """The (settings class, field name) a field was inherited from, if it was."""
+    return field.metadata.get(_ORIGIN)
+
+
+def field_named(cls, name: str) -> dataclasses.Field:
+    """Field ``name`` of settings class ``cls``; AttributeError naming both when there is none."""
+    field = next((f for f in fields(cls) if f.name == name), None)
+    if field is None:
+        raise AttributeError(f"{cls.__name__} has no setting {name!r}")
+    return field
+
+
 def spec_of(field: dataclasses.Field) -> Spec:
     """The :class:`Spec` of a field (a plain field gets an empty one)."""
     return field.metadata.get(_KEY) or Spec(help="")
@@ -70,10 +94,7 @@ def flag_of(field: dataclasses.Field) -> str:
 
 def flag_for(cls, name: str) -> str:
     """The option of field ``name`` of ``cls`` (``batch_size``: ``--batch-size``)."""
-    field = next((f for f in fields(cls) if f.name == name), None)
-    if field is None:
-        raise AttributeError(f"{cls.__name__} has no setting {name!r}")
-    return flag_of(field)
+    return flag_of(field_named(cls, name))
 
 
 @functools.cache
@@ -116,9 +137,7 @@ def settings_fields(cls) -> Iterator[dataclasses.Field]:
 
 def default_of(cls, name: str):
     """The default value of field ``name`` of ``cls``."""
-    field = next((f for f in fields(cls) if f.name == name), None)
-    if field is None:
-        raise AttributeError(f"{cls.__name__} has no setting {name!r}")
+    field = field_named(cls, name)
     if field.default is not MISSING:
         return field.default
     if field.default_factory is not MISSING:
@@ -128,7 +147,7 @@ def default_of(cls, name: str):
 
 def help_of(cls, name: str) -> str:
     """The help text of field ``name`` of ``cls``."""
-    return spec_of(next(f for f in fields(cls) if f.name == name)).help
+    return spec_of(field_named(cls, name)).help
 
 
 # -- checks ---------------------------------------------------------------------------------
