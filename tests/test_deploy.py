@@ -129,6 +129,11 @@ def test_gpu_pool_placement_is_rendered_and_typed():
     assert typed.metadata.annotations["serving.kserve.io/deploymentMode"] == "Knative"
 
 
+def test_a_bad_toleration_names_deploys_own_option():
+    with pytest.raises(ValueError, match="--toleration 'gpu:Sometimes': effect must be one of"):
+        toleration("gpu:Sometimes")
+
+
 # -- rollout against the fake Kubernetes API ---------------------------------------------------
 
 
