@@ -499,10 +499,9 @@ def current_namespace(default: str = "default") -> str:
 
 def storage_uri(artifact_uri: str) -> str:
     """The storageUri KServe understands for a KFP artifact URI (``minio://`` becomes ``s3://``)."""
-    if artifact_uri.startswith("minio://"):
-        return "s3://" + artifact_uri[len("minio://") :]
-    if artifact_uri.startswith(("s3://", "gs://", "pvc://", "https://")):
-        return artifact_uri
+    uri = cluster.minio_as_s3(artifact_uri)
+    if uri.startswith(("s3://", "gs://", "pvc://", "https://")):
+        return uri
     raise ValueError(
         f"model URI {artifact_uri!r} is not fetchable by KServe (allowed: s3://, minio://, gs://, "
         "pvc://, https://); set the pipeline root to an object store"

@@ -177,6 +177,15 @@ def _check_fields(data, annotation, path: str) -> None:
 KFP_MINIO_ENDPOINT = "http://minio-service.kubeflow:9000"
 
 
+def minio_as_s3(uri: str) -> str:
+    """``minio://BUCKET/KEY`` (how KFP records artifacts on its MinIO) as ``s3://BUCKET/KEY``.
+
+    MinIO speaks S3, so the object is the same; only the endpoint differs. Other URIs are
+    returned unchanged.
+    """
+    return "s3://" + uri[len("minio://") :] if uri.startswith("minio://") else uri
+
+
 def s3_location(uri: str, endpoint_url: str | None = None) -> tuple[str, str | None]:
     """An artifact URI as the ``s3://`` location and endpoint that pods outside KFP can read.
 
@@ -186,7 +195,7 @@ def s3_location(uri: str, endpoint_url: str | None = None) -> tuple[str, str | N
     if uri.startswith("s3://"):
         return uri, endpoint_url or None
     if uri.startswith("minio://"):
-        return "s3://" + uri[len("minio://") :], endpoint_url or KFP_MINIO_ENDPOINT
+        return minio_as_s3(uri), endpoint_url or KFP_MINIO_ENDPOINT
     raise ValueError(
         f"artifact {uri!r} is not on S3 or MinIO: Katib trials and TrainJobs read and write "
         "s3:// locations (set the pipeline root to an s3:// bucket)"
