@@ -20,7 +20,7 @@ from kserve import InferOutput, InferRequest, InferResponse, Model
 from PIL import Image
 from torchvision import transforms
 
-from invmon.serving.predictor import Limits
+from invmon.serving.options import Limits
 from invmon.serving.rest import split_bytes_elements
 from invmon.serving.server import model_server
 from invmon.training.model import load_model

@@ -441,3 +441,26 @@ def test_the_serving_image_logs_the_predictors_lines_where_kserve_logs():
     assert "invmon.serving.predictor INFO" in line and line.endswith("model loaded: int8 on cpu"), (
         out
     )
+
+
+def _flags(parser) -> set[str]:
+    return {flag for action in parser._actions for flag in action.option_strings}
+
+
+def test_invmon_serve_and_the_serving_image_derive_the_same_options():
+    """One definition (ServeSettings): the image adds KServe's flags instead of port and name."""
+    from invmon.cli import build_parser
+    from invmon.cluster.inference_service import ServiceSpec, render_inference_service
+    from invmon.serving.server import image_parser
+
+    serve = build_parser(only="serve")._subparsers._group_actions[0].choices["serve"]
+    image = image_parser()
+    assert {"--max-pixels", "--decode-threads", "--max_pixels", "--decode_threads"} <= _flags(serve)
+    assert _flags(serve) - {"--port", "--name"} <= _flags(image)
+    assert {"--http_port", "--model_name", "--workers"} <= _flags(image)
+    assert "--port" not in _flags(image) and "--name" not in _flags(image)
+    # What an InferenceService passes, and what LocalServer passes, both parse.
+    container = render_inference_service(ServiceSpec(model_uri="s3://m/x"))["spec"]["predictor"]
+    args = image.parse_args([*container["containers"][0]["args"], "--max_images", "3"])
+    assert (args.model, args.model_name, args.max_images) == ("/mnt/models", "bin-counter", 3)
+    assert args.enable_grpc is False

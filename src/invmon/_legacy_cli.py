@@ -182,77 +182,6 @@ def _deploy_parser(sub) -> None:
     p.set_defaults(func=cmd_deploy)
 
 
-def cmd_serve(args) -> None:
-    from invmon.serving.predictor import Limits, ServingOptions
-    from invmon.serving.server import serve
-
-    serve(
-        args.model,
-        port=args.port,
-        name=args.name,
-        limits=Limits(max_images=args.max_images, max_image_bytes=args.max_image_bytes),
-        options=ServingOptions(
-            device=args.device,
-            precision=args.precision,
-            max_batch_images=args.max_batch_images,
-            graph=args.graph,
-        ),
-    )
-
-
-def _serve_parser(sub) -> None:
-    from invmon.serving.counter import GRAPHS
-    from invmon.serving.predictor import (
-        DEFAULT_MAX_BATCH_IMAGES,
-        DEFAULT_MAX_IMAGE_BYTES,
-        DEFAULT_MAX_IMAGES,
-    )
-    from invmon.training.device import INFERENCE_PRECISION_HELP, INFERENCE_PRECISIONS
-
-    p = sub.add_parser(
-        "serve",
-        description="Serve a model folder with KServe's ModelServer (V1 and V2 "
-        "REST) until interrupted.",
-    )
-    p.add_argument("--model", required=True, help="model folder (from train)")
-    p.add_argument("--port", type=_positive_int, default=8080, help="HTTP port (default 8080)")
-    p.add_argument("--name", default="bin-counter", help="model name in URLs")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument(
-        "--precision",
-        choices=INFERENCE_PRECISIONS,
-        default="auto",
-        help=INFERENCE_PRECISION_HELP,
-    )
-    p.add_argument(
-        "--graph",
-        choices=GRAPHS,
-        default="auto",
-        help="how a float model runs: auto (compiled on a CPU with a C++ compiler, else "
-        "frozen), compiled, frozen or eager",
-    )
-    p.add_argument(
-        "--max-images",
-        type=_positive_int,
-        default=DEFAULT_MAX_IMAGES,
-        help=f"most images in one request (default {DEFAULT_MAX_IMAGES})",
-    )
-    p.add_argument(
-        "--max-image-bytes",
-        type=_positive_int,
-        default=DEFAULT_MAX_IMAGE_BYTES,
-        help=f"largest encoded image in bytes (default {DEFAULT_MAX_IMAGE_BYTES})",
-    )
-    p.add_argument(
-        "--max-batch-images",
-        type=_positive_int,
-        default=DEFAULT_MAX_BATCH_IMAGES,
-        help="most images per model batch when concurrent requests are grouped "
-        f"(default {DEFAULT_MAX_BATCH_IMAGES}; 1 turns grouping off)",
-    )
-    p.set_defaults(func=cmd_serve)
-
-
 def cmd_predict(args) -> None:
     from invmon.serving.client import PredictorClient, predict_all
 
@@ -399,6 +328,5 @@ class _Legacy:
 
 
 deploy = _Legacy(_deploy_parser)
-serve = _Legacy(_serve_parser)
 predict = _Legacy(_predict_parser)
 audit = _Legacy(_audit_parser)

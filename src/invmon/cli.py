@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "invmon._legacy_cli:deploy",
         "create or update the KServe InferenceService, wait for Ready, smoke-test it",
     ),
-    "serve": ("invmon._legacy_cli:serve", "serve a model folder with KServe until stopped"),
+    "serve": ("invmon.stages.serve:SERVE", "serve a model folder with KServe until stopped"),
     "predict": ("invmon._legacy_cli:predict", "count items in images with a running predictor"),
     "audit": (
         "invmon._legacy_cli:audit",

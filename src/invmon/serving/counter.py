@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from invmon.data.transforms import DEFAULT_MAX_PIXELS, normalize, prepare
+from invmon.serving.options import GRAPHS
 from invmon.training import quantize
 from invmon.training.device import INFERENCE_PRECISIONS, autocast, resolve_device, resolve_precision
 from invmon.training.model import ModelConfig, load_model
@@ -44,7 +45,6 @@ class Predictions:
         )
 
 
-GRAPHS = ("auto", "eager", "frozen", "compiled")
 _FLOAT_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 

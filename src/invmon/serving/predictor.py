@@ -32,53 +32,13 @@ import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model
 from kserve.errors import InvalidInput
 
-from invmon.data.transforms import DEFAULT_MAX_PIXELS, InvalidImage, prepare
+from invmon.data.transforms import InvalidImage, prepare
 from invmon.serving.batching import ContinuousBatcher
 from invmon.serving.counter import Counter, Predictions
+from invmon.serving.options import Limits, ServingOptions
 from invmon.serving.rest import split_bytes_elements
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_IMAGES = 64
-# An ABID photo is about 57 KB; 10 MB leaves room for large PNGs from other cameras.
-DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
-DEFAULT_MAX_BATCH_IMAGES = 32
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may contain."""
-
-    max_images: int = DEFAULT_MAX_IMAGES
-    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
-    max_pixels: int = DEFAULT_MAX_PIXELS
-
-    def __post_init__(self):
-        for name in ("max_images", "max_image_bytes", "max_pixels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-    @property
-    def max_request_bytes(self) -> int:
-        """The largest request body worth reading: every image at its limit, base64-encoded."""
-        return self.max_images * (self.max_image_bytes * 4 // 3 + 1024) + 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ServingOptions:
-    """How the predictor runs the model."""
-
-    device: str = "auto"
-    precision: str = "auto"
-    max_batch_images: int = DEFAULT_MAX_BATCH_IMAGES
-    decode_threads: int = 0  # 0: one per CPU core
-    graph: str = "auto"  # how the model runs: see Counter.from_model_dir
-
-    def __post_init__(self):
-        if self.max_batch_images < 1:
-            raise ValueError(f"max_batch_images must be >= 1, got {self.max_batch_images}")
-        if self.decode_threads < 0:
-            raise ValueError(f"decode_threads must be >= 0, got {self.decode_threads}")
 
 
 @dataclass

@@ -1,10 +1,11 @@
-"""Serve a model folder with KServe's ModelServer, and talk to a running server.
+"""Serve a model folder with KServe's ModelServer, and run one on loopback.
 
-``python -m invmon.serving.server --model_dir DIR`` is the serving image's entry point. Its parser
-extends
-KServe's own (``--http_port``, ``--model_name``, ``--enable_grpc``, ...) instead of redefining
-those flags. :class:`LocalServer` runs the same entry point in a subprocess on loopback, which is
-how a local pipeline run "deploys" and how the tests send real HTTP.
+:func:`serve` is ``invmon serve``; :func:`main` is the serving image's entry point
+(``python -m invmon.serving --model_dir DIR``), whose parser extends KServe's own
+(``--http_port``, ``--model_name``, ``--enable_grpc``, ...) with the options of
+:class:`invmon.serving.options.ServeSettings` instead of redefining those flags.
+:class:`LocalServer` runs the same entry point in a subprocess on loopback, which is how a local
+pipeline run "deploys" and how the tests send real HTTP.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import urllib.request
 import warnings
 from pathlib import Path
 
+from invmon.core.settings import add_options, from_args
 from invmon.serving.client import DEFAULT_MODEL_NAME
-from invmon.serving.predictor import Limits, ServingOptions
+from invmon.serving.options import KSERVE_FLAGS, Limits, ServeSettings, ServingOptions
 
 log = logging.getLogger(__name__)
 
@@ -68,75 +70,31 @@ def model_server(limits: Limits, **kwargs):
     return server
 
 
-def serve(
-    model_dir: str,
-    port: int = 8080,
-    name: str = DEFAULT_MODEL_NAME,
-    limits: Limits | None = None,
-    options: ServingOptions | None = None,
-) -> None:
-    """Serve ``model_dir`` over HTTP (V1 and V2) until interrupted. gRPC stays off."""
-    limits = limits or Limits()
-    model = build_model(model_dir, name, limits, options)
-    model_server(limits, http_port=port, enable_grpc=False, workers=1).start([model])
+def serve(settings: ServeSettings, **server_args) -> None:
+    """Serve ``settings.model`` over HTTP (V1 and V2) until interrupted.
+
+    ``server_args`` go to KServe's ModelServer (the serving image passes KServe's own flags);
+    without them there is one worker and gRPC stays off.
+    """
+    model = build_model(settings.model, settings.name, settings.limits, settings.options)
+    server_args = {"http_port": settings.port, "enable_grpc": False, "workers": 1, **server_args}
+    model_server(settings.limits, **server_args).start([model])
 
 
-def _parser() -> argparse.ArgumentParser:
+def image_parser() -> argparse.ArgumentParser:
+    """The serving image's parser: KServe's own, plus the options of :class:`ServeSettings`.
+
+    The port and the model name are KServe's flags (``--http_port``, ``--model_name``); every
+    other serving option is derived from the same fields as ``invmon serve``'s.
+    """
     from kserve.model_server import parser as kserve_parser
 
-    from invmon.serving.counter import GRAPHS
-    from invmon.training.device import DEVICES, INFERENCE_PRECISION_HELP, INFERENCE_PRECISIONS
-
     parser = argparse.ArgumentParser(
+        prog="python -m invmon.serving",
         description="Serve an inventory-monitoring model folder with KServe.",
         parents=[kserve_parser],
     )
-    parser.add_argument("--model_dir", required=True, help="model folder written by invmon train")
-    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (or cuda:N)")
-    parser.add_argument(
-        "--precision",
-        choices=INFERENCE_PRECISIONS,
-        default="auto",
-        help=INFERENCE_PRECISION_HELP,
-    )
-    parser.add_argument(
-        "--max_images",
-        type=int,
-        default=Limits.max_images,
-        help="most images accepted in one request",
-    )
-    parser.add_argument(
-        "--max_image_bytes",
-        type=int,
-        default=Limits.max_image_bytes,
-        help="largest encoded image accepted, in bytes",
-    )
-    parser.add_argument(
-        "--max_pixels",
-        type=int,
-        default=Limits.max_pixels,
-        help="largest image accepted, in pixels (checked before decoding)",
-    )
-    parser.add_argument(
-        "--max_batch_images",
-        type=int,
-        default=ServingOptions.max_batch_images,
-        help="most images run in one model batch when concurrent requests are grouped "
-        "(1 turns grouping off)",
-    )
-    parser.add_argument(
-        "--graph",
-        choices=GRAPHS,
-        default=ServingOptions.graph,
-        help="how the model runs: frozen TorchScript graph, TorchInductor-compiled (fastest on "
-        "CPU, slower start, needs a C++ compiler), eager, or auto",
-    )
-    parser.add_argument(
-        "--decode_threads",
-        type=int,
-        default=ServingOptions.decode_threads,
-        help="threads decoding images (0: one per CPU core)",
-    )
+    add_options(parser, ServeSettings, exclude=tuple(KSERVE_FLAGS))
     return parser
 
 
@@ -157,30 +115,17 @@ def _log_with_kserve(log_config_file: str | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the serving image."""
-    parser = _parser()
+    """Entry point of the serving image (``python -m invmon.serving``)."""
+    parser = image_parser()
     args = parser.parse_args(argv)
     if args.configure_logging:
         _log_with_kserve(args.log_config_file)
+    kserve_values = {field: getattr(args, flag) for field, flag in KSERVE_FLAGS.items()}
     try:
-        limits = Limits(args.max_images, args.max_image_bytes, args.max_pixels)
-        options = ServingOptions(
-            device=args.device,
-            precision=args.precision,
-            max_batch_images=args.max_batch_images,
-            decode_threads=args.decode_threads,
-            graph=args.graph,
-        )
+        settings = from_args(ServeSettings, args, **kserve_values)
     except ValueError as err:
         parser.error(str(err))
-    model = build_model(args.model_dir, args.model_name, limits, options)
-    model_server(
-        limits,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        enable_grpc=args.enable_grpc,
-        workers=args.workers,
-    ).start([model])
+    serve(settings, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc, workers=args.workers)
 
 
 def free_port() -> int:
@@ -217,7 +162,7 @@ class LocalServer:
         return [
             sys.executable,
             "-m",
-            "invmon.serving.server",
+            "invmon.serving",
             "--model_dir",
             self.model_dir,
             "--model_name",
@@ -268,7 +213,3 @@ class LocalServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-if __name__ == "__main__":
-    main()

@@ -21,10 +21,6 @@ from invmon.training.config import DEVICES, PRECISIONS
 
 # Inference may also run int8 on a CPU (invmon.training.quantize); training never does.
 INFERENCE_PRECISIONS = ("auto", "int8", *PRECISIONS[1:])
-INFERENCE_PRECISION_HELP = (
-    "auto (default): int8 on a CPU when train found the model folder's int8 calibration "
-    "faithful (docs/training.md), else bf16 where the device runs it natively, else fp32"
-)
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -1,0 +1,95 @@
+"""The serving options, defined once for ``invmon serve`` and the serving image's entry point.
+
+:class:`ServeSettings` is the only definition of what a predictor can be told: its fields derive
+``invmon serve``'s options and, on top of KServe's own parser, the serving image's
+(``python -m invmon.serving``). The image keeps KServe's flags (``--http_port``, ``--model_name``,
+``--workers``, ...) instead of the port and name fields, and accepts the snake_case spellings
+KServe's flags use (``--model_dir``, ``--max_images``), which InferenceServices pass.
+
+This module imports neither PyTorch nor KServe, so a command's help is quick to build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from invmon.core.settings import Settings, setting
+from invmon.data.transforms import DEFAULT_MAX_PIXELS
+from invmon.serving.client import DEFAULT_MODEL_NAME
+from invmon.training.device import INFERENCE_PRECISIONS
+
+GRAPHS = ("auto", "eager", "frozen", "compiled")
+
+
+@dataclass(frozen=True)
+class Limits(Settings):
+    """What one request may contain."""
+
+    max_images: int = setting(
+        64, help="most images in one request", minimum=1, aliases=("--max_images",)
+    )
+    # An ABID photo is about 57 KB; 10 MB leaves room for large PNGs from other cameras.
+    max_image_bytes: int = setting(
+        10 * 1024 * 1024,
+        help="largest encoded image in bytes",
+        minimum=1,
+        aliases=("--max_image_bytes",),
+    )
+    max_pixels: int = setting(
+        DEFAULT_MAX_PIXELS,
+        help="largest image in pixels (checked before decoding)",
+        minimum=1,
+        aliases=("--max_pixels",),
+    )
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request body worth reading: every image at its limit, base64-encoded."""
+        return self.max_images * (self.max_image_bytes * 4 // 3 + 1024) + 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServingOptions(Settings):
+    """How the predictor runs the model."""
+
+    device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
+    precision: str = setting(
+        "auto",
+        choices=INFERENCE_PRECISIONS,
+        help="auto: int8 on a CPU when train found the model folder's int8 calibration faithful "
+        "(docs/training.md), else bf16 where the device runs it natively, else fp32",
+    )
+    graph: str = setting(
+        "auto",
+        choices=GRAPHS,
+        help="how a float model runs: auto (compiled on a CPU with a C++ compiler, else "
+        "frozen), compiled, frozen or eager",
+    )
+    max_batch_images: int = setting(
+        32,
+        help="most images per model batch when concurrent requests are grouped (1 turns "
+        "grouping off)",
+        minimum=1,
+        aliases=("--max_batch_images",),
+    )
+    decode_threads: int = setting(
+        0,
+        help="threads decoding images (0: one per CPU core)",
+        minimum=0,
+        aliases=("--decode_threads",),
+    )
+
+
+# The fields KServe's parser owns in the serving image, and its flag for each.
+KSERVE_FLAGS = {"port": "http_port", "name": "model_name"}
+
+
+@dataclass(frozen=True)
+class ServeSettings(Settings):
+    """Settings of serve: a model folder behind KServe's ModelServer (V1 and V2 REST)."""
+
+    model: str = setting(help="model folder (from train)", aliases=("--model_dir",))
+    port: int = setting(8080, help="HTTP port", minimum=1)
+    name: str = setting(DEFAULT_MODEL_NAME, help="model name in URLs")
+    options: ServingOptions = setting(default_factory=ServingOptions, group="how the model runs")
+    limits: Limits = setting(default_factory=Limits, group="request limits")
