@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from invmon.serving.client import _v2_outputs, v2_binary_request
+from invmon.serving.client import read_v2_answer, v2_binary_request
 from invmon.serving.server import LocalServer
 
 NAME = "bin-counter"
@@ -169,7 +169,7 @@ def counts_of(url: str, bodies: list[tuple[bytes, int]]) -> list[int]:
     for body, json_length in bodies:
         response, answer = infer(connection, body, json_length)
         headers = {k.lower(): v for k, v in response.getheaders()}
-        counts.append(int(_v2_outputs(answer, headers)["count"][0]))
+        counts.append(int(read_v2_answer(answer, headers)[1]["count"][0]))
     connection.close()
     return counts
 

@@ -1,9 +1,13 @@
 """``invmon predict`` against a real ModelServer on loopback."""
 
+import http.server
+import json
+import threading
+
 import pytest
 
 from invmon.cli import main
-from invmon.serving.client import PredictError, PredictorClient, predict_all
+from invmon.serving.client import MalformedAnswer, PredictError, PredictorClient, predict_all
 from invmon.serving.counter import Counter
 from invmon.serving.server import LocalServer
 
@@ -68,3 +72,43 @@ def test_unreachable_server_and_bad_options_are_named(tmp_path, image_paths, cap
     assert "--url must start with http://" in capsys.readouterr().err
     assert main(["predict", "--url", "http://x", str(tmp_path / "missing.jpg")]) == 2
     assert "missing.jpg" in capsys.readouterr().err
+
+
+def test_json_and_binary_v2_requests_get_the_same_answers(server, image_paths):
+    images = [p.read_bytes() for p in image_paths]
+    binary = PredictorClient(server.url).predict(images, request_id="b")
+    plain = PredictorClient(server.url, binary=False).predict(images, request_id="j")
+    assert binary == plain
+
+
+class _Garbage(http.server.BaseHTTPRequestHandler):
+    """A "predictor" whose answers are not what the protocol promises."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps(
+            {"predictions": [{"count": "many"}]}
+            if self.path.startswith("/v1/")
+            else {"id": "other", "outputs": []}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_malformed_answer_is_an_error_not_a_count():
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Garbage) as garbage:
+        threading.Thread(target=garbage.serve_forever, daemon=True).start()
+        url = f"http://127.0.0.1:{garbage.server_address[1]}"
+        with pytest.raises(MalformedAnswer, match=r"V1 answer from .* is malformed"):
+            PredictorClient(url, protocol="v1").predict([b"x"])
+        with pytest.raises(MalformedAnswer, match=r"V2 answer .* malformed"):
+            PredictorClient(url).predict([b"x"])
+        with pytest.raises(MalformedAnswer, match="does not carry the request id 'mine'"):
+            PredictorClient(url, binary=False).predict([b"x"], request_id="mine")
+        garbage.shutdown()

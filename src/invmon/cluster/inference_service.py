@@ -368,61 +368,52 @@ def smoke_check(
     precision moves them a little), and the counts must match unless the in-process answer is a
     near tie.
     """
-    from invmon.serving.client import post_json, v1_request, v2_request
+    from invmon.serving.client import PredictError, PredictorClient
 
-    headers = {"Host": host} if host else None
     start = time.monotonic()
-    status, v1 = post_json(f"{url}/v1/models/{name}:predict", v1_request([image]), timeout, headers)
-    _check(status == 200, f"V1 request to {url} failed with HTTP {status}: {v1}")
     try:
-        prediction = v1["predictions"][0]
-        v1_count = int(prediction["count"])
-        v1_probabilities = np.array(list(prediction["probabilities"].values()), dtype=np.float64)
-    except (KeyError, IndexError, TypeError, ValueError):
-        raise DeployError(f"V1 answer from {url} is malformed: {v1}") from None
-    _check(
-        abs(v1_probabilities.sum() - 1) < 1e-3, f"V1 probabilities do not sum to 1: {prediction}"
-    )
-    status, v2 = post_json(
-        f"{url}/v2/models/{name}/infer", v2_request([image], "smoke"), timeout, headers
-    )
-    _check(status == 200, f"V2 request to {url} failed with HTTP {status}: {v2}")
-    try:
-        outputs = {o["name"]: o for o in v2["outputs"]}
-        v2_count = int(np.asarray(outputs["count"]["data"]).reshape(-1)[0])
-        v2_probabilities = np.asarray(outputs["probabilities"]["data"], dtype=np.float64)
-    except (KeyError, IndexError, TypeError, ValueError):
-        raise DeployError(f"V2 answer from {url} is malformed: {v2}") from None
-    _check(v2.get("id") == "smoke", f"V2 answer does not carry the request id: {v2}")
-    _check(v1_count == v2_count, f"V1 says {v1_count} items, V2 says {v2_count}")
-    difference = None
-    if expected is not None:
-        reference = expected.probabilities[0].astype(np.float64)
-        difference = float(
-            max(
-                np.abs(v1_probabilities - reference).max(),
-                np.abs(v2_probabilities - reference).max(),
-            )
-        )
+        v1 = PredictorClient(url, name, "v1", host=host, timeout=timeout).predict([image])[0]
+        # A JSON body, as most V2 clients send; the request id must come back.
+        v2_client = PredictorClient(url, name, "v2", host=host, timeout=timeout, binary=False)
+        v2 = v2_client.predict([image], request_id="smoke")[0]
+    except PredictError as err:
+        status = f"HTTP {err.status}: " if err.status else ""
+        raise DeployError(f"smoke request to {url} failed: {status}{err}") from None
+    for protocol, answer in (("V1", v1), ("V2", v2)):
         _check(
-            difference <= tolerance,
-            f"served probabilities differ from the in-process model by {difference:.4f} "
-            f"(allowed {tolerance})",
+            abs(sum(answer.probabilities.values()) - 1) < 1e-3,
+            f"{protocol} probabilities do not sum to 1: {answer}",
         )
-        top2 = np.sort(reference)[-2:]
-        if top2[1] - top2[0] > 2 * tolerance:
-            _check(
-                v1_count == int(expected.counts[0]),
-                f"served count {v1_count} differs from the in-process count {expected.counts[0]}",
-            )
+    _check(v1.count == v2.count, f"V1 says {v1.count} items, V2 says {v2.count}")
+    difference = None if expected is None else _compare(v1, v2, expected, tolerance)
     return SmokeResult(
         url=url,
-        v1_count=v1_count,
-        v2_count=v2_count,
+        v1_count=v1.count,
+        v2_count=v2.count,
         expected_count=None if expected is None else int(expected.counts[0]),
         max_probability_difference=None if difference is None else round(difference, 6),
         seconds=round(time.monotonic() - start, 3),
     )
+
+
+def _compare(v1, v2, expected, tolerance: float) -> float:
+    """Check both answers against the in-process Predictions; return the largest difference."""
+    reference = expected.probabilities[0].astype(np.float64)
+    difference = max(
+        float(np.abs(np.array(list(a.probabilities.values())) - reference).max()) for a in (v1, v2)
+    )
+    _check(
+        difference <= tolerance,
+        f"served probabilities differ from the in-process model by {difference:.4f} "
+        f"(allowed {tolerance})",
+    )
+    top2 = np.sort(reference)[-2:]
+    if top2[1] - top2[0] > 2 * tolerance:
+        _check(
+            v1.count == int(expected.counts[0]),
+            f"served count {v1.count} differs from the in-process count {expected.counts[0]}",
+        )
+    return difference
 
 
 def _check(condition: bool, message: str) -> None:

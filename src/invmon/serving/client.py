@@ -1,7 +1,9 @@
 """Ask a running predictor (local or on a cluster) to count the items in bin photos.
 
-:class:`PredictorClient` speaks KServe's V1 protocol or the Open Inference Protocol (V2, with the
-binary-data extension, so images travel as raw bytes). Images are sent in requests of at most
+The one client of the predictor: ``invmon predict``, audit's remote scorer and deploy's smoke
+requests all send their requests and read the answers through it. :class:`PredictorClient` speaks
+KServe's V1 protocol or the Open Inference Protocol (V2, with the binary-data extension, so images
+travel as raw bytes). Images are sent in requests of at most
 ``batch_size``; when the server refuses a request because of one bad image, the others of that
 request are sent again one by one, so the bad one is reported and skipped and nothing else is lost.
 """
@@ -90,8 +92,17 @@ class PredictError(RuntimeError):
         self.status = status
 
 
+class MalformedAnswer(PredictError):
+    """The server accepted a request but its answer is not what the protocol promises."""
+
+
 class PredictorClient:
-    """A client of one model on a KServe predictor at ``url`` (``http://HOST:PORT``)."""
+    """A client of one model on a KServe predictor at ``url`` (``http://HOST:PORT``).
+
+    V2 requests carry the images as raw bytes (the binary-data extension) unless ``binary`` is
+    False, when they are base64 strings in a JSON body, as most V2 clients send them. Answers are
+    read here, for both protocols, into :class:`Answer`s.
+    """
 
     def __init__(
         self,
@@ -100,6 +111,7 @@ class PredictorClient:
         protocol: str = "v2",
         host: str | None = None,
         timeout: float = 60.0,
+        binary: bool = True,
     ):
         if protocol not in PROTOCOLS:
             raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
@@ -108,12 +120,16 @@ class PredictorClient:
         self.url, self.name, self.protocol = url.rstrip("/"), name, protocol
         self.headers = {"Host": host} if host else {}
         self.timeout = timeout
+        self.binary = binary
 
-    def predict(self, images: Sequence[bytes]) -> list[Answer]:
-        """One answer per image, in order; raises PredictError when the server refuses."""
+    def predict(self, images: Sequence[bytes], request_id: str | None = None) -> list[Answer]:
+        """One answer per image, in order; raises PredictError when the server refuses.
+
+        A V2 ``request_id`` must come back in the answer (MalformedAnswer otherwise).
+        """
         if self.protocol == "v1":
             return self._predict_v1(images)
-        return self._predict_v2(images)
+        return self._predict_v2(images, request_id)
 
     def _post(self, path: str, body: bytes, headers: dict) -> tuple[bytes, dict]:
         request = urllib.request.Request(
@@ -132,67 +148,101 @@ class PredictorClient:
         answer, _ = self._post(
             f"/v1/models/{self.name}:predict", body, {"Content-Type": "application/json"}
         )
-        return [
-            Answer(
-                count=int(p["count"]),
-                expected_count=float(p["expected_count"]),
-                confidence=float(p["confidence"]),
-                probabilities={int(c): float(v) for c, v in p["probabilities"].items()},
-            )
-            for p in json.loads(answer)["predictions"]
-        ]
+        try:
+            predictions = json.loads(answer)["predictions"]
+            answers = [
+                Answer(
+                    count=int(p["count"]),
+                    expected_count=float(p["expected_count"]),
+                    confidence=float(p["confidence"]),
+                    probabilities={int(c): float(v) for c, v in p["probabilities"].items()},
+                )
+                for p in predictions
+            ]
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise self._malformed("V1", answer) from None
+        return self._one_per_image(answers, len(images), "V1", answer)
 
-    def _predict_v2(self, images: Sequence[bytes]) -> list[Answer]:
-        body, json_length = v2_binary_request(images)
-        answer, headers = self._post(
-            f"/v2/models/{self.name}/infer",
-            body,
-            {
+    def _predict_v2(self, images: Sequence[bytes], request_id: str | None) -> list[Answer]:
+        if self.binary:
+            body, json_length = v2_binary_request(images, request_id)
+            headers = {
                 "Content-Type": "application/octet-stream",
                 "Inference-Header-Content-Length": str(json_length),
-            },
+            }
+        else:
+            body = json.dumps(v2_request(list(images), request_id)).encode()
+            headers = {"Content-Type": "application/json"}
+        answer, answer_headers = self._post(f"/v2/models/{self.name}/infer", body, headers)
+        try:
+            answer_id, outputs = read_v2_answer(answer, answer_headers)
+            if request_id is not None and answer_id != request_id:
+                raise MalformedAnswer(
+                    200, f"V2 answer from {self.url} does not carry the request id {request_id!r}"
+                )
+            answers = _v2_answers(outputs)
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise self._malformed("V2", answer) from None
+        return self._one_per_image(answers, len(images), "V2", answer)
+
+    def _malformed(self, protocol: str, answer: bytes) -> MalformedAnswer:
+        text = answer[:500].decode(errors="replace")
+        return MalformedAnswer(200, f"{protocol} answer from {self.url} is malformed: {text}")
+
+    def _one_per_image(self, answers: list, images: int, protocol: str, answer: bytes) -> list:
+        if len(answers) != images:
+            raise self._malformed(protocol, answer)
+        return answers
+
+
+def _v2_answers(outputs: dict[str, np.ndarray]) -> list[Answer]:
+    """The answers in a V2 answer's outputs (``count``, ``expected_count``, ``probabilities``,
+    ``classes``)."""
+    classes = outputs["classes"].reshape(-1).tolist()
+    counts = outputs["count"].reshape(-1)
+    probabilities = outputs["probabilities"].reshape(len(counts), len(classes))
+    return [
+        Answer(
+            count=int(counts[i]),
+            expected_count=float(outputs["expected_count"].reshape(-1)[i]),
+            confidence=float(probabilities[i].max()),
+            probabilities={c: float(p) for c, p in zip(classes, probabilities[i], strict=True)},
         )
-        outputs = _v2_outputs(answer, headers)
-        classes = outputs["classes"].tolist()
-        probabilities = outputs["probabilities"].reshape(len(images), len(classes))
-        return [
-            Answer(
-                count=int(outputs["count"][i]),
-                expected_count=float(outputs["expected_count"][i]),
-                confidence=float(probabilities[i].max()),
-                probabilities={c: float(p) for c, p in zip(classes, probabilities[i], strict=True)},
-            )
-            for i in range(len(images))
-        ]
+        for i in range(len(counts))
+    ]
 
 
-def v2_binary_request(images: Sequence[bytes]) -> tuple[bytes, int]:
+def v2_binary_request(images: Sequence[bytes], request_id: str | None = None) -> tuple[bytes, int]:
     """A V2 body with the binary-data extension: JSON header, then length-prefixed images.
 
     Outputs are asked for in binary too, which spares both sides a JSON float encoding.
     """
     raw = b"".join(struct.pack("<I", len(b)) + b for b in images)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": "image",
-                    "shape": [len(images)],
-                    "datatype": "BYTES",
-                    "parameters": {"binary_data_size": len(raw)},
-                }
-            ],
-            "parameters": {"binary_data_output": True},
-        }
-    ).encode()
-    return header + raw, len(header)
+    header = {
+        "inputs": [
+            {
+                "name": "image",
+                "shape": [len(images)],
+                "datatype": "BYTES",
+                "parameters": {"binary_data_size": len(raw)},
+            }
+        ],
+        "parameters": {"binary_data_output": True},
+    }
+    if request_id:
+        header["id"] = request_id
+    encoded = json.dumps(header).encode()
+    return encoded + raw, len(encoded)
 
 
 _NUMPY = {"INT64": "<i8", "FP32": "<f4"}
 
 
-def _v2_outputs(answer: bytes, headers: dict) -> dict[str, np.ndarray]:
-    """Decode a V2 answer (JSON, optionally followed by binary output data) into arrays."""
+def read_v2_answer(answer: bytes, headers: dict) -> tuple[str | None, dict[str, np.ndarray]]:
+    """A V2 answer's id and outputs (JSON, optionally followed by binary output data) as arrays.
+
+    ``headers`` are the answer's HTTP headers, with lowercase names.
+    """
     json_length = int(headers.get("inference-header-content-length", len(answer)))
     header = json.loads(answer[:json_length])
     offset, outputs = json_length, {}
@@ -205,7 +255,7 @@ def _v2_outputs(answer: bytes, headers: dict) -> dict[str, np.ndarray]:
         else:
             array = np.asarray(output["data"], dtype=dtype)
         outputs[output["name"]] = array.reshape(output["shape"])
-    return outputs
+    return header.get("id"), outputs
 
 
 def _error_text(body: bytes) -> str:
