@@ -2,10 +2,14 @@
 
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import pytest
 
+from invmon import cli
 from invmon.cli import build_parser, main
+from invmon.core.command import Command, Incomplete
+from invmon.core.settings import Settings
 
 COMMANDS = [
     "synth",
@@ -122,3 +126,23 @@ def test_deploy_dry_run_prints_the_manifest(capsys):
     assert main(["deploy", "--model-uri", "s3://models/m", "--name", "counter", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "kind: InferenceService" in out and "s3://models/m" in out
+
+
+@dataclass(frozen=True)
+class _NoOptions(Settings):
+    """A command without options."""
+
+
+def _half_done(result, settings):
+    raise Incomplete("1 of 2 things failed", output="thing 1: done", details=("thing 2: refused",))
+
+
+HALF_DONE = Command(_NoOptions, lambda settings: None, description="half", show=_half_done)
+
+
+def test_a_partial_failure_prints_what_was_done_then_fails(monkeypatch, capsys):
+    monkeypatch.setitem(cli.COMMANDS, "half", (f"{__name__}:HALF_DONE", "does half its work"))
+    assert main(["half"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "thing 1: done\n"
+    assert captured.err == "thing 2: refused\ninvmon half: failed: 1 of 2 things failed\n"

@@ -14,6 +14,8 @@ import importlib
 import logging
 import sys
 
+from invmon.core.command import Incomplete
+
 PROG = "invmon"
 
 # name: (module:attribute of its Command, one-line help shown by `invmon --help`)
@@ -107,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except Incomplete as err:
+        if err.output:
+            print(err.output)
+        for line in err.details:
+            print(line, file=sys.stderr)
+        print(f"{PROG} {args.command}: failed: {err}", file=sys.stderr)
+        return 1
     except (RuntimeError, TimeoutError) as err:
         print(f"{PROG} {args.command}: failed: {err}", file=sys.stderr)
         return 1

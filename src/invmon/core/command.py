@@ -16,12 +16,25 @@ from typing import Any
 from invmon.core import settings as options
 
 
+class Incomplete(RuntimeError):
+    """A run that did part of its work (``invmon predict`` with some images refused).
+
+    Raised by a command's ``show``: ``output`` is printed as a complete run's would be, then each
+    of ``details`` on stderr, then the error; the command exits 1.
+    """
+
+    def __init__(self, message: str, output: str | None = None, details: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.output, self.details = output, details
+
+
 @dataclass(frozen=True)
 class Command:
     """One ``invmon`` subcommand.
 
     ``run(settings)`` does the work and returns a result; ``show(result, settings)`` is what is
-    printed (None: nothing). ``extend`` adds what fields cannot say (a mutually exclusive
+    printed (None: nothing); it raises :class:`Incomplete` when the result is a partial failure
+    that still has something to print. ``extend`` adds what fields cannot say (a mutually exclusive
     group); ``build`` replaces :func:`invmon.core.settings.from_args` when the settings are made
     from the options in a way of their own (a recipe resolved with a search result).
     """
