@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -182,58 +181,6 @@ def _deploy_parser(sub) -> None:
     p.set_defaults(func=cmd_deploy)
 
 
-def cmd_predict(args) -> None:
-    from invmon.serving.client import PredictorClient, predict_all
-
-    images = {}
-    for path in args.images:
-        try:
-            images[path] = Path(path).read_bytes()
-        except OSError as err:
-            raise FileNotFoundError(f"cannot read image {path!r}: {err.strerror}") from None
-    client = PredictorClient(args.url, args.name, args.protocol, host=args.host)
-    report = predict_all(client, images, args.batch_size)
-    if args.json:
-        _print_json(
-            {
-                "answers": {k: vars(v) for k, v in report.answers.items()},
-                "failed": report.failed,
-            }
-        )
-    else:
-        for path in args.images:
-            if path in report.answers:
-                a = report.answers[path]
-                print(
-                    f"{path}\tcount {a.count}\tconfidence {a.confidence:.3f}\t"
-                    f"expected {a.expected_count:.2f}"
-                )
-            else:
-                print(f"{path}\trefused: {report.failed[path]}", file=sys.stderr)
-    if report.failed:
-        raise RuntimeError(f"{len(report.failed)} of {len(images)} images were refused")
-
-
-def _predict_parser(sub) -> None:
-    from invmon.serving.client import PROTOCOLS
-
-    p = sub.add_parser(
-        "predict",
-        description="Send images to a running predictor (invmon serve, or a KServe "
-        "InferenceService) and print the count per image.",
-    )
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG bin photos")
-    p.add_argument("--url", required=True, help="predictor base URL, e.g. http://localhost:8080")
-    p.add_argument("--protocol", choices=PROTOCOLS, default="v2", help="default v2")
-    p.add_argument("--name", default="bin-counter", help="model name (default bin-counter)")
-    p.add_argument("--host", help="Host header (to reach a service through an ingress gateway)")
-    p.add_argument(
-        "--batch-size", type=_positive_int, default=16, help="images per request (default 16)"
-    )
-    p.add_argument("--json", action="store_true", help="print all answers as JSON")
-    p.set_defaults(func=cmd_predict)
-
-
 def cmd_audit(args) -> None:
     from invmon.stages.audit import AuditConfig, audit
 
@@ -328,5 +275,4 @@ class _Legacy:
 
 
 deploy = _Legacy(_deploy_parser)
-predict = _Legacy(_predict_parser)
 audit = _Legacy(_audit_parser)

@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "create or update the KServe InferenceService, wait for Ready, smoke-test it",
     ),
     "serve": ("invmon.stages.serve:SERVE", "serve a model folder with KServe until stopped"),
-    "predict": ("invmon._legacy_cli:predict", "count items in images with a running predictor"),
+    "predict": ("invmon.stages.predict:PREDICT", "count items in images with a running predictor"),
     "audit": (
         "invmon._legacy_cli:audit",
         "flag bins whose photo disagrees with their recorded count",
