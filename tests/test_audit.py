@@ -10,10 +10,10 @@ import pytest
 
 from invmon.cli import main
 from invmon.data import abid
-from invmon.data.s3 import make_client
+from invmon.data.s3 import S3Options, make_client
 from invmon.data.synth import synthesize
 from invmon.serving.server import LocalServer
-from invmon.stages.audit import AuditConfig, audit, read_labels
+from invmon.stages.audit import AuditSettings, read_labels, run
 
 
 def altered_copy(raw: Path, out: Path, fraction: float, classes: list[int], seed: int) -> Path:
@@ -59,7 +59,7 @@ def broken_source(raw_dir, tmp_path_factory) -> Path:
 
 
 def test_local_audit_scores_every_bin_and_reports_the_rest(broken_source, model_dir, tmp_path):
-    summary = audit(str(broken_source), tmp_path, model_dir=model_dir, config=AuditConfig())
+    summary = run(AuditSettings(source=str(broken_source), out=str(tmp_path), model=str(model_dir)))
     assert summary.bins == 120
     assert summary.skipped["image not scorable"].keys() == {"00001"}
     assert summary.skipped["invalid metadata"].keys() == {"00002"}
@@ -79,9 +79,13 @@ def test_local_audit_scores_every_bin_and_reports_the_rest(broken_source, model_
 
 
 def test_audit_through_a_running_predictor_matches_local(raw_dir, model_dir, tmp_path):
-    local = audit(str(raw_dir), tmp_path / "local", model_dir=model_dir)
+    local = run(
+        AuditSettings(source=str(raw_dir), out=str(tmp_path / "local"), model=str(model_dir))
+    )
     with LocalServer(model_dir, extra_args=["--graph", "frozen"]) as server:
-        remote = audit(str(raw_dir), tmp_path / "remote", url=server.url)
+        remote = run(
+            AuditSettings(source=str(raw_dir), out=str(tmp_path / "remote"), url=server.url)
+        )
     assert (local.scored, remote.scored) == (120, 120)
     a = {r["bin_id"]: float(r["recorded_probability"]) for r in _rows(tmp_path / "local/audit.csv")}
     b = {
@@ -98,23 +102,24 @@ def test_audit_reads_an_s3_prefix(raw_dir, model_dir, public_bucket, s3_url, tmp
             client.put_object(
                 Bucket=public_bucket, Key=f"site-a/{folder}/{path.name}", Body=path.read_bytes()
             )
-    summary = audit(
-        f"s3://{public_bucket}/site-a",
-        tmp_path,
-        model_dir=model_dir,
-        endpoint_url=s3_url,
-        anonymous=True,
+    summary = run(
+        AuditSettings(
+            source=f"s3://{public_bucket}/site-a",
+            out=str(tmp_path),
+            model=str(model_dir),
+            s3=S3Options(endpoint_url=s3_url, anonymous=True),
+        )
     )
     assert summary.bins == summary.scored == 20
 
 
 def test_bad_arguments_are_named(raw_dir, model_dir, tmp_path, capsys):
     with pytest.raises(ValueError, match="exactly one of --model"):
-        audit(str(raw_dir), tmp_path)
+        AuditSettings(source=str(raw_dir), out=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no metadata/ folder"):
-        audit(str(tmp_path), tmp_path / "out", model_dir=model_dir)
+        run(AuditSettings(source=str(tmp_path), out=str(tmp_path / "out"), model=str(model_dir)))
     with pytest.raises(ValueError, match="--threshold"):
-        AuditConfig(threshold=1.5)
+        AuditSettings(source=str(raw_dir), out=str(tmp_path), model=str(model_dir), threshold=1.5)
     labels = tmp_path / "labels.csv"
     labels.write_text("bin,count\n1,2\n")
     with pytest.raises(ValueError, match="bin_id and true_count"):

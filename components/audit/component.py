@@ -39,12 +39,14 @@ def audit(
     from invmon.data import workspace as shared
     from invmon.stages import audit as stage
 
-    summary = stage.audit(
-        str(shared.resolve(raw.path)),
-        results.path,
-        model_dir=model.path,
-        config=stage.AuditConfig(threshold=threshold),
-        device=device,
+    summary = stage.run(
+        stage.AuditSettings(
+            source=str(shared.resolve(raw.path)),
+            out=results.path,
+            model=model.path,
+            threshold=threshold,
+            device=device,
+        )
     )
     metrics.log_metric("bins", summary.bins)
     metrics.log_metric("scored", summary.scored)

@@ -181,73 +181,6 @@ def _deploy_parser(sub) -> None:
     p.set_defaults(func=cmd_deploy)
 
 
-def cmd_audit(args) -> None:
-    from invmon.stages.audit import AuditConfig, audit
-
-    summary = audit(
-        args.source,
-        args.out,
-        model_dir=args.model,
-        url=args.url,
-        name=args.name,
-        endpoint_url=args.endpoint_url,
-        anonymous=args.anonymous,
-        labels=args.labels,
-        config=AuditConfig(
-            threshold=args.threshold,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            limit=args.limit,
-        ),
-        device=args.device,
-    )
-    skipped = sum(len(v) for v in summary.skipped.values())
-    line = (
-        f"audit: {summary.scored} bins scored, {summary.flagged} flagged as likely mismatches, "
-        f"{skipped} skipped, in {summary.seconds:.1f}s -> {args.out}"
-    )
-    if summary.quality and summary.quality.mismatched:
-        q = summary.quality
-        line += (
-            f"\nagainst the labels: {q.flagged_mismatched} of {q.mismatched} mismatched bins "
-            f"flagged (recall {q.recall}), precision {q.precision}"
-        )
-    print(line)
-
-
-def _audit_parser(sub) -> None:
-    from invmon.stages.audit import DEFAULT_THRESHOLD
-
-    p = sub.add_parser(
-        "audit",
-        description="Score every bin of a source in ABID's layout with the model (in "
-        "process, or through a running predictor) and flag the bins whose recorded count the "
-        "model finds unlikely. Writes audit.csv, flagged.csv and summary.json.",
-    )
-    p.add_argument("--source", required=True, help="folder or s3://BUCKET[/PREFIX] in ABID layout")
-    _add_s3_options(p)
-    scorer = p.add_mutually_exclusive_group(required=True)
-    scorer.add_argument("--model", help="model folder: score in this process")
-    scorer.add_argument("--url", help="predictor base URL: score through it")
-    p.add_argument("--name", default="bin-counter", help="model name at --url")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=DEFAULT_THRESHOLD,
-        help="flag when the model gives the recorded count a probability below this "
-        f"(default {DEFAULT_THRESHOLD})",
-    )
-    p.add_argument(
-        "--labels", help="CSV of bin_id,true_count: report the flag's precision and recall"
-    )
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="default 32")
-    p.add_argument("--workers", type=_positive_int, default=16, help="reading threads (default 16)")
-    p.add_argument("--limit", type=_non_negative_int, default=0, help="most bins (0 = all)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.set_defaults(func=cmd_audit)
-
-
 class _Reuse:
     """Stands in for the subparsers object the old builders expect: hands back the parser the
     registry made."""
@@ -275,4 +208,3 @@ class _Legacy:
 
 
 deploy = _Legacy(_deploy_parser)
-audit = _Legacy(_audit_parser)

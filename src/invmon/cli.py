@@ -42,7 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("invmon.stages.serve:SERVE", "serve a model folder with KServe until stopped"),
     "predict": ("invmon.stages.predict:PREDICT", "count items in images with a running predictor"),
     "audit": (
-        "invmon._legacy_cli:audit",
+        "invmon.stages.audit:AUDIT",
         "flag bins whose photo disagrees with their recorded count",
     ),
     "compile": ("invmon.pipelines.compile:COMPILE", "compile the pipeline to Kubeflow IR YAML"),

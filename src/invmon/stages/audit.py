@@ -2,7 +2,7 @@
 
 This is what the product is for. Every bin of a source in ABID's layout (a folder or
 ``s3://BUCKET/PREFIX`` with ``bin-images/`` and ``metadata/``) is scored by the model, either in
-process in batches (``model_dir``) or through a running predictor (``url``). A bin is flagged as a
+process in batches (``model``) or through a running predictor (``url``). A bin is flagged as a
 likely mismatch when the model gives its recorded count (``EXPECTED_QUANTITY``) a probability below
 ``threshold``: a confident model that sees another count flags it, an unsure one does not.
 
@@ -21,6 +21,7 @@ model's classes) is reported with its reason and skipped; it never stops the aud
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
@@ -29,11 +30,16 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
+from invmon.core.command import Command
+from invmon.core.settings import Settings, from_args, help_of, setting
 from invmon.data import abid
-from invmon.data.s3 import S3Uri, is_s3_uri, make_client
+from invmon.data.s3 import S3Options, S3Uri, is_s3_uri, make_client
+from invmon.serving.client import DEFAULT_MODEL_NAME
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -47,26 +53,38 @@ COLUMNS = (
     "expected_count",
     "flagged",
 )
-DEFAULT_THRESHOLD = 0.1
 
 
 @dataclass(frozen=True)
-class AuditConfig:
-    """How bins are scored and when one is flagged."""
+class AuditSettings(Settings):
+    """Settings of audit: the bins, the scorer (a model folder or a predictor) and the flag."""
 
-    threshold: float = DEFAULT_THRESHOLD
-    batch_size: int = 32
-    workers: int = 16
-    limit: int = 0
+    source: str = setting(help="folder or s3://BUCKET[/PREFIX] in ABID layout")
+    out: str = setting(help="output folder")
+    s3: S3Options = setting(default_factory=S3Options, help="S3 access")
+    # Exactly one of model and url: their options are a required mutually exclusive pair, which
+    # AUDIT adds (see _scorer_options).
+    model: str | None = setting(None, help="model folder: score in this process", cli=False)
+    url: str | None = setting(None, help="predictor base URL: score through it", cli=False)
+    name: str = setting(DEFAULT_MODEL_NAME, help="model name at --url")
+    threshold: float = setting(
+        0.1,
+        help="flag when the model gives the recorded count a probability below this",
+        above=0,
+        below=1,
+    )
+    labels: str | None = setting(
+        None, help="CSV of bin_id,true_count: report the flag's precision and recall"
+    )
+    batch_size: int = setting(32, help="bins scored per batch", minimum=1)
+    workers: int = setting(16, help="reading threads", minimum=1)
+    limit: int = setting(0, help="most bins (0 = all)", minimum=0)
+    device: str = setting("auto", help="auto, cpu or cuda")
 
     def __post_init__(self):
-        if not 0 < self.threshold < 1:
-            raise ValueError(f"--threshold must be between 0 and 1, got {self.threshold}")
-        if self.batch_size < 1 or self.workers < 1 or self.limit < 0:
-            raise ValueError(
-                f"batch size and workers must be >= 1 and limit >= 0, got "
-                f"{self.batch_size}, {self.workers}, {self.limit}"
-            )
+        if (self.model is None) == (self.url is None):
+            raise ValueError("give exactly one of --model DIR and --url URL")
+        super().__post_init__()
 
 
 @dataclass
@@ -203,6 +221,8 @@ class _LocalScorer:
         self.name = f"model {model_dir}"
 
     def score(self, bins: list[_Bin]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        import numpy as np
+
         from invmon.data.transforms import InvalidImage, prepare
 
         def decode(b: _Bin):
@@ -235,6 +255,8 @@ class _RemoteScorer:
         self.name = f"predictor {url}"
 
     def score(self, bins: list[_Bin]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        import numpy as np
+
         from invmon.serving.client import predict_all
 
         report = predict_all(self.client, {b.bin_id: b.image for b in bins}, self.batch_size)
@@ -248,6 +270,8 @@ class _RemoteScorer:
 
 def score_bin(b: _Bin, probabilities: np.ndarray, classes: list[int], threshold: float) -> BinScore:
     """Compare the model's probabilities for a bin with its recorded count."""
+    import numpy as np
+
     top = int(np.argmax(probabilities))
     recorded_probability = float(probabilities[classes.index(b.recorded)])
     return BinScore(
@@ -264,43 +288,32 @@ def score_bin(b: _Bin, probabilities: np.ndarray, classes: list[int], threshold:
 # -- the stage -------------------------------------------------------------------------------
 
 
-def audit(
-    source: str,
-    out: str | Path,
-    model_dir: str | Path | None = None,
-    url: str | None = None,
-    name: str = "bin-counter",
-    endpoint_url: str | None = None,
-    anonymous: bool = False,
-    labels: str | Path | None = None,
-    config: AuditConfig | None = None,
-    device: str = "auto",
-) -> AuditSummary:
-    """Score every bin of ``source``, flag likely mismatches and write the results to ``out``.
+def run(settings: AuditSettings) -> AuditSummary:
+    """Score every bin of the source, flag likely mismatches and write the results to ``out``.
 
-    Exactly one of ``model_dir`` (score in this process) and ``url`` (score through a running
-    predictor) is given. ``labels`` is an optional CSV of ``bin_id,true_count`` used to measure
-    the flag's precision and recall.
+    The scorer is the model folder (``model``, in this process) or a running predictor
+    (``url``). ``labels``, an optional CSV of ``bin_id,true_count``, measures the flag's
+    precision and recall.
     """
-    config = config or AuditConfig()
-    if (model_dir is None) == (url is None):
-        raise ValueError("give exactly one of --model DIR and --url URL")
-    truth = read_labels(labels) if labels else None
-    out = Path(out)
+    truth = read_labels(settings.labels) if settings.labels else None
+    out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    reader = _Source(source, endpoint_url, anonymous, config.workers)
-    with ThreadPoolExecutor(config.workers) as pool:
-        if model_dir is not None:
-            scorer = _LocalScorer(model_dir, pool, device)
+    s3 = settings.s3
+    reader = _Source(settings.source, s3.endpoint_url, s3.anonymous, settings.workers)
+    with ThreadPoolExecutor(settings.workers) as pool:
+        if settings.model is not None:
+            scorer = _LocalScorer(settings.model, pool, settings.device)
         else:
-            scorer = _RemoteScorer(url, name, config.batch_size)
-        summary = AuditSummary(source=source, scorer=scorer.name, threshold=config.threshold)
-        scores = _run(reader, scorer, pool, config, summary, out / AUDIT_FILE)
+            scorer = _RemoteScorer(settings.url, settings.name, settings.batch_size)
+        summary = AuditSummary(
+            source=settings.source, scorer=scorer.name, threshold=settings.threshold
+        )
+        scores = _run(reader, scorer, pool, settings, summary, out / AUDIT_FILE)
     summary.seconds = round(time.monotonic() - start, 1)
     if summary.bins == 0:
         raise ValueError(
-            f"--source {source!r} holds no bin metadata ({abid.METADATA_DIR}/<id>.json)"
+            f"--source {settings.source!r} holds no bin metadata ({abid.METADATA_DIR}/<id>.json)"
         )
     if truth is not None:
         summary.quality = flag_quality(scores, truth)
@@ -309,12 +322,12 @@ def audit(
     return summary
 
 
-def _run(reader, scorer, pool, config, summary, csv_path: Path) -> list[BinScore]:
+def _run(reader, scorer, pool, settings, summary, csv_path: Path) -> list[BinScore]:
     scores: list[BinScore] = []
     with open(csv_path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
-        for chunk in _chunks(_limited(reader.bin_ids(), config.limit), config.batch_size):
+        for chunk in _chunks(_limited(reader.bin_ids(), settings.limit), settings.batch_size):
             summary.bins += len(chunk)
             bins = []
             for loaded in pool.map(lambda i: _load_bin(reader, i), chunk):
@@ -322,14 +335,14 @@ def _run(reader, scorer, pool, config, summary, csv_path: Path) -> list[BinScore
                     summary.skip(*loaded)
                 else:
                     bins.append(loaded)
-            for score in _score_chunk(bins, scorer, config, summary):
+            for score in _score_chunk(bins, scorer, settings.threshold, summary):
                 writer.writerow([getattr(score, c) for c in COLUMNS])
                 scores.append(score)
             handle.flush()
     return scores
 
 
-def _score_chunk(bins: list[_Bin], scorer, config, summary) -> Iterator[BinScore]:
+def _score_chunk(bins: list[_Bin], scorer, threshold: float, summary) -> Iterator[BinScore]:
     if not bins:
         return
     probabilities, failed = scorer.score(bins)
@@ -343,7 +356,7 @@ def _score_chunk(bins: list[_Bin], scorer, config, summary) -> Iterator[BinScore
                 "recorded count outside the model's classes", b.bin_id, f"recorded {b.recorded}"
             )
             continue
-        score = score_bin(b, probabilities[b.bin_id], scorer.classes, config.threshold)
+        score = score_bin(b, probabilities[b.bin_id], scorer.classes, threshold)
         summary.scored += 1
         summary.flagged += score.flagged
         yield score
@@ -410,3 +423,41 @@ def flag_quality(scores: list[BinScore], truth: dict[str, int]) -> FlagQuality:
         precision=round(len(hits) / len(flagged), 4) if flagged else None,
         recall=round(len(hits) / len(mismatched), 4) if mismatched else None,
     )
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+def _scorer_options(parser: argparse.ArgumentParser) -> None:
+    """--model or --url, exactly one: a required mutually exclusive pair (fields cannot say so)."""
+    scorer = parser.add_mutually_exclusive_group(required=True)
+    for name in ("model", "url"):
+        scorer.add_argument(f"--{name}", help=help_of(AuditSettings, name))
+
+
+def show(summary: AuditSummary, settings: AuditSettings) -> str:
+    """What was scored, flagged and skipped, and the flag's quality against the labels."""
+    skipped = sum(len(v) for v in summary.skipped.values())
+    line = (
+        f"audit: {summary.scored} bins scored, {summary.flagged} flagged as likely mismatches, "
+        f"{skipped} skipped, in {summary.seconds:.1f}s -> {settings.out}"
+    )
+    if summary.quality and summary.quality.mismatched:
+        q = summary.quality
+        line += (
+            f"\nagainst the labels: {q.flagged_mismatched} of {q.mismatched} mismatched bins "
+            f"flagged (recall {q.recall}), precision {q.precision}"
+        )
+    return line
+
+
+AUDIT = Command(
+    AuditSettings,
+    run,
+    description="Score every bin of a source in ABID's layout with the model (in process, or "
+    "through a running predictor) and flag the bins whose recorded count the model finds "
+    "unlikely. Writes audit.csv, flagged.csv and summary.json.",
+    show=show,
+    extend=_scorer_options,
+    build=lambda args: from_args(AuditSettings, args, model=args.model, url=args.url),
+)
