@@ -9,6 +9,8 @@ import pytest
 from invmon import components
 from invmon.core.settings import Settings, default_of, kind_of
 from invmon.stages.arrange import ArrangeSettings
+from invmon.stages.audit import AuditSettings
+from invmon.stages.deploy import DeploySettings
 from invmon.stages.evaluate import EvaluateSettings
 from invmon.stages.ingest import IngestSettings, PlanSettings
 from invmon.stages.preprocess import PreprocessSettings
@@ -58,6 +60,7 @@ SAME_MEANING = [
     ),
     (components.train, TrainConfig, ("device", "seed", "weights")),
     (components.evaluate, EvaluateSettings, ("device",)),
+    (components.audit, AuditSettings, ("threshold", "device")),
 ]
 
 
@@ -103,6 +106,51 @@ def test_component_defaults_are_the_stage_settings_defaults(component, settings,
     assert set(paired) == set(shared)
     for name, declared in paired.items():
         assert declared == _as_parameter(defaults[name], declared), name
+
+
+# The deploy component names some settings its own way (serving_image is the service's image)
+# and says "not given" with -1, since 0 is a canary share. {parameter: the setting it sets},
+# nested settings by their path; every parameter with a default is listed, but the pipeline's
+# workspace path, which is not a stage setting.
+DEPLOY_PARAMETERS = {
+    "target": "target",
+    "name": "service.name",
+    "namespace": "service.namespace",
+    "serving_image": "service.image",
+    "service_account": "service.service_account",
+    "deployment_mode": "service.deployment_mode",
+    "min_replicas": "service.min_replicas",
+    "max_replicas": "service.max_replicas",
+    "cpu": "service.cpu",
+    "memory": "service.memory",
+    "gpus": "service.gpus",
+    "canary_traffic_percent": "service.canary_traffic_percent",
+    "timeout": "timeout",
+}
+DEPLOY_NOT_GIVEN = {"canary_traffic_percent": -1}
+
+
+def _default(cls, path: str):
+    """The default of the setting at ``path`` (``service.image``: field image of field service)."""
+    *outer, name = path.split(".")
+    for field in outer:
+        cls = type(default_of(cls, field))
+    return default_of(cls, name)
+
+
+def test_deploy_component_defaults_are_the_deploy_settings_defaults():
+    parameters = inspect.signature(components.deploy.python_func).parameters
+    defaults = {
+        name: parameter.default
+        for name, parameter in parameters.items()
+        if parameter.default is not inspect.Parameter.empty and name != "workspace"
+    }
+    assert set(defaults) == set(DEPLOY_PARAMETERS)
+    for parameter, path in DEPLOY_PARAMETERS.items():
+        declared = defaults[parameter]
+        if DEPLOY_NOT_GIVEN.get(parameter) == declared:
+            declared = None
+        assert declared == _default(DeploySettings, path), parameter
 
 
 class _Artifact:

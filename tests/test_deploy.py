@@ -14,19 +14,23 @@ import yaml
 from kserve import V1beta1InferenceService
 from support.fake_kubernetes import Controller, FakeKubernetesApi
 
+from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.inference_service import (
     DeployError,
     ServiceSpec,
-    deploy_local,
-    deploy_local_from_dataset,
-    deploy_to_cluster,
-    first_test_image,
     render_inference_service,
     storage_uri,
     toleration,
 )
 from invmon.cluster.typed import to_typed
 from invmon.serving.server import LocalServer
+from invmon.stages.deploy import (
+    DeploySettings,
+    deploy_local,
+    deploy_to_cluster,
+    first_test_image,
+    run,
+)
 from invmon.training.model import ModelNotFound, build_model, read_config, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +104,9 @@ def test_storage_uri_maps_kfp_artifact_uris():
 
 
 def test_local_deploy_serves_and_checks_real_requests(model_dir, arranged_dir):
-    report = deploy_local_from_dataset(model_dir, arranged_dir)
+    report = run(
+        DeploySettings(model_uri=str(model_dir), target="local", arranged=str(arranged_dir))
+    )
     assert report.v1_count == report.v2_count == report.in_process_count
     assert report.true_count is not None
 
@@ -127,6 +133,25 @@ def test_gpu_pool_placement_is_rendered_and_typed():
     assert predictor.tolerations[0].operator == "Exists"
     assert predictor.min_replicas == 0 and predictor.max_replicas == 4
     assert typed.metadata.annotations["serving.kserve.io/deploymentMode"] == "Knative"
+
+
+def test_a_dry_run_renders_what_a_rollout_would_apply():
+    manifest = run(DeploySettings(model_uri="minio://mlpipeline/model", dry_run=True))
+    container = manifest["spec"]["predictor"]["containers"][0]
+    assert container["env"] == [{"name": "STORAGE_URI", "value": "s3://mlpipeline/model"}]
+    assert manifest["metadata"]["namespace"] == "default", "not in a pod: the default namespace"
+    assert container["image"] == DEFAULT_IMAGES.image("serve"), "empty: the project's image"
+
+
+def test_local_is_a_target_on_the_command_line_too():
+    from invmon.cli import build_parser
+
+    parser = build_parser(only="deploy")
+    for flags in (["--local"], ["--target", "local"]):
+        args = parser.parse_args(["deploy", "--model-uri", "m", *flags])
+        assert args.command_object.settings is DeploySettings and args.target == "local"
+    with pytest.raises(ValueError, match="--target must be one of kserve, local"):
+        DeploySettings(model_uri="m", target="cloud")
 
 
 def test_a_bad_toleration_names_deploys_own_option():

@@ -50,18 +50,13 @@ def deploy(
         timeout: Seconds to wait for the service to become Ready.
         workspace: The pipeline workspace path, when the arranged images live in it.
     """
-    from invmon.cluster import inference_service as stage
+    from invmon.cluster.inference_service import ServiceSpec
+    from invmon.stages import deploy as stage
 
-    if target == "local":
-        print(stage.deploy_local_from_dataset(model.path, arranged.path, name=name))
-        return
-    if target != "kserve":
-        raise ValueError(f"target must be kserve or local, got {target!r}")
-    spec = stage.ServiceSpec(
+    service = ServiceSpec(
         name=name,
-        namespace=namespace or stage.current_namespace(),
-        model_uri=stage.storage_uri(model.uri),
-        image=serving_image or stage.DEFAULT_IMAGES.image("serve"),
+        namespace=namespace,
+        image=serving_image,
         service_account=service_account,
         deployment_mode=deployment_mode,
         min_replicas=min_replicas,
@@ -69,8 +64,15 @@ def deploy(
         cpu=cpu,
         memory=memory,
         gpus=gpus,
+        # KFP has no optional integers: -1 stands for "not given".
         canary_traffic_percent=None if canary_traffic_percent < 0 else canary_traffic_percent,
     )
-    image, _count = stage.first_test_image(arranged.path)
-    report = stage.deploy_to_cluster(spec, image.read_bytes(), model.path, timeout=timeout)
-    print(report.to_dict())
+    settings = stage.DeploySettings(
+        model_uri=model.uri,
+        model=model.path,
+        service=service,
+        target=target,
+        timeout=timeout,
+        arranged=arranged.path,
+    )
+    print(stage.run(settings).to_dict())

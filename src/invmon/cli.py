@@ -36,7 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("invmon.stages.train:TRAIN", "train the ResNet50 counting model"),
     "evaluate": ("invmon.stages.evaluate:EVALUATE", "evaluate a model on the test split"),
     "deploy": (
-        "invmon._legacy_cli:deploy",
+        "invmon.stages.deploy:DEPLOY",
         "create or update the KServe InferenceService, wait for Ready, smoke-test it",
     ),
     "serve": ("invmon.stages.serve:SERVE", "serve a model folder with KServe until stopped"),

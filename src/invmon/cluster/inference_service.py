@@ -1,15 +1,13 @@
-"""Deploy: put a trained model behind KServe, and check that it answers.
+"""The KServe InferenceService of the model: render it, check it, create or update it, wait.
 
-On a cluster, :func:`deploy_to_cluster` creates or updates a v1beta1 InferenceService whose
-predictor is the serving image (a custom ``kserve.Model``). KServe's storage initializer fetches
-the model folder from ``STORAGE_URI`` (``s3://...``) with the credentials of the predictor's
-ServiceAccount, whose Secret carries KServe's ``serving.kserve.io/s3-*`` annotations: no credential
-is ever in the manifest. It then waits until the service reports Ready for the new generation (or
-fails with the service's conditions), and sends a smoke request whose answer must match the model
-run in-process.
-
-In a local run there is no cluster: :func:`deploy_local` serves the model folder with KServe's
-ModelServer on loopback, sends the same smoke requests, and stops the server.
+:func:`render_inference_service` writes a v1beta1 InferenceService whose predictor is the serving
+image (a custom ``kserve.Model``), checked field by field against kserve's typed model. KServe's
+storage initializer fetches the model folder from ``STORAGE_URI`` (``s3://...``) with the
+credentials of the predictor's ServiceAccount, whose Secret carries KServe's
+``serving.kserve.io/s3-*`` annotations: no credential is ever in the manifest.
+:func:`roll_out` creates or updates the service and waits until it reports Ready for the new
+generation, or fails with the service's conditions. The deploy stage (:mod:`invmon.stages.deploy`)
+then sends the smoke requests.
 """
 
 from __future__ import annotations
@@ -18,14 +16,12 @@ import copy
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-
-import numpy as np
+from dataclasses import dataclass
 
 from invmon.cluster import objects as cluster
 from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.placement import parse_toleration
+from invmon.core.settings import Settings, setting
 from invmon.serving.client import DEFAULT_MODEL_NAME
 
 log = logging.getLogger(__name__)
@@ -45,24 +41,48 @@ class DeployError(RuntimeError):
     """The InferenceService could not be rolled out, or does not answer correctly."""
 
 
+def toleration(text: str) -> dict:
+    """A toleration from ``KEY[=VALUE]:EFFECT`` (the form ``invmon compile`` takes), as a dict."""
+    return parse_toleration(text, "--toleration").to_dict()
+
+
 @dataclass(frozen=True)
-class ServiceSpec:
+class ServiceSpec(Settings):
     """Settings of the InferenceService."""
 
-    name: str = DEFAULT_MODEL_NAME
-    namespace: str = "kubeflow-user"
-    model_uri: str = ""
-    image: str = DEFAULT_IMAGES.image("serve")
-    service_account: str = "invmon-s3"
-    deployment_mode: str = "Standard"
-    min_replicas: int = 1
-    max_replicas: int = 2
-    cpu: str = "1"
-    memory: str = "2Gi"
-    gpus: int = 0
-    node_selector: dict[str, str] = field(default_factory=dict)
-    tolerations: tuple[dict, ...] = ()
-    canary_traffic_percent: int | None = None
+    name: str = setting(DEFAULT_MODEL_NAME, help="service and model name")
+    namespace: str = setting("", help="Kubernetes namespace (empty: this pod's, or default)")
+    # The storageUri KServe fetches (s3://...); the deploy stage sets it from --model-uri.
+    model_uri: str = setting("", help="storage URI of the model folder", cli=False)
+    image: str = setting("", help="predictor image (empty: the project's serving image)")
+    service_account: str = setting(
+        "invmon-s3", help="ServiceAccount whose Secret carries KServe's S3 settings"
+    )
+    deployment_mode: str = setting(
+        "Standard",
+        choices=DEPLOYMENT_MODES,
+        help="Standard (a Kubernetes Deployment) or Knative (scale to zero, canary rollouts)",
+    )
+    min_replicas: int = setting(1, help="fewest predictor replicas (0 needs Knative)", minimum=0)
+    max_replicas: int = setting(2, help="most predictor replicas", minimum=1)
+    cpu: str = setting("1", help="CPU request and limit per replica")
+    memory: str = setting("2Gi", help="memory request and limit per replica")
+    gpus: int = setting(0, help="GPUs per replica", minimum=0)
+    node_selector: dict[str, str] = setting(
+        default_factory=dict,
+        help="node label the predictor must run on (repeatable)",
+        metavar="KEY=VALUE",
+    )
+    tolerations: tuple[dict, ...] = setting(
+        (),
+        help="node taint the predictor tolerates (repeatable)",
+        flag="--toleration",
+        parse=toleration,
+        metavar="KEY[=VALUE]:EFFECT",
+    )
+    canary_traffic_percent: int | None = setting(
+        None, help="on update in Knative mode: share of traffic for the new revision"
+    )
 
     def __post_init__(self):
         if not self.name or not set(self.name) <= _NAME_CHARS or not self.name[0].isalpha():
@@ -82,8 +102,6 @@ class ServiceSpec:
             )
         if self.min_replicas == 0 and self.deployment_mode != "Knative":
             raise ValueError("--min-replicas 0 (scale to zero) needs --deployment-mode Knative")
-        if self.gpus < 0:
-            raise ValueError(f"--gpus must be >= 0, got {self.gpus}")
         if self.canary_traffic_percent is not None:
             if self.deployment_mode != "Knative":
                 raise ValueError(
@@ -95,6 +113,7 @@ class ServiceSpec:
                     f"--canary-traffic-percent must be between 0 and 100, "
                     f"got {self.canary_traffic_percent}"
                 )
+        super().__post_init__()
 
 
 def render_inference_service(spec: ServiceSpec) -> dict:
@@ -111,7 +130,7 @@ def render_inference_service(spec: ServiceSpec) -> dict:
         limits["nvidia.com/gpu"] = str(spec.gpus)
     container = {
         "name": "kserve-container",
-        "image": spec.image,
+        "image": spec.image or DEFAULT_IMAGES.image("serve"),
         "args": [
             "--model_name",
             spec.name,
@@ -169,11 +188,6 @@ def check_inference_service(manifest: dict):
     from invmon.cluster.typed import to_typed
 
     return to_typed(manifest, V1beta1InferenceService)
-
-
-def toleration(text: str) -> dict:
-    """A toleration from ``KEY[=VALUE]:EFFECT`` (the form ``invmon compile`` takes), as a dict."""
-    return parse_toleration(text, "--toleration").to_dict()
 
 
 # -- rolling out on a cluster ------------------------------------------------------------------
@@ -337,122 +351,21 @@ def service_url(obj: dict) -> str:
     return url.rstrip("/")
 
 
-# -- smoke requests --------------------------------------------------------------------------
-
-
 @dataclass
-class SmokeResult:
-    """The answers of one V1 and one V2 request carrying the same image."""
+class Rollout:
+    """What :func:`roll_out` did, and the service once Ready."""
 
-    url: str
-    v1_count: int
-    v2_count: int
-    expected_count: int | None
-    max_probability_difference: float | None
+    action: str  # created or updated
+    generation: int
+    ready: dict
     seconds: float
 
 
-def smoke_check(
-    url: str,
-    name: str,
-    image: bytes,
-    expected=None,
-    tolerance: float = 0.05,
-    host: str | None = None,
-    timeout: float = 60.0,
-) -> SmokeResult:
-    """Send ``image`` over V1 and V2 and check the answers; raise DeployError if one is wrong.
+def roll_out(spec: ServiceSpec, api=None, timeout: float = 600.0, poll: float = 5.0) -> Rollout:
+    """Create or update the InferenceService of ``spec`` and wait until it is Ready.
 
-    ``expected`` (Predictions of the same model run in-process) makes the check strict: both
-    answers' class probabilities must be within ``tolerance`` of it (different hardware or
-    precision moves them a little), and the counts must match unless the in-process answer is a
-    near tie.
-    """
-    from invmon.serving.client import PredictError, PredictorClient
-
-    start = time.monotonic()
-    try:
-        v1 = PredictorClient(url, name, "v1", host=host, timeout=timeout).predict([image])[0]
-        # A JSON body, as most V2 clients send; the request id must come back.
-        v2_client = PredictorClient(url, name, "v2", host=host, timeout=timeout, binary=False)
-        v2 = v2_client.predict([image], request_id="smoke")[0]
-    except PredictError as err:
-        status = f"HTTP {err.status}: " if err.status else ""
-        raise DeployError(f"smoke request to {url} failed: {status}{err}") from None
-    for protocol, answer in (("V1", v1), ("V2", v2)):
-        _check(
-            abs(sum(answer.probabilities.values()) - 1) < 1e-3,
-            f"{protocol} probabilities do not sum to 1: {answer}",
-        )
-    _check(v1.count == v2.count, f"V1 says {v1.count} items, V2 says {v2.count}")
-    difference = None if expected is None else _compare(v1, v2, expected, tolerance)
-    return SmokeResult(
-        url=url,
-        v1_count=v1.count,
-        v2_count=v2.count,
-        expected_count=None if expected is None else int(expected.counts[0]),
-        max_probability_difference=None if difference is None else round(difference, 6),
-        seconds=round(time.monotonic() - start, 3),
-    )
-
-
-def _compare(v1, v2, expected, tolerance: float) -> float:
-    """Check both answers against the in-process Predictions; return the largest difference."""
-    reference = expected.probabilities[0].astype(np.float64)
-    difference = max(
-        float(np.abs(np.array(list(a.probabilities.values())) - reference).max()) for a in (v1, v2)
-    )
-    _check(
-        difference <= tolerance,
-        f"served probabilities differ from the in-process model by {difference:.4f} "
-        f"(allowed {tolerance})",
-    )
-    top2 = np.sort(reference)[-2:]
-    if top2[1] - top2[0] > 2 * tolerance:
-        _check(
-            v1.count == int(expected.counts[0]),
-            f"served count {v1.count} differs from the in-process count {expected.counts[0]}",
-        )
-    return difference
-
-
-def _check(condition: bool, message: str) -> None:
-    if not condition:
-        raise DeployError(f"smoke request failed: {message}")
-
-
-@dataclass
-class ClusterDeployReport:
-    """What a rollout did, how long Ready took, and the smoke request's answer."""
-
-    namespace: str
-    name: str
-    action: str
-    generation: int
-    canary_traffic_percent: int | None
-    ready_seconds: float
-    smoke: SmokeResult
-
-    def to_dict(self) -> dict:
-        """Return a JSON-serialisable form."""
-        return asdict(self)
-
-
-def deploy_to_cluster(
-    spec: ServiceSpec,
-    smoke_image: bytes,
-    model_dir: str | Path | None = None,
-    api=None,
-    timeout: float = 600.0,
-    poll: float = 5.0,
-    smoke_url: str | None = None,
-    smoke_host: str | None = None,
-) -> ClusterDeployReport:
-    """Create or update the InferenceService, wait until Ready, then check a smoke request.
-
-    ``model_dir`` is the model folder (when at hand) whose in-process answer the served one must
-    match. ``smoke_url`` overrides the URL the service reports (for example an ingress gateway,
-    with ``smoke_host`` as the Host header it routes on).
+    Raises DeployError when the API refuses it, its model fails to load, or ``timeout`` seconds
+    pass first.
     """
     api = api or cluster.custom_objects_api()
     manifest = render_inference_service(spec)
@@ -463,24 +376,7 @@ def deploy_to_cluster(
         "InferenceService %s/%s %s (generation %d)", spec.namespace, spec.name, action, generation
     )
     ready = wait_until_ready(api, spec.namespace, spec.name, generation, timeout, poll)
-    ready_seconds = round(time.monotonic() - start, 1)
-    expected = None
-    if model_dir is not None:
-        from invmon.serving.counter import Counter
-
-        expected = Counter.from_model_dir(model_dir).predict_bytes([smoke_image])
-    smoke = smoke_check(
-        smoke_url or service_url(ready), spec.name, smoke_image, expected, host=smoke_host
-    )
-    return ClusterDeployReport(
-        namespace=spec.namespace,
-        name=spec.name,
-        action=action,
-        generation=generation,
-        canary_traffic_percent=spec.canary_traffic_percent if action == "updated" else None,
-        ready_seconds=ready_seconds,
-        smoke=smoke,
-    )
+    return Rollout(action, generation, ready, round(time.monotonic() - start, 1))
 
 
 def current_namespace(default: str = "default") -> str:
@@ -497,84 +393,3 @@ def storage_uri(artifact_uri: str) -> str:
         f"model URI {artifact_uri!r} is not fetchable by KServe (allowed: s3://, minio://, gs://, "
         "pvc://, https://); set the pipeline root to an object store"
     )
-
-
-# -- local: a ModelServer on loopback ----------------------------------------------------------
-
-
-@dataclass
-class LocalDeployReport:
-    """The outcome of serving a model on loopback and querying it."""
-
-    url: str
-    model_name: str
-    image: str
-    true_count: int | None
-    v1_count: int
-    v2_count: int
-    in_process_count: int
-    startup_seconds: float
-    request_seconds: float
-
-    def to_dict(self) -> dict:
-        """Return a JSON-serialisable form."""
-        return asdict(self)
-
-
-def deploy_local(
-    model_dir: str | Path,
-    image_path: str | Path,
-    true_count: int | None = None,
-    name: str = DEFAULT_MODEL_NAME,
-) -> LocalDeployReport:
-    """Serve ``model_dir`` with KServe's ModelServer on loopback, query it, then stop it.
-
-    Sends the image at ``image_path`` once over V1 and once over V2, and fails unless both answers
-    are well formed and equal the prediction of the same model run in-process (same machine and
-    precision, so the tolerance is tight).
-    """
-    from invmon.serving.counter import Counter
-    from invmon.serving.server import LocalServer
-
-    image = Path(image_path).read_bytes()
-    # The server runs the same frozen graph and precision as the in-process reference, so the
-    # answers must agree to rounding (a compiled graph would differ in the last bf16 bits).
-    expected = Counter.from_model_dir(model_dir, freeze=True).predict_bytes([image])
-    start = time.monotonic()
-    with LocalServer(model_dir, name=name, extra_args=["--graph", "frozen"]) as server:
-        started = time.monotonic()
-        smoke = smoke_check(server.url, name, image, expected, tolerance=1e-3)
-    _check(
-        smoke.v1_count == int(expected.counts[0]),
-        f"served count {smoke.v1_count} differs from the in-process count {expected.counts[0]}",
-    )
-    return LocalDeployReport(
-        url=server.url,
-        model_name=name,
-        image=str(image_path),
-        true_count=true_count,
-        v1_count=smoke.v1_count,
-        v2_count=smoke.v2_count,
-        in_process_count=int(expected.counts[0]),
-        startup_seconds=round(started - start, 2),
-        request_seconds=smoke.seconds,
-    )
-
-
-def first_test_image(arranged: str | Path) -> tuple[Path, int]:
-    """The first test image of an arranged dataset and its recorded count."""
-    from invmon.data.layout import image_locator, read_manifest
-
-    rows = [r for r in read_manifest(arranged) if r[2] == "test"]
-    if not rows:
-        raise ValueError(f"arranged dataset {str(arranged)!r} has no test image to send")
-    bin_id, count, split = rows[0]
-    return image_locator(arranged)(bin_id, count, split), count
-
-
-def deploy_local_from_dataset(
-    model_dir: str | Path, arranged: str | Path, name: str = DEFAULT_MODEL_NAME
-) -> LocalDeployReport:
-    """:func:`deploy_local` with the first test image of an arranged dataset as the request."""
-    image, count = first_test_image(arranged)
-    return deploy_local(model_dir, image, true_count=count, name=name)
