@@ -124,11 +124,38 @@ def render_inference_service(spec: ServiceSpec) -> dict:
     """
     if not spec.model_uri:
         raise ValueError("--model-uri is required (for example s3://bucket/models/bin-counter)")
+    predictor = {
+        "serviceAccountName": spec.service_account,
+        "minReplicas": spec.min_replicas,
+        "maxReplicas": spec.max_replicas,
+        "containers": [_predictor_container(spec)],
+    }
+    if spec.node_selector:
+        predictor["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        predictor["tolerations"] = [dict(t) for t in spec.tolerations]
+    manifest = {
+        "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": spec.name,
+            "namespace": spec.namespace,
+            "annotations": {DEPLOYMENT_MODE_ANNOTATION: spec.deployment_mode},
+            "labels": dict(cluster.PART_OF),
+        },
+        "spec": {"predictor": predictor},
+    }
+    check_inference_service(manifest)
+    return manifest
+
+
+def _predictor_container(spec: ServiceSpec) -> dict:
+    """The serving image's container: KServe's flags, the model's storage URI, non-root."""
     requests = {"cpu": spec.cpu, "memory": spec.memory}
     limits = dict(requests)
     if spec.gpus:
         limits["nvidia.com/gpu"] = str(spec.gpus)
-    container = {
+    return {
         "name": "kserve-container",
         "image": spec.image or DEFAULT_IMAGES.image("serve"),
         "args": [
@@ -156,29 +183,6 @@ def render_inference_service(spec: ServiceSpec) -> dict:
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    predictor = {
-        "serviceAccountName": spec.service_account,
-        "minReplicas": spec.min_replicas,
-        "maxReplicas": spec.max_replicas,
-        "containers": [container],
-    }
-    if spec.node_selector:
-        predictor["nodeSelector"] = dict(spec.node_selector)
-    if spec.tolerations:
-        predictor["tolerations"] = [dict(t) for t in spec.tolerations]
-    manifest = {
-        "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
-        "kind": "InferenceService",
-        "metadata": {
-            "name": spec.name,
-            "namespace": spec.namespace,
-            "annotations": {DEPLOYMENT_MODE_ANNOTATION: spec.deployment_mode},
-            "labels": dict(cluster.PART_OF),
-        },
-        "spec": {"predictor": predictor},
-    }
-    check_inference_service(manifest)
-    return manifest
 
 
 def check_inference_service(manifest: dict):
