@@ -14,9 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
+from invmon.cluster.inference_service import ServiceSpec
 from invmon.core.settings import Settings, inherit, setting, spec_of
 from invmon.data.s3 import S3Options
 from invmon.stages.arrange import ArrangeSettings
+from invmon.stages.audit import AuditSettings
+from invmon.stages.deploy import DeploySettings
 from invmon.stages.ingest import BinSelection
 from invmon.stages.preprocess import PreprocessSettings
 from invmon.stages.train import TrainJobOptions, TrainSettings
@@ -79,22 +82,25 @@ class PipelineParameters(Settings):
         help="quality gate: deploy and audit run only when the test accuracy reaches this "
         "(majority baselines: 0.17 for counts 0-5, 0.26 for 1-5)",
     )
-    deploy_target: str = setting(
-        "kserve", help="kserve (InferenceService) or local (ModelServer on loopback)"
+    deploy_target: str = inherit(
+        DeploySettings,
+        "target",
+        help="kserve (InferenceService) or local (ModelServer on loopback)",
     )
-    model_name: str = setting("bin-counter", help="name of the InferenceService and of the model")
-    namespace: str = setting(
-        "", help="namespace of the InferenceService (empty: the pipeline's namespace)"
+    model_name: str = inherit(ServiceSpec, "name")
+    # Empty is "the pipeline's namespace": the deploy task's pod namespace.
+    namespace: str = inherit(
+        ServiceSpec, "namespace", help="namespace of the InferenceService (empty: the pipeline's)"
     )
-    deployment_mode: str = setting(
-        "Standard", help="Standard (Kubernetes Deployment) or Knative (canary, scale to zero)"
+    deployment_mode: str = inherit(ServiceSpec, "deployment_mode")
+    # KFP has no optional integers: -1 stands for "not given" (0 is a share).
+    canary_traffic_percent: int = inherit(
+        ServiceSpec,
+        "canary_traffic_percent",
+        default=-1,
+        help="Knative updates: traffic share of the new model (-1: all)",
     )
-    canary_traffic_percent: int = setting(
-        -1, help="Knative updates: traffic share of the new model (-1: all)"
-    )
-    audit_threshold: float = setting(
-        0.1, help="flag a bin when the model gives its recorded count a probability below this"
-    )
+    audit_threshold: float = inherit(AuditSettings, "threshold")
 
 
 DEFAULTS = PipelineParameters()
@@ -103,6 +109,7 @@ DEFAULTS = PipelineParameters()
 # accepts these and the KFP form of a None default, nothing else).
 DIFFERENT_DEFAULTS = {
     "anonymous": "the default source, the public ABID bucket, is read with unsigned requests",
+    "canary_traffic_percent": "KFP has no optional integers: -1 is the stage's None (all traffic)",
 }
 
 
