@@ -37,6 +37,9 @@ import numpy as np
 from invmon.serving.client import read_v2_answer, v2_binary_request
 from invmon.serving.server import LocalServer
 
+# The synthetic training data is test support, kept under tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 NAME = "bin-counter"
 HERE = Path(__file__).resolve().parent
 
@@ -74,30 +77,23 @@ def train_quick_model(image_size: int, out: Path) -> Path:
     for minutes on 300 real photos answers nearly the same for every photo (two epochs: "5" for
     all 300), which makes "same count as the naive predictor" say nothing.
     """
-    from invmon.data.synth import synthesize
-    from invmon.stages import arrange, preprocess
-    from invmon.stages.arrange import ArrangeSettings
-    from invmon.stages.preprocess import PreprocessSettings
+    from support.datasets import synthetic_shards
+
     from invmon.training.config import TrainConfig
     from invmon.training.loop import fit
 
-    synthesize(str(out / "raw"), 600, seed=7, max_items=3, workers=2)
-    arrange.run(
-        ArrangeSettings(
-            raw=str(out / "raw"),
-            out=str(out / "arranged"),
-            classes="0-3",
-            split="0.8,0.1,0.1",
-            seed=0,
-        )
-    )
-    preprocess.run(
-        PreprocessSettings(
-            data=str(out / "arranged"), out=str(out / "shards"), image_size=image_size, workers=2
-        )
+    shards = synthetic_shards(
+        out,
+        600,
+        seed=7,
+        max_items=3,
+        classes="0-3",
+        split="0.8,0.1,0.1",
+        image_size=image_size,
+        workers=2,
     )
     config = TrainConfig(epochs=6, batch_size=32, lr=2e-3, device="cpu")
-    fit(out / "shards", config, out=out / "model", quiet=True)
+    fit(shards, config, out=out / "model", quiet=True)
     return out / "model"
 
 

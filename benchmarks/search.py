@@ -23,6 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# The synthetic training data is test support, kept under tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 BINS = 1200
 SIZE = 32
 TRIALS = 12
@@ -38,25 +41,11 @@ VARIANTS = (
 
 def make_dataset(root: Path) -> Path:
     """Synthetic bins through the project's own synth, arrange and preprocess stages."""
-    from invmon.data.synth import synthesize
-    from invmon.stages import arrange, preprocess
-    from invmon.stages.arrange import ArrangeSettings
-    from invmon.stages.preprocess import PreprocessSettings
+    from support.datasets import synthetic_shards
 
-    synthesize(str(root / "raw"), BINS, seed=1)
-    arrange.run(
-        ArrangeSettings(
-            raw=str(root / "raw"),
-            out=str(root / "arranged"),
-            classes="0-5",
-            split="0.7,0.15,0.15",
-            seed=0,
-        )
+    return synthetic_shards(
+        root, BINS, seed=1, classes="0-5", split="0.7,0.15,0.15", image_size=SIZE
     )
-    preprocess.run(
-        PreprocessSettings(data=str(root / "arranged"), out=str(root / "shards"), image_size=SIZE)
-    )
-    return root / "shards"
 
 
 def search(shards: Path, out: Path, early_stopping: str, start_epoch: int):

@@ -29,6 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# The synthetic training data is test support, kept under tests/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 SIZE = 224
 BATCH = 8
 BINS = 160  # 80 % of them train: 16 steps of 8 per epoch
@@ -42,27 +45,11 @@ VARIANTS = {
 
 def make_dataset(root: Path) -> Path:
     """Synthetic bins through the project's own synth, arrange and preprocess stages."""
-    from invmon.data.synth import synthesize
-    from invmon.stages import arrange, preprocess
-    from invmon.stages.arrange import ArrangeSettings
-    from invmon.stages.preprocess import PreprocessSettings
+    from support.datasets import synthetic_shards
 
-    synthesize(str(root / "raw"), BINS, seed=0, workers=1)
-    arrange.run(
-        ArrangeSettings(
-            raw=str(root / "raw"),
-            out=str(root / "arranged"),
-            classes="0-5",
-            split="0.8,0,0.2",
-            seed=0,
-        )
+    return synthetic_shards(
+        root, BINS, seed=0, classes="0-5", split="0.8,0,0.2", image_size=SIZE, workers=1
     )
-    preprocess.run(
-        PreprocessSettings(
-            data=str(root / "arranged"), out=str(root / "shards"), image_size=SIZE, workers=1
-        )
-    )
-    return root / "shards"
 
 
 def _setup(shards: Path, precision: str):

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from support.datasets import synthetic_shards
 
 from invmon.data.s3 import S3Options, embedded_s3_server, make_client, make_public_bucket
 from invmon.data.synth import synthesize
@@ -97,27 +98,19 @@ def model_dir(shards_dir, tmp_path_factory) -> Path:
 def counting_model(tmp_path_factory) -> Path:
     """A model trained well enough to count 0-2 items in small synthetic photos."""
     root = tmp_path_factory.mktemp("counting")
-    synthesize(str(root / "raw"), 480, seed=21, max_items=2, workers=1)
-    arrange.run(
-        ArrangeSettings(
-            raw=str(root / "raw"),
-            out=str(root / "arranged"),
-            classes="0-2",
-            split="0.8,0.1,0.1",
-            seed=0,
-        )
-    )
-    preprocess.run(
-        PreprocessSettings(
-            data=str(root / "arranged"),
-            out=str(root / "shards"),
-            image_size=48,
-            shard_size=256,
-            workers=1,
-        )
+    shards = synthetic_shards(
+        root,
+        480,
+        seed=21,
+        max_items=2,
+        classes="0-2",
+        split="0.8,0.1,0.1",
+        image_size=48,
+        shard_size=256,
+        workers=1,
     )
     config = TrainConfig(epochs=6, batch_size=32, lr=2e-3, device="cpu", seed=0)
-    fit(root / "shards", config, out=root / "model", quiet=True)
+    fit(shards, config, out=root / "model", quiet=True)
     return root / "model"
 
 
