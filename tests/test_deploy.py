@@ -22,7 +22,7 @@ from invmon.cluster.inference_service import (
     storage_uri,
     toleration,
 )
-from invmon.cluster.typed import to_typed
+from invmon.cluster.typed import check
 from invmon.serving.server import LocalServer
 from invmon.stages.deploy import (
     DeploySettings,
@@ -40,7 +40,7 @@ SERVICE_KEY = ("inferenceservices", "team", "bin-counter")
 
 def _typed(manifest: dict) -> V1beta1InferenceService:
     """Read with the kserve package's typed model; unknown fields raise."""
-    return to_typed(manifest, V1beta1InferenceService)
+    return check(manifest, V1beta1InferenceService)
 
 
 def test_manifest_is_a_valid_inference_service_for_the_custom_predictor():

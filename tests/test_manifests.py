@@ -8,7 +8,7 @@ import pytest
 import yaml
 from kserve import V1beta1InferenceService
 
-from invmon.cluster.typed import to_typed
+from invmon.cluster.typed import check
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -33,7 +33,7 @@ def _objects() -> list[tuple[Path, dict]]:
 def validate(obj: dict) -> None:
     """Strict validation: core kinds by kubernetes-validate, custom kinds by typed models."""
     if obj["kind"] in CUSTOM_KINDS:
-        to_typed(obj, CUSTOM_KINDS[obj["kind"]])
+        check(obj, CUSTOM_KINDS[obj["kind"]])
     else:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from invmon.cluster import objects as cluster
+from invmon.cluster import typed
 from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.placement import parse_toleration
 from invmon.core.settings import Settings, setting
@@ -189,9 +190,7 @@ def check_inference_service(manifest: dict):
     """Read ``manifest`` into kserve's typed V1beta1InferenceService; raise on any unknown field."""
     from kserve import V1beta1InferenceService
 
-    from invmon.cluster.typed import to_typed
-
-    return to_typed(manifest, V1beta1InferenceService)
+    return typed.check(manifest, V1beta1InferenceService)
 
 
 # -- rolling out on a cluster ------------------------------------------------------------------

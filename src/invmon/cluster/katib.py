@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from invmon.cluster import objects as cluster
+from invmon.cluster import typed
 from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.placement import PodPlacement
 from invmon.core.settings import flag_for, to_flags
@@ -88,8 +89,6 @@ def trial_command(spec: SearchSpec, base: TrainConfig, settings: TrialSettings) 
 
 def trial_job(spec: SearchSpec, base: TrainConfig, settings: TrialSettings) -> dict:
     """The batch Job each trial runs, checked against the kubernetes client's V1Job model."""
-    from invmon.cluster.typed import to_typed
-
     placement = settings.placement
     container = {
         "name": PRIMARY_CONTAINER,
@@ -122,7 +121,7 @@ def trial_job(spec: SearchSpec, base: TrainConfig, settings: TrialSettings) -> d
             },
         },
     }
-    to_typed(job, "V1Job")
+    typed.check(job, "V1Job")
     return job
 
 
@@ -215,7 +214,7 @@ def check_experiment(manifest: dict):
     """
     from kubeflow_katib_api import models
 
-    experiment = cluster.check_model(manifest, models.V1beta1Experiment)
+    experiment = typed.check(manifest, models.V1beta1Experiment)
     template = experiment.spec.trial_template
     searched = {p.name for p in experiment.spec.parameters}
     command = " ".join(template.trial_spec["spec"]["template"]["spec"]["containers"][0]["command"])

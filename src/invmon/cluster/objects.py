@@ -3,16 +3,14 @@
 Katib Experiments and Kubeflow Trainer TrainJobs are custom objects; the ``kubernetes`` client's
 ``CustomObjectsApi`` creates and reads them. Their typed models come from the ``kubeflow``
 package (``kubeflow_katib_api``, ``kubeflow_trainer_api``): objects are built from those models in
-code, and :func:`check_model` reads the resulting JSON back field by field, so that a misspelt or
-misplaced field is an error here, not a silently dropped field on a cluster.
+code, and :func:`invmon.cluster.typed.check` reads the resulting JSON back field by field, so that
+a misspelt or misplaced field is an error here, not a silently dropped field on a cluster.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import types
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,55 +120,6 @@ def wait_for(
         if clock() >= deadline:
             raise TimeoutError(f"{what} did not finish within {timeout:.0f}s")
         sleep(poll)
-
-
-# -- strict checks against the kubeflow package's typed models ---------------------------------
-
-
-def check_model(data, model_cls, path: str = "$"):
-    """Read ``data`` (API JSON) into the pydantic model ``model_cls``, refusing unknown fields.
-
-    The generated models ignore unknown keys; this walks every level first and raises ValueError
-    naming the first key the model does not define. Returns the validated model instance.
-    """
-    _check_fields(data, model_cls, path)
-    try:
-        return model_cls.from_dict(data)
-    except Exception as err:  # pydantic's ValidationError and the models' own ValueErrors
-        raise ValueError(f"{path}: not a valid {model_cls.__name__}: {err}") from err
-
-
-def _check_fields(data, annotation, path: str) -> None:
-    from pydantic import BaseModel
-
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin in (typing.Union, types.UnionType):
-        for arg in args:
-            if arg is not type(None):
-                _check_fields(data, arg, path)
-        return
-    if origin in (list, typing.List) and args and isinstance(data, list):  # noqa: UP006
-        for i, item in enumerate(data):
-            _check_fields(item, args[0], f"{path}[{i}]")
-        return
-    if origin in (dict, typing.Dict) and len(args) == 2 and isinstance(data, dict):  # noqa: UP006
-        for key, item in data.items():
-            _check_fields(item, args[1], f"{path}.{key}")
-        return
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        if "actual_instance" in annotation.model_fields:
-            return  # a oneOf wrapper (such as Quantity) of scalars: from_dict validates it
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected an object ({annotation.__name__}), got {data!r}")
-        by_alias = {(f.alias or name): f for name, f in annotation.model_fields.items()}
-        for key, value in data.items():
-            if key not in by_alias:
-                allowed = ", ".join(sorted(by_alias))
-                raise ValueError(
-                    f"{path}.{key}: not a field of {annotation.__name__} (fields: {allowed})"
-                )
-            _check_fields(value, by_alias[key].annotation, f"{path}.{key}")
 
 
 # KFP's default artifact store is the MinIO service of the kubeflow namespace.

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from invmon.cluster import objects as cluster
+from invmon.cluster import typed
 from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.katib import check_name
 from invmon.cluster.placement import PodPlacement
@@ -160,14 +161,14 @@ def _pod_patch(placement: PodPlacement):
             }
         },
     }
-    return cluster.check_model(patch, models.TrainerV1alpha1RuntimePatch, "$.runtimePatches[0]")
+    return typed.check(patch, models.TrainerV1alpha1RuntimePatch, "$.runtimePatches[0]")
 
 
 def check_trainjob(manifest: dict):
     """Check a TrainJob against the typed Trainer models (unknown fields are errors)."""
     from kubeflow_trainer_api import models
 
-    return cluster.check_model(manifest, models.TrainerV1alpha1TrainJob)
+    return typed.check(manifest, models.TrainerV1alpha1TrainJob)
 
 
 def run_trainjob(
