@@ -171,6 +171,8 @@ def _release(settings: ClusterSettings, shared: str):
 
 def build_pipeline(settings: ClusterSettings | None = None):
     """Return the pipeline function, wired for ``settings`` (defaults: project images, 1 GPU)."""
+    # Over 60 lines only because the nested signature is the pipeline's interface: one line per
+    # parameter, which KFP reads. The wiring itself is the 25 lines after it.
     settings = settings or ClusterSettings()
     # With a workspace, the data tasks ask for it (and get it mounted) through this placeholder.
     shared = dsl.WORKSPACE_PATH_PLACEHOLDER if settings.workspace.enabled else ""

@@ -6,6 +6,8 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Metrics, Model, Output
 from invmon.cluster.container_images import DEFAULT_IMAGES
 
 
+# Over 60 lines only by its interface: KFP reads the signature and the docstring's Args (the
+# UI's descriptions); the body adapts artifacts and calls the stage's run.
 @dsl.component(base_image=DEFAULT_IMAGES.for_stage("train"), install_kfp_package=False)
 def train(
     shards: Input[Dataset],

@@ -129,6 +129,8 @@ def render_experiment(
     name: str, spec: SearchSpec, base: TrainConfig, settings: TrialSettings, seed: int = 0
 ) -> dict:
     """The Experiment for ``spec``, built from the typed Katib models; returns its JSON form."""
+    # Longer than most functions on purpose: one nested constructor whose shape is the CRD's,
+    # read top to bottom against the Katib API reference.
     from kubeflow_katib_api import models
 
     if spec.early_stopping == "hyperband":
