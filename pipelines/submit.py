@@ -4,6 +4,16 @@ Parameters given as ``name=value`` are typed by the compiled pipeline's own para
 misspelt name or a value of the wrong type is refused before anything reaches the cluster.
 Authentication is kfp.Client's: a bearer token from ``--token-env`` (the name of an environment
 variable, so that the token never appears on a command line), or in-cluster service account tokens.
+
+Where the run executes and as whom depends on how Kubeflow Pipelines is installed, which the API
+server's healthz reports (``multi_user``; ``--install`` overrides it):
+
+- single-user (standalone KFP): every run executes in KFP's own namespace (``kubeflow``), whatever
+  a client names, so no namespace is passed, and the pods run as ``invmon-pipeline``, which
+  ``manifests/single-user`` creates there;
+- multi-user (the Kubeflow platform): the run executes in the Profile namespace given with
+  ``--namespace``, as the Profile's ``default-editor`` (``manifests/multi-user`` adds what the
+  project's code calls to it).
 """
 
 from __future__ import annotations
@@ -20,7 +30,10 @@ from invmon.core.settings import Settings, setting
 from invmon.pipelines.compile import ClusterSettings, compile_pipeline
 
 DEFAULT_EXPERIMENT = "inventory-monitoring"
-DEFAULT_SERVICE_ACCOUNT = "invmon-pipeline"
+INSTALL_MODES = ("auto", "single-user", "multi-user")
+# The run's ServiceAccount per install mode: the project's, made by manifests/single-user in KFP's
+# namespace; the one the Kubeflow profile controller makes in every Profile namespace.
+SERVICE_ACCOUNTS = {"single-user": "invmon-pipeline", "multi-user": "default-editor"}
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 
 
@@ -31,6 +44,43 @@ class Submitted:
     run_id: str
     experiment: str
     url: str
+    install: str = "single-user"
+    namespace: str | None = None
+    service_account: str | None = None
+
+
+@dataclass(frozen=True)
+class RunPlace:
+    """Where a run executes and as whom, for one install mode of Kubeflow Pipelines."""
+
+    install: str
+    namespace: str | None
+    service_account: str
+
+
+def run_place(install: str, namespace: str | None, service_account: str | None, client):
+    """The run's namespace and ServiceAccount for ``install`` (``auto``: ask the API server's
+    healthz whether it is multi-user). Empty ``service_account``: the install mode's."""
+    if install not in INSTALL_MODES:
+        raise ValueError(f"--install {install!r}: expected one of {', '.join(INSTALL_MODES)}")
+    if install == "auto":
+        install = "multi-user" if client.get_kfp_healthz().multi_user else "single-user"
+    account = service_account or SERVICE_ACCOUNTS[install]
+    if install == "single-user":
+        if namespace:
+            raise ValueError(
+                f"--namespace {namespace!r}: single-user Kubeflow Pipelines runs every pipeline "
+                "in its own namespace (kubeflow) whatever a client names; leave --namespace out "
+                "(or pass --install multi-user for a Kubeflow Profile namespace)"
+            )
+        return RunPlace(install, None, account)
+    namespace = namespace or client.get_user_namespace()
+    if not namespace:
+        raise ValueError(
+            "multi-user Kubeflow Pipelines: --namespace PROFILE is required (the Kubeflow "
+            "Profile namespace the run executes in)"
+        )
+    return RunPlace(install, namespace, account)
 
 
 def pipeline_parameters(package: Path) -> dict[str, str]:
@@ -78,16 +128,19 @@ def submit(
     experiment: str = DEFAULT_EXPERIMENT,
     run_name: str | None = None,
     namespace: str | None = None,
-    service_account: str | None = DEFAULT_SERVICE_ACCOUNT,
+    service_account: str | None = None,
     enable_caching: bool | None = None,
     settings: ClusterSettings | None = None,
     token_env: str | None = None,
     client=None,
+    install: str = "auto",
 ) -> Submitted:
     """Compile the pipeline for ``settings`` and start a run of it on the server at ``host``.
 
-    ``enable_caching=None`` keeps the compiled default (caching on); False reruns every task.
-    ``client`` replaces the ``kfp.Client`` built for ``host`` (tests pass one).
+    ``install`` (``auto``: the server's healthz says) picks the namespace and the default
+    ``service_account`` (:func:`run_place`). ``enable_caching=None`` keeps the compiled default
+    (caching on); False reruns every task. ``client`` replaces the ``kfp.Client`` built for
+    ``host`` (tests pass one).
     """
     token = None
     if token_env:
@@ -100,20 +153,26 @@ def submit(
         if client is None:
             import kfp
 
-            client = kfp.Client(host=host, namespace=namespace or "kubeflow", existing_token=token)
+            # No namespace here: single-user servers must not get one, and multi-user runs
+            # name theirs below.
+            client = kfp.Client(host=host, existing_token=token)
+        place = run_place(install, namespace, service_account, client)
         result = client.create_run_from_pipeline_package(
             str(package),
             arguments=arguments,
             run_name=run_name,
             experiment_name=experiment,
-            namespace=namespace,
+            namespace=place.namespace,
             enable_caching=enable_caching,
-            service_account=service_account,
+            service_account=place.service_account,
         )
     return Submitted(
         run_id=result.run_id,
         experiment=experiment,
         url=f"{host.rstrip('/')}/#/runs/details/{result.run_id}",
+        install=place.install,
+        namespace=place.namespace,
+        service_account=place.service_account,
     )
 
 
@@ -124,14 +183,24 @@ class SubmitSettings(Settings):
     host: str = setting(help="KFP API endpoint, e.g. https://HOST/pipeline")
     experiment: str = setting(DEFAULT_EXPERIMENT, help="experiment to run in")
     run_name: str | None = setting(None, help="run name shown in the UI")
-    namespace: str | None = setting(None, help="profile namespace (multi-user Kubeflow)")
+    namespace: str | None = setting(
+        None, help="Kubeflow Profile namespace the run executes in (multi-user only)"
+    )
+    install: str = setting(
+        "auto",
+        choices=INSTALL_MODES,
+        help="how Kubeflow Pipelines is installed; auto: ask the API server's healthz "
+        "(multi_user), which picks the namespace and the ServiceAccount",
+    )
     param: tuple[str, ...] = setting(
         (),
         help="pipeline parameter (repeatable), e.g. --param classes=1-5",
         metavar="NAME=VALUE",
     )
     service_account: str = setting(
-        DEFAULT_SERVICE_ACCOUNT, help="service account the run's pods use"
+        "",
+        help="ServiceAccount the run's pods use (empty: invmon-pipeline on single-user, "
+        "default-editor in a multi-user Profile namespace)",
     )
     token_env: str | None = setting(
         None, help="environment variable holding a bearer token", metavar="VAR"
@@ -151,6 +220,7 @@ def run(settings: SubmitSettings) -> Submitted:
         enable_caching=None if settings.cluster.caching else False,
         settings=settings.cluster,
         token_env=settings.token_env,
+        install=settings.install,
     )
 
 
@@ -158,5 +228,9 @@ SUBMIT = Command(
     SubmitSettings,
     run,
     description="Compile the pipeline and start a run of it through kfp.Client.",
-    show=lambda r, _: f"started run {r.run_id} in experiment {r.experiment!r}: {r.url}",
+    show=lambda r, _: (
+        f"started run {r.run_id} in experiment {r.experiment!r} ({r.install}, "
+        f"{'namespace ' + r.namespace if r.namespace else 'the KFP namespace'}, as "
+        f"{r.service_account}): {r.url}"
+    ),
 )

@@ -1,24 +1,27 @@
-"""invmon submit: typed parameters and a run created through the real kfp.Client over HTTP.
+"""invmon submit: typed parameters, the install mode's namespace and ServiceAccount, and a run
+created through the real kfp.Client over HTTP.
 
 No Kubeflow Pipelines API server can run here, so the client talks to FakeKfpApiServer, a small
-HTTP server on loopback that answers the three endpoints a submission uses and records them.
+FAKE HTTP server on loopback that answers the three endpoints a submission uses (healthz reports
+single-user or multi-user as the test says) and records them.
 """
 
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
 from invmon.cluster.container_images import ImageSet
 from invmon.pipelines.compile import ClusterSettings
-from invmon.pipelines.submit import parse_params, submit
+from invmon.pipelines.submit import SUBMIT, parse_params, submit
 
 
 class FakeKfpApiServer:
     """A fake KFP v2beta1 REST API: healthz, experiments, runs. Records what it was sent."""
 
-    def __init__(self):
+    def __init__(self, multi_user: bool = False):
         self.requests: list[tuple[str, str, dict]] = []
         fake = self
 
@@ -37,7 +40,7 @@ class FakeKfpApiServer:
             def do_GET(self):
                 fake.requests.append(("GET", self.path, {}))
                 if self.path.startswith("/apis/v2beta1/healthz"):
-                    self._answer({"multi_user": False})
+                    self._answer({"multi_user": multi_user})
                 elif self.path.startswith("/apis/v2beta1/experiments"):
                     self._answer({"experiments": [], "total_size": 0})
                 else:
@@ -74,6 +77,13 @@ class FakeKfpApiServer:
 @pytest.fixture
 def kfp_api():
     server = FakeKfpApiServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def multi_user_kfp_api():
+    server = FakeKfpApiServer(multi_user=True)
     yield server
     server.close()
 
@@ -140,3 +150,75 @@ def test_token_must_come_from_a_set_variable(kfp_api, monkeypatch):
     monkeypatch.delenv("KFP_TEST_TOKEN", raising=False)
     with pytest.raises(ValueError, match="KFP_TEST_TOKEN"):
         submit(kfp_api.url, token_env="KFP_TEST_TOKEN")
+
+
+def _queries(server: FakeKfpApiServer, prefix: str) -> list[str]:
+    return [path for method, path, _ in server.requests if path.startswith(prefix)]
+
+
+def _namespace(path: str) -> str:
+    """The namespace a request's query names ("" when none or empty: all single-user knows)."""
+    return parse_qs(urlparse(path).query, keep_blank_values=True).get("namespace", [""])[0]
+
+
+def test_single_user_runs_in_kfps_namespace_as_the_projects_account(kfp_api):
+    """The fake healthz says single-user: no namespace reaches the server, and the pods run as
+    invmon-pipeline, which manifests/single-user creates in kubeflow."""
+    run = submit(kfp_api.url)
+    assert (run.install, run.namespace, run.service_account) == (
+        "single-user",
+        None,
+        "invmon-pipeline",
+    )
+    assert kfp_api.posted("/apis/v2beta1/runs")["service_account"] == "invmon-pipeline"
+    assert not kfp_api.posted("/apis/v2beta1/experiments").get("namespace")
+    assert _queries(kfp_api, "/apis/v2beta1/healthz")
+    listed = _queries(kfp_api, "/apis/v2beta1/experiments?")
+    assert listed and all(_namespace(q) == "" for q in listed)
+
+
+def test_multi_user_runs_in_the_profile_namespace_as_default_editor(multi_user_kfp_api):
+    """The fake healthz says multi-user: the experiment and the run are the Profile's."""
+    run = submit(multi_user_kfp_api.url, namespace="team-a")
+    assert (run.install, run.namespace, run.service_account) == (
+        "multi-user",
+        "team-a",
+        "default-editor",
+    )
+    assert multi_user_kfp_api.posted("/apis/v2beta1/runs")["service_account"] == "default-editor"
+    assert multi_user_kfp_api.posted("/apis/v2beta1/experiments")["namespace"] == "team-a"
+    listed = _queries(multi_user_kfp_api, "/apis/v2beta1/experiments?")
+    assert listed and all(_namespace(q) == "team-a" for q in listed)
+
+
+def test_a_given_service_account_and_install_mode_win(multi_user_kfp_api):
+    run = submit(
+        multi_user_kfp_api.url,
+        namespace="team-a",
+        service_account="ml-runner",
+        install="multi-user",
+    )
+    assert run.service_account == "ml-runner"
+    assert multi_user_kfp_api.posted("/apis/v2beta1/runs")["service_account"] == "ml-runner"
+
+
+def test_a_namespace_on_single_user_is_refused_naming_why(kfp_api):
+    with pytest.raises(ValueError, match=r"--namespace 'invmon': single-user .* \(kubeflow\)"):
+        submit(kfp_api.url, namespace="invmon")
+    assert not any(path.startswith("/apis/v2beta1/runs") for _, path, _ in kfp_api.requests)
+
+
+def test_multi_user_needs_a_profile_namespace(multi_user_kfp_api, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))  # no kfp context file naming a namespace
+    with pytest.raises(ValueError, match="--namespace PROFILE is required"):
+        submit(multi_user_kfp_api.url)
+
+
+def test_the_command_line_takes_the_install_mode(kfp_api):
+    from invmon.cli import build_parser
+
+    args = build_parser().parse_args(["submit", "--host", kfp_api.url, "--install", "single-user"])
+    settings = SUBMIT.settings_from(args)
+    assert settings.install == "single-user" and settings.service_account == ""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["submit", "--host", kfp_api.url, "--install", "both"])
