@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from invmon.cluster.inference_service import ServiceSpec
+from invmon.cluster.placement import PodOptions
 from invmon.core.settings import Settings, inherit, setting, spec_of
 from invmon.data.s3 import S3Options
 from invmon.stages.arrange import ArrangeSettings
@@ -72,11 +73,7 @@ class PipelineParameters(Settings):
         help="S3 endpoint of the artifact store for Katib trials and TrainJob nodes (empty: AWS "
         "S3, or KFP's object store for minio:// artifacts)",
     )
-    cluster_s3_secret: str = setting(
-        "",
-        help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY that Katib trials and TrainJob "
-        "nodes read artifacts with",
-    )
+    cluster_s3_secret: str = inherit(PodOptions, "s3_secret")
     min_accuracy: float = setting(
         MIN_ACCURACY,
         help="quality gate: deploy and audit run only when the test accuracy reaches this "

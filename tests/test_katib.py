@@ -363,3 +363,104 @@ def test_an_existing_experiment_is_followed_not_recreated(tmp_path):
         )
     assert result.best_parameters["epochs"] == 6
     assert len([r for r in fake.requests if r[0] == "POST"]) == 1
+
+
+# -- S3 credentials and endpoint of the trial pods, by default --------------------------------
+
+
+def _trial_env_and_command(data_uri: str, **pods) -> tuple[dict, list[str]]:
+    """The trial container's S3 env (variable -> (Secret, key)) and command, as tune's katib
+    dry run renders them for data at ``data_uri`` (what the pipeline's tune component passes)."""
+    from invmon.cluster.placement import PodOptions
+    from invmon.stages import tune
+
+    settings = tune.TuneSettings(
+        data="/tmp/shards",
+        out="unused",
+        backend="katib",
+        katib=tune.KatibOptions(
+            name="creds", pods=PodOptions(namespace="team-a", **pods), dry_run=True
+        ),
+        data_uri=data_uri,
+    )
+    manifest = tune.run(settings)
+    katib.check_experiment(manifest)
+    container = manifest["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    env = {
+        e["name"]: (e["valueFrom"]["secretKeyRef"]["name"], e["valueFrom"]["secretKeyRef"]["key"])
+        for e in container.get("env", [])
+    }
+    return env, container["command"]
+
+
+def test_trials_reading_kfps_object_store_get_its_secret_and_endpoint_by_default():
+    """KFP's object store Secret (mlpipeline-minio-artifact) holds accesskey/secretkey; the trial
+    gets them under the AWS SDK's names, and the store's endpoint is SeaweedFS (KFP >= 2.16)."""
+    env, command = _trial_env_and_command("minio://mlpipeline/v2/artifacts/run/shards")
+    assert env == {
+        "AWS_ACCESS_KEY_ID": ("mlpipeline-minio-artifact", "accesskey"),
+        "AWS_SECRET_ACCESS_KEY": ("mlpipeline-minio-artifact", "secretkey"),
+    }
+    assert command[command.index("--endpoint-url") + 1] == "http://seaweedfs.kubeflow:9000"
+    assert command[command.index("--data") + 1] == "s3://mlpipeline/v2/artifacts/run/shards"
+
+
+def test_trials_reading_s3_get_the_projects_secret_by_default():
+    env, command = _trial_env_and_command("s3://my-bucket/pipelines/run/shards")
+    assert env == {
+        "AWS_ACCESS_KEY_ID": ("invmon-s3", "AWS_ACCESS_KEY_ID"),
+        "AWS_SECRET_ACCESS_KEY": ("invmon-s3", "AWS_SECRET_ACCESS_KEY"),
+    }
+    assert "--endpoint-url" not in command
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("none", {}),
+        (
+            "store-creds:id:key",
+            {
+                "AWS_ACCESS_KEY_ID": ("store-creds", "id"),
+                "AWS_SECRET_ACCESS_KEY": ("store-creds", "key"),
+            },
+        ),
+        (
+            "mlpipeline-minio-artifact",
+            {
+                "AWS_ACCESS_KEY_ID": ("mlpipeline-minio-artifact", "accesskey"),
+                "AWS_SECRET_ACCESS_KEY": ("mlpipeline-minio-artifact", "secretkey"),
+            },
+        ),
+    ],
+)
+def test_a_given_secret_and_keys_win(given, expected):
+    env, _ = _trial_env_and_command("minio://mlpipeline/v2/artifacts/run/shards", s3_secret=given)
+    assert env == expected
+
+
+def test_the_object_store_endpoint_can_be_overridden():
+    from invmon.stages import tune
+
+    settings = tune.TuneSettings(
+        data="/tmp/shards",
+        out="unused",
+        backend="katib",
+        endpoint_url="http://minio-service.kubeflow:9000",  # KFP <= 2.15
+        katib=tune.KatibOptions(name="old-kfp", dry_run=True),
+        data_uri="minio://mlpipeline/v2/artifacts/run/shards",
+    )
+    command = tune.run(settings)["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]["command"]
+    assert command[command.index("--endpoint-url") + 1] == "http://minio-service.kubeflow:9000"
+
+
+@pytest.mark.parametrize("text", ["Bad_Name", "creds:only-one-key", "creds:a:b:c", "creds:a b:c"])
+def test_a_bad_secret_is_named(text):
+    from invmon.cluster.placement import PodOptions
+
+    with pytest.raises(ValueError, match=re.escape(repr(text))):
+        PodOptions(s3_secret=text)

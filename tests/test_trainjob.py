@@ -2,6 +2,8 @@
 package's typed Trainer models) and the create/wait/fail logic against a FAKE Kubernetes API server.
 """
 
+import dataclasses
+
 import pytest
 from support.fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_kubernetes_server
 
@@ -181,3 +183,25 @@ def test_train_on_cluster_end_to_end_with_a_fake_trainer_controller(
     assert model_config.training["epochs_run"] == 1
     (name,) = [key[2] for key in fake.objects]
     assert name.startswith("invmon-train-")
+
+
+def test_nodes_reading_kfps_object_store_get_its_secret_by_default():
+    """The pipeline's train component leaves the Secret empty: for data on KFP's object store the
+    nodes read mlpipeline-minio-artifact's accesskey/secretkey as the AWS SDK's variables."""
+    from invmon.cluster.placement import PodOptions
+
+    placement = PodOptions(gpus=8).placement("minio://mlpipeline/v2/artifacts/run/shards")
+    settings = trainjob.TrainJobSettings(
+        name="train-run-8",
+        data="s3://mlpipeline/v2/shards",
+        out="s3://mlpipeline/v2/model",
+        placement=placement,
+    )
+    env = trainjob.render_trainjob(CONFIG, settings)["spec"]["trainer"]["env"]
+    assert {e["name"]: e["valueFrom"]["secretKeyRef"] for e in env} == {
+        "AWS_ACCESS_KEY_ID": {"name": "mlpipeline-minio-artifact", "key": "accesskey"},
+        "AWS_SECRET_ACCESS_KEY": {"name": "mlpipeline-minio-artifact", "key": "secretkey"},
+    }
+    none = PodOptions(s3_secret="none").placement("minio://mlpipeline/v2/artifacts/run/shards")
+    settings = dataclasses.replace(settings, placement=none)
+    assert "env" not in trainjob.render_trainjob(CONFIG, settings)["spec"]["trainer"]

@@ -52,8 +52,10 @@ def train(
         train_image: Image of the TrainJob's nodes (empty: the project's train image).
         namespace: Namespace of the TrainJob (empty: this pipeline's namespace).
         artifact_endpoint_url: S3 endpoint of the artifact store, for the TrainJob's nodes
-            (empty: AWS, or KFP's MinIO for minio:// artifacts).
-        s3_secret: Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the TrainJob's nodes.
+            (empty: AWS, or KFP's object store for minio:// artifacts).
+        s3_secret: Secret the TrainJob's nodes read S3 with: NAME,
+            NAME:ACCESS_KEY_KEY:SECRET_KEY_KEY or none (empty: KFP's mlpipeline-minio-artifact
+            for minio:// data, invmon-s3 for s3://).
         gpu_node_selector: Node labels of the GPU pool, for the TrainJob's nodes.
         gpu_tolerations: Tolerations of the GPU pool's taints, for the TrainJob's nodes.
     """

@@ -51,8 +51,10 @@ def tune(
         train_image: Image of the trial pods (empty: the project's train image).
         namespace: Namespace of the Experiment (empty: this pipeline's namespace).
         artifact_endpoint_url: S3 endpoint of the artifact store, for the trial pods (empty:
-            AWS, or KFP's MinIO for minio:// artifacts).
-        s3_secret: Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for the trial pods.
+            AWS, or KFP's object store for minio:// artifacts).
+        s3_secret: Secret the trial pods read S3 with: NAME, NAME:ACCESS_KEY_KEY:SECRET_KEY_KEY
+            or none (empty: KFP's mlpipeline-minio-artifact for minio:// data, invmon-s3 for
+            s3://).
         gpus: GPUs per trial (katib backend).
         gpu_node_selector: Node labels of the GPU pool, for the trial pods.
         gpu_tolerations: Tolerations of the GPU pool's taints, for the trial pods.

@@ -356,7 +356,7 @@ def experiment_manifest(
     name: str = "",
 ) -> dict:
     """The Experiment that searches over the dataset at ``data_uri`` (``s3://``, or an artifact
-    URI on KFP's MinIO) with trials that train from ``base``.
+    URI on KFP's object store) with trials that train from ``base``.
 
     Without ``name``, the Experiment is named after ``out`` and the data, so a retried task
     follows the Experiment it started instead of starting another. Empty ``image`` and

@@ -122,14 +122,18 @@ def wait_for(
         sleep(poll)
 
 
-# KFP's default artifact store is the MinIO service of the kubeflow namespace.
-KFP_MINIO_ENDPOINT = "http://minio-service.kubeflow:9000"
+# KFP's default object store, which its artifacts name as minio://BUCKET/KEY. Since KFP 2.16 it is
+# SeaweedFS (kubeflow/pipelines 5ef18b95 "Remove minio", #12613): the launcher's own default is
+# "seaweedfs.kubeflow:9000" (backend/src/v2/objectstore/config.go:29). KFP <= 2.15 served MinIO at
+# http://minio-service.kubeflow:9000: pass that as the endpoint there (artifact_endpoint_url).
+KFP_OBJECT_STORE_ENDPOINT = "http://seaweedfs.kubeflow:9000"
 
 
 def minio_as_s3(uri: str) -> str:
-    """``minio://BUCKET/KEY`` (how KFP records artifacts on its MinIO) as ``s3://BUCKET/KEY``.
+    """``minio://BUCKET/KEY`` (how KFP records artifacts on its object store) as
+    ``s3://BUCKET/KEY``.
 
-    MinIO speaks S3, so the object is the same; only the endpoint differs. Other URIs are
+    The store speaks S3, so the object is the same; only the endpoint differs. Other URIs are
     returned unchanged.
     """
     return "s3://" + uri[len("minio://") :] if uri.startswith("minio://") else uri
@@ -138,13 +142,14 @@ def minio_as_s3(uri: str) -> str:
 def s3_location(uri: str, endpoint_url: str | None = None) -> tuple[str, str | None]:
     """An artifact URI as the ``s3://`` location and endpoint that pods outside KFP can read.
 
-    KFP records artifacts on its default MinIO as ``minio://BUCKET/KEY``; that is S3 at MinIO's
-    endpoint. Other stores (``gs://``) cannot be read by the training image and are refused.
+    KFP records artifacts on its default object store as ``minio://BUCKET/KEY``; that is S3 at
+    the store's endpoint (``endpoint_url``, else :data:`KFP_OBJECT_STORE_ENDPOINT`). Other stores
+    (``gs://``) cannot be read by the training image and are refused.
     """
     if uri.startswith("s3://"):
         return uri, endpoint_url or None
     if uri.startswith("minio://"):
-        return minio_as_s3(uri), endpoint_url or KFP_MINIO_ENDPOINT
+        return minio_as_s3(uri), endpoint_url or KFP_OBJECT_STORE_ENDPOINT
     raise ValueError(
         f"artifact {uri!r} is not on S3 or MinIO: Katib trials and TrainJobs read and write "
         "s3:// locations (set the pipeline root to an s3:// bucket)"

@@ -2,17 +2,86 @@
 non-root user and S3 credentials by Secret reference.
 
 One home for the pod placement that Katib trials, TrainJob nodes, the pipeline's GPU tasks and
-the InferenceService share, and for the ``KEY[=VALUE]:EFFECT`` form in which a toleration is given
-on the command line.
+the InferenceService share, for the ``KEY[=VALUE]:EFFECT`` form in which a toleration is given
+on the command line, and for which Secret the pods read S3 with (:func:`s3_secret_for`).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 from invmon.core.settings import Settings, setting
 
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+NO_SECRET = "none"
+_SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
+@dataclass(frozen=True)
+class S3Secret:
+    """A Secret holding S3 credentials, and which of its keys hold the access key and secret.
+
+    The pods get them as ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` by reference; only the
+    Secret's name and key names appear in manifests, never its values.
+    """
+
+    name: str
+    access_key: str = "AWS_ACCESS_KEY_ID"
+    secret_key: str = "AWS_SECRET_ACCESS_KEY"
+
+    @classmethod
+    def parse(cls, text: str, flag: str = "--s3-secret") -> S3Secret | None:
+        """``NAME``, ``NAME:ACCESS_KEY_KEY:SECRET_KEY_KEY`` or ``none`` (None: no Secret).
+
+        A bare ``mlpipeline-minio-artifact`` means KFP's keys (``accesskey``/``secretkey``); any
+        other bare name means ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``.
+        """
+        if text == NO_SECRET:
+            return None
+        name, *keys = text.split(":")
+        if len(keys) not in (0, 2) or not _SECRET_NAME.fullmatch(name):
+            raise ValueError(
+                f"{flag} {text!r}: expected NAME, NAME:ACCESS_KEY_KEY:SECRET_KEY_KEY or "
+                f"{NO_SECRET} (NAME a Kubernetes Secret name)"
+            )
+        if not keys:
+            return KFP_OBJECT_STORE_SECRET if name == KFP_OBJECT_STORE_SECRET.name else cls(name)
+        if not all(_SECRET_KEY.fullmatch(k) for k in keys):
+            raise ValueError(f"{flag} {text!r}: Secret keys may hold letters, digits, '-._'")
+        return cls(name, *keys)
+
+    def env(self) -> list[dict]:
+        """The credentials as the AWS SDK's environment variables, by reference to the Secret."""
+        return [
+            {"name": variable, "valueFrom": {"secretKeyRef": {"name": self.name, "key": key}}}
+            for variable, key in (
+                ("AWS_ACCESS_KEY_ID", self.access_key),
+                ("AWS_SECRET_ACCESS_KEY", self.secret_key),
+            )
+        ]
+
+
+# KFP's object store credentials: in the run's namespace on both install modes (single-user: the
+# kubeflow namespace; multi-user: each Profile, made by the pipelines profile controller), keys as
+# kubeflow/pipelines backend/src/v2/config/env.go:177-193 reads them.
+KFP_OBJECT_STORE_SECRET = S3Secret("mlpipeline-minio-artifact", "accesskey", "secretkey")
+# The project's Secret (manifests/templates/s3-secret.yaml), for s3:// pipeline roots.
+PROJECT_S3_SECRET = S3Secret("invmon-s3")
+
+
+def s3_secret_for(text: str, uri: str) -> S3Secret | None:
+    """The Secret pods read ``uri`` with: ``text`` when given (see :meth:`S3Secret.parse`),
+    else by store: KFP's own Secret for its object store (``minio://``), the project's Secret
+    for ``s3://``, none for local paths."""
+    if text:
+        return S3Secret.parse(text)
+    if uri.startswith("minio://"):
+        return KFP_OBJECT_STORE_SECRET
+    if uri.startswith("s3://"):
+        return PROJECT_S3_SECRET
+    return None
 
 
 @dataclass(frozen=True)
@@ -51,8 +120,8 @@ def parse_toleration(text: str, flag: str = "--gpu-toleration") -> Toleration:
 class PodPlacement:
     """Where training pods run and as whom: GPU pool, ServiceAccount, non-root user, S3 access.
 
-    ``s3_secret`` names a Secret holding ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``;
-    only its name appears in manifests, never its values.
+    ``s3_secret`` is the Secret the pods read S3 with (given as text, it is parsed by
+    :meth:`S3Secret.parse`); only its name and keys appear in manifests, never its values.
     """
 
     gpus: int = 1
@@ -61,8 +130,12 @@ class PodPlacement:
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
     )
     service_account: str | None = None
-    s3_secret: str | None = None
+    s3_secret: S3Secret | None = None
     run_as_user: int = 1000
+
+    def __post_init__(self):
+        if isinstance(self.s3_secret, str):
+            object.__setattr__(self, "s3_secret", S3Secret.parse(self.s3_secret))
 
     @classmethod
     def for_gpu_pool(
@@ -82,15 +155,7 @@ class PodPlacement:
 
     def env(self) -> list[dict]:
         """Environment variables: S3 credentials from the Secret, by reference."""
-        if not self.s3_secret:
-            return []
-        return [
-            {
-                "name": key,
-                "valueFrom": {"secretKeyRef": {"name": self.s3_secret, "key": key}},
-            }
-            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-        ]
+        return self.s3_secret.env() if self.s3_secret else []
 
     def resources(self) -> dict:
         """GPU limits (nothing on CPU-only runs)."""
@@ -135,11 +200,23 @@ class PodOptions(Settings):
     )
     service_account: str = setting("", help="ServiceAccount of the pods")
     s3_secret: str = setting(
-        "", help="Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY that the pods read S3 with"
+        "",
+        help="Secret the pods (Katib trials, TrainJob nodes) read S3 with: NAME (keys "
+        "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; accesskey/secretkey for KFP's "
+        "mlpipeline-minio-artifact), NAME:ACCESS_KEY_KEY:SECRET_KEY_KEY, or none for the AWS "
+        "default chain (empty: mlpipeline-minio-artifact for data on KFP's object store, "
+        "invmon-s3 for s3://)",
+        metavar="SECRET",
     )
 
-    def placement(self) -> PodPlacement:
-        """The pods' placement; without a node selector or toleration, the default GPU pool's."""
+    def __post_init__(self):
+        if self.s3_secret:
+            S3Secret.parse(self.s3_secret)
+        super().__post_init__()
+
+    def placement(self, uri: str = "") -> PodPlacement:
+        """The pods' placement for data at ``uri`` (which picks the default S3 Secret); without
+        a node selector or toleration, the default GPU pool's."""
         chosen = {}
         if self.node_selector or self.tolerations:
             chosen = {
@@ -149,6 +226,6 @@ class PodOptions(Settings):
         return PodPlacement(
             gpus=self.gpus,
             service_account=self.service_account or None,
-            s3_secret=self.s3_secret or None,
+            s3_secret=s3_secret_for(self.s3_secret, uri),
             **chosen,
         )

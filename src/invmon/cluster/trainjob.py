@@ -209,7 +209,7 @@ def train_on_cluster(
     the model folder into ``local_out`` when given (the train component's output); return the
     finished TrainJob.
 
-    Artifact URIs from KFP's MinIO (``minio://``) are read as S3 at MinIO's endpoint. Empty
+    Artifact URIs on KFP's object store (``minio://``) are read as S3 at its endpoint. Empty
     ``image`` and ``namespace`` mean the project's train image and this pod's namespace.
     """
     from invmon.data.s3 import S3Uri

@@ -106,7 +106,7 @@ def run(settings: TrainSettings):
             image=job.pods.image,
             namespace=job.pods.namespace,
             num_nodes=job.num_nodes,
-            placement=job.pods.placement(),
+            placement=job.pods.placement(settings.data_uri or settings.data),
             endpoint_url=settings.endpoint_url,
             timeout=job.timeout,
         )

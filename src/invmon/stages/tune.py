@@ -116,7 +116,7 @@ def run(settings: TuneSettings):
         base,
         image=options.pods.image,
         namespace=options.pods.namespace,
-        placement=options.pods.placement(),
+        placement=options.pods.placement(settings.data_uri or settings.data),
         endpoint_url=settings.endpoint_url,
         name=options.name,
     )
