@@ -1,6 +1,10 @@
-"""manifests/: every object validates strictly; overlays patch what exists; least privilege."""
+"""manifests/: every object validates strictly; components patch what exists; each install
+mode's Role grants exactly what the pods need (a cited list) plus what the code calls (collected
+from its requests to a FAKE Kubernetes API server); kustomize builds each install mode."""
 
 import copy
+import shutil
+import subprocess
 from pathlib import Path
 
 import kubernetes_validate
@@ -8,12 +12,27 @@ import pytest
 import yaml
 from kserve import V1beta1InferenceService
 
+from invmon.cluster import permissions
+from invmon.cluster.inference_service import PREDICTOR_POD_LABEL, render_authorization_policy
 from invmon.cluster.typed import check
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
 K8S_VERSION = "1.33.0"
-CUSTOM_KINDS = {"InferenceService": V1beta1InferenceService}
+INSTALL_MODES = {"single-user": "kubeflow", "multi-user": "kubeflow-user-example-com"}
+
+
+def _check_authorization_policy(obj: dict) -> None:
+    """No typed Istio model is installed here: an AuthorizationPolicy must be the project's
+    rendered one (tests/test_deploy.py checks that one field by field)."""
+    name = obj["spec"]["selector"]["matchLabels"][PREDICTOR_POD_LABEL]
+    assert obj == render_authorization_policy(name, obj["metadata"].get("namespace", ""))
+
+
+CUSTOM_KINDS = {
+    "InferenceService": lambda obj: check(obj, V1beta1InferenceService),
+    "AuthorizationPolicy": _check_authorization_policy,
+}
 
 
 def _kustomizations() -> list[Path]:
@@ -25,7 +44,11 @@ def _objects() -> list[tuple[Path, dict]]:
     found = []
     for path in sorted(MANIFESTS.rglob("*.yaml")):
         for doc in yaml.safe_load_all(path.read_text()):
-            if isinstance(doc, dict) and doc.get("kind") not in (None, "Kustomization"):
+            if isinstance(doc, dict) and doc.get("kind") not in (
+                None,
+                "Kustomization",
+                "Component",
+            ):
                 found.append((path, doc))
     return found
 
@@ -33,7 +56,7 @@ def _objects() -> list[tuple[Path, dict]]:
 def validate(obj: dict) -> None:
     """Strict validation: core kinds by kubernetes-validate, custom kinds by typed models."""
     if obj["kind"] in CUSTOM_KINDS:
-        check(obj, CUSTOM_KINDS[obj["kind"]])
+        CUSTOM_KINDS[obj["kind"]](obj)
     else:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
@@ -59,7 +82,7 @@ def json_patch(obj: dict, operations: list[dict]) -> dict:
 
 def test_every_object_validates_strictly():
     objects = _objects()
-    assert len(objects) >= 8
+    assert len(objects) >= 11
     for path, obj in objects:
         try:
             validate(obj)
@@ -68,7 +91,7 @@ def test_every_object_validates_strictly():
 
 
 def test_strict_validation_catches_a_misspelt_field():
-    namespace = yaml.safe_load((MANIFESTS / "base" / "namespace.yaml").read_text())
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "invmon"}}
     namespace["metadata"]["labelz"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(namespace)
@@ -83,8 +106,8 @@ def test_the_secret_template_is_never_applied_by_kustomize():
 def test_kustomizations_reference_files_that_exist():
     for kustomization in _kustomizations():
         data = yaml.safe_load(kustomization.read_text())
-        assert data["kind"] == "Kustomization"
-        for entry in data.get("resources", []):
+        assert data["kind"] in ("Kustomization", "Component")
+        for entry in data.get("resources", []) + data.get("components", []):
             assert (kustomization.parent / entry).exists(), f"{kustomization}: {entry}"
         for patch in data.get("patches", []):
             assert (kustomization.parent / patch["path"]).is_file(), f"{kustomization}: {patch}"
@@ -93,7 +116,7 @@ def test_kustomizations_reference_files_that_exist():
 def test_gpu_overlay_yields_a_valid_gpu_inference_service():
     base = yaml.safe_load((MANIFESTS / "base" / "inferenceservice.yaml").read_text())
     patch = yaml.safe_load(
-        (MANIFESTS / "overlays" / "gpu-node-pool" / "inferenceservice-gpu.yaml").read_text()
+        (MANIFESTS / "components" / "gpu-node-pool" / "inferenceservice-gpu.yaml").read_text()
     )
     patched = json_patch(base, patch)
     validate(patched)
@@ -108,7 +131,7 @@ def test_gpu_overlay_yields_a_valid_gpu_inference_service():
 
 def test_external_s3_overlay_sets_the_pipeline_root_and_reuses_the_secret():
     launcher = yaml.safe_load(
-        (MANIFESTS / "overlays" / "external-s3" / "kfp-launcher.yaml").read_text()
+        (MANIFESTS / "components" / "external-s3" / "kfp-launcher.yaml").read_text()
     )
     assert launcher["metadata"]["name"] == "kfp-launcher"
     assert launcher["data"]["defaultPipelineRoot"].startswith("s3://")
@@ -119,32 +142,20 @@ def test_external_s3_overlay_sets_the_pipeline_root_and_reuses_the_secret():
     assert {secret_ref["accessKeyKey"], secret_ref["secretKeyKey"]} == set(secret["stringData"])
 
 
-def test_namespace_lets_katib_collect_metrics():
-    namespace = yaml.safe_load((MANIFESTS / "base" / "namespace.yaml").read_text())
-    assert namespace["metadata"]["labels"]["katib.kubeflow.org/metrics-collector-injection"] == (
-        "enabled"
-    )
+def _role(mode: str) -> dict:
+    return yaml.safe_load((MANIFESTS / mode / "pipeline-role.yaml").read_text())
 
 
-def test_pipeline_role_is_least_privilege():
-    role = yaml.safe_load((MANIFESTS / "base" / "pipeline-role.yaml").read_text())
+@pytest.mark.parametrize("mode", INSTALL_MODES)
+def test_pipeline_role_is_least_privilege(mode):
+    role = _role(mode)
     assert role["kind"] == "Role"  # namespaced, never a ClusterRole
-    allowed_verbs = {"get", "list", "watch", "create", "patch", "delete"}
-    granted = {}
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
-        assert set(rule["verbs"]) <= allowed_verbs
-        for resource in rule["resources"]:
-            granted[(tuple(rule["apiGroups"]), resource)] = rule
-    assert set(granted) == {
-        (("kubeflow.org",), "experiments"),
-        (("kubeflow.org",), "trials"),
-        (("trainer.kubeflow.org",), "trainjobs"),
-        (("serving.kserve.io",), "inferenceservices"),
-        (("",), "secrets"),
-    }
-    secrets = granted[(("",), "secrets")]
-    assert secrets["verbs"] == ["get"] and secrets["resourceNames"] == ["invmon-s3"]
+        assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "patch"}
+        # Secrets and ConfigMaps only by name: never another app's credentials.
+        if set(rule["resources"]) & {"secrets", "configmaps"}:
+            assert rule.get("resourceNames") and rule["verbs"] == ["get"]
 
 
 def test_no_secret_values_in_manifests():
@@ -162,25 +173,26 @@ def test_no_secret_values_in_manifests():
     } <= set(annotations)
 
 
-def _verbs_called(fake) -> set[tuple[str, str, str]]:
-    """(API group, resource, RBAC verb) of every request the fake API server received."""
+def _verbs_called(fake) -> set[permissions.Grant]:
+    """(API group, resource, RBAC verb, None) of every request the fake API server received."""
     from support.fake_kubernetes import _PATH
 
     verbs = set()
     for method, path in fake.requests:
         match = _PATH.match(path)
-        verb = {"POST": "create", "GET": "get" if match["name"] else "list"}[method]
-        verbs.add((match["group"], match["plural"], verb))
+        verb = {"POST": "create", "PATCH": "patch", "GET": "get" if match["name"] else "list"}
+        verbs.add((match["group"], match["plural"], verb[method], None))
     return verbs
 
 
-def test_role_grants_exactly_the_custom_object_verbs_tune_and_train_call(tmp_path):
-    """Against the FAKE Kubernetes API (no real API server runs here): a Katib search (created,
-    then followed when a retried task finds it), and a TrainJob. The Role must allow every call,
-    and grant nothing more on these resources."""
+def _code_calls(tmp_path) -> set[permissions.Grant]:
+    """What the project's code asks of the API, against the FAKE Kubernetes API (no real API
+    server runs here): a Katib search (created, then followed when a retried task finds it), a
+    TrainJob, and an InferenceService created and then updated."""
     import json
 
     from support.fake_kubernetes import (
+        Controller,
         FakeKubernetesApi,
         custom_objects_api,
         fake_kubernetes_server,
@@ -189,6 +201,7 @@ def test_role_grants_exactly_the_custom_object_verbs_tune_and_train_call(tmp_pat
     from test_trainjob import CONFIG, SETTINGS, _complete_on_second_read
 
     from invmon.cluster import katib, trainjob
+    from invmon.cluster.inference_service import ServiceSpec, roll_out
     from invmon.training.search import SearchSpec, default_parameters
 
     called = set()
@@ -215,21 +228,92 @@ def test_role_grants_exactly_the_custom_object_verbs_tune_and_train_call(tmp_pat
             sleep=lambda s: None,
         )
     called |= _verbs_called(fake)
+    with FakeKubernetesApi(Controller(ready_after=0)) as fake:
+        for replicas in (1, 2):  # created, then updated
+            service = ServiceSpec(namespace="team", model_uri="s3://m/x", max_replicas=replicas)
+            roll_out(service, fake.client(), poll=0.01)
+        called |= _verbs_called(fake)
+    return called
 
-    role = yaml.safe_load((MANIFESTS / "base" / "pipeline-role.yaml").read_text())
-    granted = {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-        if resource in ("experiments", "trials", "trainjobs")
-    }
-    assert called == granted
+
+def test_each_install_modes_role_grants_exactly_what_the_pods_and_the_code_need(tmp_path):
+    """single-user: the run's own ServiceAccount holds the KFP/Argo pod needs (a cited list) and
+    the code's calls. multi-user: default-editor's kubeflow-edit holds the pod needs, and the Role
+    adds the code's calls. No grant missing, none extra."""
+    called = _code_calls(tmp_path)
     assert called == {
-        ("kubeflow.org", "experiments", "create"),
-        ("kubeflow.org", "experiments", "get"),
-        ("kubeflow.org", "trials", "list"),
-        ("trainer.kubeflow.org", "trainjobs", "create"),
-        ("trainer.kubeflow.org", "trainjobs", "get"),
+        ("kubeflow.org", "experiments", "create", None),
+        ("kubeflow.org", "experiments", "get", None),
+        ("kubeflow.org", "trials", "list", None),
+        ("trainer.kubeflow.org", "trainjobs", "create", None),
+        ("trainer.kubeflow.org", "trainjobs", "get", None),
+        ("serving.kserve.io", "inferenceservices", "create", None),
+        ("serving.kserve.io", "inferenceservices", "get", None),
+        ("serving.kserve.io", "inferenceservices", "patch", None),
     }
+    pod_needs = permissions.grants(permissions.POD_NEEDS)
+    assert permissions.grants(_role("single-user")["rules"]) == pod_needs | called
+    assert permissions.grants(_role("multi-user")["rules"]) == called
+    editor = permissions.grants(permissions.KUBEFLOW_EDIT)
+    assert all(permissions.covered(grant, editor) for grant in pod_needs)
+
+
+def test_every_permission_rule_says_why_and_cites_its_source():
+    for rule in permissions.POD_NEEDS + permissions.NOT_GRANTED + permissions.KUBEFLOW_EDIT:
+        assert rule.why and rule.verbs
+        assert any(repo in rule.source for repo in permissions.RELEASES), rule
+    needed = permissions.grants(permissions.POD_NEEDS)
+    assert not needed & permissions.grants(permissions.NOT_GRANTED)
+
+
+def test_the_single_user_role_binds_the_submitted_service_account_in_kfps_namespace():
+    from invmon.pipelines.submit import SERVICE_ACCOUNTS
+
+    binding = yaml.safe_load((MANIFESTS / "single-user" / "pipeline-rolebinding.yaml").read_text())
+    account = yaml.safe_load(
+        (MANIFESTS / "single-user" / "pipeline-serviceaccount.yaml").read_text()
+    )
+    (subject,) = binding["subjects"]
+    assert subject["name"] == account["metadata"]["name"] == SERVICE_ACCOUNTS["single-user"]
+    assert subject["namespace"] == INSTALL_MODES["single-user"]
+    binding = yaml.safe_load((MANIFESTS / "multi-user" / "pipeline-rolebinding.yaml").read_text())
+    assert binding["subjects"][0]["name"] == SERVICE_ACCOUNTS["multi-user"]
+
+
+def _kustomize(folder: Path) -> list[dict]:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(folder)], check=True, capture_output=True, text=True
+    ).stdout
+    return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+@pytest.mark.parametrize("mode", INSTALL_MODES)
+@pytest.mark.parametrize("components", [False, True], ids=["plain", "with-components"])
+def test_kustomize_builds_each_install_mode_into_its_namespace(mode, components, tmp_path):
+    """The real kustomize (kubectl's) builds the install mode, with and without the components;
+    every object lands in the mode's namespace, the RoleBinding's subject too."""
+    folder = MANIFESTS / mode
+    if components:
+        shutil.copytree(MANIFESTS, tmp_path / "manifests")
+        folder = tmp_path / "manifests" / mode
+        text = (folder / "kustomization.yaml").read_text()
+        text = text.replace("# components:", "components:").replace("#   - ../", "  - ../")
+        (folder / "kustomization.yaml").write_text(text)
+    objects = _kustomize(folder)
+    kinds = {obj["kind"] for obj in objects}
+    assert {"Role", "RoleBinding", "ServiceAccount", "InferenceService"} <= kinds
+    assert ("ConfigMap" in kinds) is components and ("ResourceQuota" in kinds) is components
+    namespace = INSTALL_MODES[mode]
+    for obj in objects:
+        validate(obj)
+        assert obj["metadata"]["namespace"] == namespace, obj["metadata"]["name"]
+        if obj["kind"] == "RoleBinding":
+            assert [s["namespace"] for s in obj["subjects"]] == [namespace]
+        if obj["kind"] == "Role":
+            assert obj["rules"] == _role(mode)["rules"]
+    if components:
+        (service,) = [obj for obj in objects if obj["kind"] == "InferenceService"]
+        assert service["spec"]["predictor"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}

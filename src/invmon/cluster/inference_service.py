@@ -382,6 +382,40 @@ def roll_out(spec: ServiceSpec, api=None, timeout: float = 600.0, poll: float = 
     return Rollout(action, generation, ready, round(time.monotonic() - start, 1))
 
 
+# -- reaching the predictor from a pipeline pod ------------------------------------------------
+
+# The body Istio's sidecar answers a request with (HTTP 403) when no AuthorizationPolicy allows it.
+ISTIO_DENIED = "RBAC: access denied"
+# The label KServe puts on the predictor's pods (kserve/kserve pkg/constants/constants.go:61).
+PREDICTOR_POD_LABEL = "serving.kserve.io/inferenceservice"
+# The predictor's inference and health paths, V1 and V2 (Istio: a trailing * is a prefix match).
+PREDICTOR_PATHS = ("/v1/models/*", "/v2/models/*", "/v2/health/*")
+
+
+def render_authorization_policy(name: str, namespace: str = "") -> dict:
+    """The Istio AuthorizationPolicy that lets pipeline pods reach the predictor ``name``.
+
+    In a Kubeflow Profile namespace only callers with an Istio identity from the namespace are
+    allowed, and KFP starts its task pods without a sidecar, so the deploy step's smoke request
+    is refused (HTTP 403 ``RBAC: access denied``). Such callers have no identity to name, so
+    the policy admits any caller, only to the predictor's pods and only on its inference and
+    health paths (the pattern kubeflow/manifests tests KServe's Standard mode with).
+    """
+    metadata = {"name": f"{name}-predictor", "labels": dict(cluster.PART_OF)}
+    if namespace:
+        metadata["namespace"] = namespace
+    return {
+        "apiVersion": "security.istio.io/v1beta1",
+        "kind": "AuthorizationPolicy",
+        "metadata": metadata,
+        "spec": {
+            "action": "ALLOW",
+            "selector": {"matchLabels": {PREDICTOR_POD_LABEL: name}},
+            "rules": [{"to": [{"operation": {"paths": list(PREDICTOR_PATHS)}}]}],
+        },
+    }
+
+
 def current_namespace(default: str = "default") -> str:
     """The namespace this pod runs in (its ServiceAccount's), else ``default``."""
     return cluster.current_namespace(default)
