@@ -18,6 +18,7 @@ from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.inference_service import (
     DeployError,
     ServiceSpec,
+    render_authorization_policy,
     render_inference_service,
     storage_uri,
     toleration,
@@ -323,3 +324,82 @@ def test_a_service_answering_with_another_model_fails_the_smoke_check(
         pytest.raises(DeployError, match="differ from the in-process model"),
     ):
         deploy_to_cluster(_spec(), smoke_image, model_dir, api=fake.client(), poll=0.01)
+
+
+# -- a Profile namespace: Istio refuses callers without a sidecar ------------------------------
+
+
+class _Refusing:
+    """A stand-in for the predictor's Istio sidecar on loopback: every request gets HTTP 403 with
+    ``body`` (Envoy's RBAC filter answers ``RBAC: access denied`` as text/plain)."""
+
+    def __init__(self, body: bytes, content_type: str = "text/plain"):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(403)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_istios_refusal_skips_the_smoke_check_and_says_what_to_apply(smoke_image, caplog):
+    """FAKE Kubernetes API; the "predictor" answers as Istio does without an AuthorizationPolicy."""
+    with (
+        _Refusing(b"RBAC: access denied") as mesh,
+        FakeKubernetesApi(Controller(url=mesh.url, ready_after=0)) as fake,
+    ):
+        report = deploy_to_cluster(_spec(), smoke_image, api=fake.client(), poll=0.01)
+    assert report.action == "created" and report.smoke is None
+    assert "HTTP 403 'RBAC: access denied'" in report.smoke_skipped
+    assert "manifests/multi-user/predictor-authorizationpolicy.yaml" in report.smoke_skipped
+    policy = yaml.safe_load(report.smoke_skipped.split("next time:\n", 1)[1])
+    assert policy == render_authorization_policy("bin-counter", "team")
+    assert "smoke check skipped" in caplog.text
+    assert report.to_dict()["smoke_skipped"] == report.smoke_skipped
+
+
+def test_other_refusals_still_fail_the_deploy(smoke_image):
+    with (
+        _Refusing(b'{"error": "forbidden by the model server"}', "application/json") as server,
+        FakeKubernetesApi(Controller(url=server.url, ready_after=0)) as fake,
+        pytest.raises(DeployError, match="HTTP 403: forbidden by the model server"),
+    ):
+        deploy_to_cluster(_spec(), smoke_image, api=fake.client(), poll=0.01)
+
+
+def test_the_authorization_policy_admits_only_the_predictors_inference_paths():
+    policy = render_authorization_policy("counter-v2", "team")
+    assert policy["metadata"]["namespace"] == "team"
+    assert policy["spec"]["selector"] == {
+        "matchLabels": {"serving.kserve.io/inferenceservice": "counter-v2"}
+    }
+    assert policy["spec"]["action"] == "ALLOW"
+    (rule,) = policy["spec"]["rules"]
+    assert set(rule) == {"to"}  # no source: pipeline pods have no identity to name
+    assert rule["to"][0]["operation"]["paths"] == ["/v1/models/*", "/v2/models/*", "/v2/health/*"]
+
+
+def test_the_shipped_authorization_policy_is_the_rendered_one():
+    shipped = yaml.safe_load(
+        (ROOT / "manifests" / "multi-user" / "predictor-authorizationpolicy.yaml").read_text()
+    )
+    assert shipped == render_authorization_policy("bin-counter")

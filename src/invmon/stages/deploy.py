@@ -11,12 +11,16 @@
   on loopback, send the same smoke requests, and stop the server.
 
 The smoke requests are one V1 and one V2 request carrying the same image, sent through the shared
-client (:class:`invmon.serving.client.PredictorClient`).
+client (:class:`invmon.serving.client.PredictorClient`). On a cluster, when Istio refuses them
+(HTTP 403 ``RBAC: access denied``: a Profile namespace without the predictor's
+AuthorizationPolicy), the check is skipped with a message saying what to apply; the rollout itself
+succeeded.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -28,6 +32,11 @@ from invmon.core.settings import Settings, setting
 from invmon.serving.client import DEFAULT_MODEL_NAME
 
 TARGETS = ("kserve", "local")
+log = logging.getLogger(__name__)
+
+
+class MeshRefused(DeployError):
+    """Istio's sidecar refused the smoke request: no AuthorizationPolicy admits the caller."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +166,10 @@ def smoke_check(
         v2_client = PredictorClient(url, name, "v2", host=host, timeout=timeout, binary=False)
         v2 = v2_client.predict([image], request_id="smoke")[0]
     except PredictError as err:
+        from invmon.cluster.inference_service import ISTIO_DENIED
+
+        if err.status == 403 and ISTIO_DENIED in str(err):
+            raise MeshRefused(f"{url} answered HTTP 403 {ISTIO_DENIED!r}") from None
         status = f"HTTP {err.status}: " if err.status else ""
         raise DeployError(f"smoke request to {url} failed: {status}{err}") from None
     for protocol, answer in (("V1", v1), ("V2", v2)):
@@ -208,7 +221,8 @@ def _check(condition: bool, message: str) -> None:
 
 @dataclass
 class ClusterDeployReport:
-    """What a rollout did, how long Ready took, and the smoke request's answer."""
+    """What a rollout did, how long Ready took, and the smoke request's answer (or why the
+    check was skipped)."""
 
     namespace: str
     name: str
@@ -216,7 +230,8 @@ class ClusterDeployReport:
     generation: int
     canary_traffic_percent: int | None
     ready_seconds: float
-    smoke: SmokeResult
+    smoke: SmokeResult | None
+    smoke_skipped: str | None = None
 
     def to_dict(self) -> dict:
         """Return a JSON-serialisable form."""
@@ -248,7 +263,12 @@ def deploy_to_cluster(
 
         expected = Counter.from_model_dir(model_dir).predict_bytes([smoke_image])
     url = smoke_url or service_url(rollout.ready)
-    smoke = smoke_check(url, spec.name, smoke_image, expected, host=smoke_host)
+    smoke, skipped = None, None
+    try:
+        smoke = smoke_check(url, spec.name, smoke_image, expected, host=smoke_host)
+    except MeshRefused as err:
+        skipped = mesh_refused_message(spec, str(err))
+        log.warning("%s", skipped)
     return ClusterDeployReport(
         namespace=spec.namespace,
         name=spec.name,
@@ -259,6 +279,23 @@ def deploy_to_cluster(
         ),
         ready_seconds=rollout.seconds,
         smoke=smoke,
+        smoke_skipped=skipped,
+    )
+
+
+def mesh_refused_message(spec: ServiceSpec, refusal: str) -> str:
+    """Why the smoke check was skipped, and the AuthorizationPolicy that lets it run."""
+    import yaml
+
+    from invmon.cluster.inference_service import render_authorization_policy
+
+    policy = render_authorization_policy(spec.name, spec.namespace)
+    return (
+        f"smoke check skipped: {refusal}. The InferenceService {spec.namespace}/{spec.name} is "
+        "Ready, but Istio refuses this pod: pipeline pods run without an Istio sidecar, and a "
+        "Kubeflow Profile namespace admits only callers with one. Apply the AuthorizationPolicy "
+        f"{policy['metadata']['name']} (manifests/multi-user/predictor-authorizationpolicy.yaml "
+        "for bin-counter) to run the check next time:\n" + yaml.safe_dump(policy, sort_keys=False)
     )
 
 
