@@ -20,7 +20,8 @@ from pathlib import Path
 from invmon.core.command import Command
 from invmon.core.settings import Settings, inherit, setting
 from invmon.data.s3 import S3Options, embedded_s3_server, make_client, make_public_bucket
-from invmon.pipelines.parameters import PipelineParameters
+from invmon.pipelines.parameters import DEFAULTS, PipelineParameters
+from invmon.training.search import parse_batch_sizes
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,35 @@ DEMO_BINS = 3600
 TASKS = ("ingest", "arrange", "preprocess", "tune", "train", "evaluate", "deploy", "audit")
 # The kfp.local task folder that marks the end of each stage (ingest ends when its parts merge).
 _TASK_FOLDERS = {"ingest": "merge-ingest"}
+
+
+# What ``invmon run`` passes for an option not given: the pipeline's defaults (each defined once,
+# in pipelines/parameters.py), but for these. The options' help texts quote them from here.
+EMBEDDED = DEFAULTS.replace(
+    # Two parts show the parallel ingest locally; a laptop gains little from more.
+    ingest_parts=2,
+    # 64 px keeps a CPU run to minutes and is enough to count synthetic items; real photos need
+    # the ImageNet-sized 224 px.
+    image_size=64,
+    # One one-epoch trial at the final batch size: it picks the learning rate, and the time a
+    # longer search would take is worth more as final epochs. Short trials over several batch
+    # sizes pick the smallest (most steps per epoch), which costs a CPU 1.3-1.5x more per image
+    # in the final training (docs/benchmarks.md, "The main job").
+    trials=1,
+    max_trial_epochs=1,
+    search_batch_sizes="64",
+    train_epochs=8,
+    deploy_target="local",
+)
+ELSEWHERE = DEFAULTS.replace(ingest_parts=4, deploy_target="local")
+
+
+def _default(name: str) -> str:
+    """``(default E embedded, O otherwise)`` for pipeline parameter ``name``."""
+    embedded, elsewhere = getattr(EMBEDDED, name), getattr(ELSEWHERE, name)
+    if name == "train_epochs" and not elsewhere:
+        return f"(default {embedded} embedded, the search's otherwise)"
+    return f"(default {embedded} embedded, {elsewhere} otherwise)"
 
 
 @dataclass(frozen=True)
@@ -42,20 +72,22 @@ class RunSettings(Settings):
     file_list: str | None = setting(None, help="file_list.json selecting bins")
     limit: int = inherit(PipelineParameters, "limit")
     ingest_parts: int | None = setting(
-        None, help="parallel ingest tasks (default 2 embedded, 4 otherwise)", minimum=1
+        None, help=f"parallel ingest tasks {_default('ingest_parts')}", minimum=1
     )
     classes: str = inherit(PipelineParameters, "classes")
     image_size: int | None = setting(
-        None, help="model input size (default 64 embedded, 224 otherwise)", minimum=1
+        None, help=f"model input size {_default('image_size')}", minimum=1
     )
     epochs: int | None = setting(
-        None, help="final training epochs (default 10 embedded, the search's otherwise)", minimum=1
+        None, help=f"final training epochs {_default('train_epochs')}", minimum=1
     )
-    trials: int | None = setting(
-        None, help="search trials (default 3 embedded, 4 otherwise)", minimum=1
-    )
+    trials: int | None = setting(None, help=f"search trials {_default('trials')}", minimum=1)
     max_trial_epochs: int | None = setting(
-        None, help="most epochs a search trial trains (default 2 embedded, 10 otherwise)", minimum=1
+        None, help=f"most epochs a search trial trains {_default('max_trial_epochs')}", minimum=1
+    )
+    search_batch_sizes: str | None = setting(
+        None,
+        help=f"batch sizes the search tries, comma-separated {_default('search_batch_sizes')}",
     )
     algorithm: str = inherit(PipelineParameters, "algorithm")
     weights: str = inherit(PipelineParameters, "weights")
@@ -64,29 +96,37 @@ class RunSettings(Settings):
     synth_bins: int = setting(DEMO_BINS, help="synthetic bins in the embedded bucket", minimum=1)
     out: str = setting("runs", help="where runs are kept")
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.search_batch_sizes is not None:
+            parse_batch_sizes(self.search_batch_sizes, "--search-batch-sizes")
+
     def pipeline_arguments(self) -> dict:
         """The pipeline's parameters for this run (embedded runs get small, CPU-sized defaults)."""
         embedded = self.source is None
+        defaults = EMBEDDED if embedded else ELSEWHERE
+
+        def given(value, name: str):
+            return getattr(defaults, name) if value is None else value
+
         return {
             "source": self.source or f"s3://{DEMO_BUCKET}",
             "endpoint_url": self.s3.endpoint_url or "",
             "anonymous": True if embedded else self.s3.anonymous,
             "file_list": self.file_list or "",
             "limit": self.limit,
-            # Two parts show the parallel ingest locally; a laptop gains little from more.
-            "ingest_parts": self.ingest_parts or (2 if embedded else 4),
+            "ingest_parts": given(self.ingest_parts, "ingest_parts"),
             "classes": self.classes,
             "seed": self.seed,
-            # 64 px keeps a CPU run to minutes and is enough to count synthetic items;
-            # real photos need the ImageNet-sized 224 px.
-            "image_size": self.image_size or (64 if embedded else 224),
-            "trials": self.trials if self.trials is not None else (3 if embedded else 4),
+            "image_size": given(self.image_size, "image_size"),
+            "trials": given(self.trials, "trials"),
             "algorithm": self.algorithm,
-            "max_trial_epochs": self.max_trial_epochs or (2 if embedded else 10),
-            "train_epochs": self.epochs if self.epochs is not None else (10 if embedded else 0),
+            "max_trial_epochs": given(self.max_trial_epochs, "max_trial_epochs"),
+            "search_batch_sizes": given(self.search_batch_sizes, "search_batch_sizes"),
+            "train_epochs": given(self.epochs, "train_epochs"),
             "weights": self.weights,
             "min_accuracy": self.min_accuracy,
-            "deploy_target": "local",
+            "deploy_target": defaults.deploy_target,
         }
 
 

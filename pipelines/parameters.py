@@ -55,6 +55,7 @@ class PipelineParameters(Settings):
     trials: int = inherit(TuneSettings, "trials")
     algorithm: str = inherit(TuneSettings, "algorithm")
     max_trial_epochs: int = inherit(TuneSettings, "max_epochs")
+    search_batch_sizes: str = inherit(TuneSettings, "batch_sizes")
     trial_early_stopping: str = inherit(TuneSettings, "early_stopping")
     parallel_trials: int = inherit(TuneSettings, "parallel_trials")
     # 0 is "the number of epochs the search chose": train's --epochs has no such value.

@@ -7,7 +7,46 @@ from pathlib import Path
 
 import pytest
 
-from invmon.pipelines.local_run import RunSettings, format_summary, run_pipeline
+from invmon.core.settings import help_of
+from invmon.pipelines.local_run import (
+    ELSEWHERE,
+    EMBEDDED,
+    RunSettings,
+    format_summary,
+    run_pipeline,
+)
+from invmon.pipelines.parameters import DEFAULTS
+from invmon.training.search import parse_batch_sizes
+
+
+def test_an_embedded_run_searches_one_batch_size_and_given_options_win():
+    embedded = RunSettings().pipeline_arguments()
+    assert len(parse_batch_sizes(embedded["search_batch_sizes"])) == 1
+    assert embedded["train_epochs"] == EMBEDDED.train_epochs > 0, "not the one-epoch trial's"
+    for name in ("trials", "max_trial_epochs", "image_size", "ingest_parts"):
+        assert embedded[name] == getattr(EMBEDDED, name), name
+    given = RunSettings(trials=3, search_batch_sizes="16,64", epochs=2).pipeline_arguments()
+    assert (given["trials"], given["search_batch_sizes"], given["train_epochs"]) == (3, "16,64", 2)
+    # A run on a real bucket keeps the pipeline's search.
+    remote = RunSettings(source="s3://bucket").pipeline_arguments()
+    assert (
+        remote["search_batch_sizes"] == DEFAULTS.search_batch_sizes == ELSEWHERE.search_batch_sizes
+    )
+    assert remote["train_epochs"] == 0, "the search's choice"
+
+
+def test_the_run_options_quote_their_defaults_from_one_place():
+    assert f"default {EMBEDDED.trials} embedded, {ELSEWHERE.trials} otherwise" in help_of(
+        RunSettings, "trials"
+    )
+    assert f"default {EMBEDDED.train_epochs} embedded, the search's" in help_of(
+        RunSettings, "epochs"
+    )
+
+
+def test_bad_search_batch_sizes_are_named():
+    with pytest.raises(ValueError, match=r"--search-batch-sizes must be .* got '16,x'"):
+        RunSettings(search_batch_sizes="16,x")
 
 
 @pytest.mark.slow

@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from invmon.training.config import TrainConfig
+from invmon.stages.tune import TuneSettings
+from invmon.stages.tune import run as run_tune
+from invmon.training.config import TrainConfig, TrainOverrides
 from invmon.training.search import ALGORITHMS, Parameter, SearchSpec, default_parameters, tune
 
 
@@ -23,6 +25,34 @@ def test_search_space_maps_onto_katib_parameter_specs():
         "max": "6",
         "distribution": "uniform",
     }
+
+
+def test_the_searched_batch_sizes_are_a_setting():
+    default = {p.name: p for p in TuneSettings(data="d", out="o").spec().parameters}
+    assert default["batch_size"].values == (16, 32, 64)
+    one = TuneSettings(data="d", out="o", batch_sizes="64").spec()
+    katib = {p["name"]: p for p in one.to_dict()["parameters"]}
+    assert katib["batch_size"]["feasibleSpace"] == {"list": ["64"]}
+
+
+@pytest.mark.parametrize("text", ["", "16,x", "0,32", "32,32", "16;32"])
+def test_bad_batch_sizes_are_named(text):
+    with pytest.raises(ValueError, match=f"--batch-sizes must be .* got {text!r}"):
+        TuneSettings(data="d", out="o", batch_sizes=text)
+
+
+def test_one_batch_size_is_what_the_search_hands_to_training(shards_dir, tmp_path):
+    settings = TuneSettings(
+        data=str(shards_dir),
+        out=str(tmp_path),
+        trials=1,
+        max_epochs=1,
+        batch_sizes="32",
+        training=TrainOverrides(device="cpu"),
+    )
+    result = run_tune(settings)
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert result.best_parameters["batch_size"] == best["parameters"]["batch_size"] == 32
 
 
 def test_grid_values():

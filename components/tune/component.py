@@ -15,6 +15,7 @@ def tune(
     trials: int = 4,
     algorithm: str = "tpe",
     max_epochs: int = 10,
+    batch_sizes: str = "16,32,64",
     early_stopping: str = "none",
     objective: str = "accuracy",
     device: str = "auto",
@@ -39,6 +40,8 @@ def tune(
         trials: Number of trials.
         algorithm: random, grid, tpe, bayesianoptimization or cmaes.
         max_epochs: Largest number of epochs a trial may train.
+        batch_sizes: Batch sizes the trials try, comma-separated (one size: every trial, and
+            so the final training, uses it).
         early_stopping: none, median (Katib medianstop) or hyperband (local backend only).
         objective: accuracy (validation, maximised) or val_loss (minimised).
         device: auto, cpu or cuda (local backend).
@@ -72,6 +75,7 @@ def tune(
         objective=objective,
         early_stopping=early_stopping,
         max_epochs=max_epochs,
+        batch_sizes=batch_sizes,
         parallel_trials=parallel_trials,
         recipe=recipe,
         training=TrainOverrides(weights=weights, device=device, seed=seed),

@@ -16,7 +16,14 @@ from invmon.cluster.placement import PodOptions
 from invmon.core.command import Command
 from invmon.core.settings import Settings, setting
 from invmon.training.config import RECIPES, TrainConfig, TrainOverrides, recipe_config
-from invmon.training.search import ALGORITHMS, BACKENDS, EARLY_STOPPING, OBJECTIVES, SearchSpec
+from invmon.training.search import (
+    ALGORITHMS,
+    BACKENDS,
+    EARLY_STOPPING,
+    OBJECTIVES,
+    SearchSpec,
+    parse_batch_sizes,
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,11 @@ class TuneSettings(Settings):
         choices=EARLY_STOPPING,
     )
     max_epochs: int = setting(10, help="most epochs a trial trains", minimum=1)
+    batch_sizes: str = setting(
+        "16,32,64",
+        help="batch sizes the trials try, comma-separated (one size: every trial, and so the "
+        "final training, uses it)",
+    )
     parallel_trials: int = setting(2, help="trials at once (katib)", minimum=1)
     max_failed_trials: int = setting(1, help="failed trials before the search fails", minimum=0)
     recipe: str = setting(
@@ -78,12 +90,16 @@ class TuneSettings(Settings):
     # mounted path). Empty: --data itself.
     data_uri: str = setting("", help="the data's location for trial pods", cli=False)
 
+    def __post_init__(self):
+        super().__post_init__()
+        parse_batch_sizes(self.batch_sizes)
+
     def spec(self) -> SearchSpec:
         """The search: the original project's space (lr, batch size, epochs) and the budget."""
         from invmon.training.search import default_parameters
 
         return SearchSpec(
-            parameters=default_parameters(self.max_epochs),
+            parameters=default_parameters(self.max_epochs, parse_batch_sizes(self.batch_sizes)),
             objective_metric=self.objective,
             algorithm=self.algorithm,
             max_trials=self.trials,

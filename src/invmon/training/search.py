@@ -122,13 +122,48 @@ def _katib_value(value) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def default_parameters(max_epochs: int = 10) -> list[Parameter]:
-    """The original project's search space: learning rate, batch size and epochs."""
+DEFAULT_BATCH_SIZES = (16, 32, 64)
+# The original project's learning rates, for its smallest batch size.
+LR_RANGE = (3e-4, 3e-3)
+
+
+def default_parameters(
+    max_epochs: int = 10, batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+) -> list[Parameter]:
+    """The original project's search space: learning rate, batch size and epochs.
+
+    ``batch_sizes`` are the sizes worth trying. Trials of one or two epochs favour the smallest,
+    which takes the most optimizer steps per epoch, whatever it costs per image and whether or not
+    it stays ahead over a longer final training: on a CPU, batch 16 costs about 1.5x more per
+    image than 64 (docs/benchmarks.md, "The main job"). With one size, every trial, and so the
+    final training, uses it.
+
+    The learning-rate range is the original one when the smallest size is 16; for larger sizes
+    it moves up in proportion (the linear-scaling rule: k times the batch, k times the rate), so
+    that batch 64 alone searches 1.2e-3 to 1.2e-2 rather than rates made for 16 images a step.
+    """
+    scale = min(batch_sizes) / DEFAULT_BATCH_SIZES[0]
+    low, high = LR_RANGE
     return [
-        Parameter("lr", "double", 3e-4, 3e-3, log_scale=True),
-        Parameter("batch_size", "categorical", values=(16, 32, 64)),
+        Parameter("lr", "double", low * scale, high * scale, log_scale=True),
+        Parameter("batch_size", "categorical", values=tuple(batch_sizes)),
         Parameter("epochs", "int", max(1, max_epochs // 2), max_epochs),
     ]
+
+
+def parse_batch_sizes(text: str, option: str = "--batch-sizes") -> tuple[int, ...]:
+    """``"32,64"`` -> ``(32, 64)``; ValueError naming ``option`` for anything but distinct
+    positive integers."""
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1 or len(set(sizes)) != len(sizes):
+        raise ValueError(
+            f"{option} must be distinct positive integers separated by commas (e.g. 16,32,64), "
+            f"got {text!r}"
+        )
+    return sizes
 
 
 @dataclass(frozen=True)
