@@ -42,6 +42,7 @@ SAME_MEANING = [
             "algorithm",
             "backend",
             "max_epochs",
+            "batch_sizes",
             "early_stopping",
             "objective",
             "recipe",
