@@ -63,7 +63,7 @@ class TrainSettings(Settings):
     launcher: str = setting(
         "local",
         help="local: train in this process (or under torchrun); trainjob: as a multi-node "
-        "Kubeflow Trainer TrainJob (--data and --out on S3)",
+        "Kubeflow Trainer TrainJob (--out on S3, --data too or in --workspace-claim)",
         choices=LAUNCHERS,
     )
     trainjob: TrainJobOptions = setting(default_factory=TrainJobOptions, help="trainjob launcher")
@@ -98,17 +98,22 @@ def run(settings: TrainSettings):
         from invmon.cluster import trainjob
 
         job = settings.trainjob
+        data = settings.data_uri or settings.data
+        # The nodes' S3 Secret follows the store they use: the data's, or, when the data is in the
+        # mounted workspace, the model's.
+        store = data if "://" in data else settings.out_uri or settings.out
         return trainjob.train_on_cluster(
-            settings.data_uri or settings.data,
+            data,
             settings.out_uri or settings.out,
             settings.out if settings.out_uri else None,
             config,
             image=job.pods.image,
             namespace=job.pods.namespace,
             num_nodes=job.num_nodes,
-            placement=job.pods.placement(settings.data_uri or settings.data),
+            placement=job.pods.placement(store),
             endpoint_url=settings.endpoint_url,
             timeout=job.timeout,
+            volumes=job.pods.volumes(),
         )
     from invmon.training.loop import fit
 
