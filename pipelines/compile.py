@@ -45,7 +45,7 @@ class WorkspaceSettings(Settings):
     size: str = setting(
         "250Gi",
         help="size of the run's shared workspace PVC holding the raw bins and the shards (ABID "
-        "in full at 224 px needs about 115Gi plus room)",
+        "in full at 224 px needs about 105Gi plus room)",
         flag="--workspace-size",
     )
     storage_class: str = setting(

@@ -116,9 +116,11 @@ def _search_and_train(p, settings: ClusterSettings, shards, shared: str):
         "artifact_endpoint_url": p.artifact_endpoint_url,
         "s3_secret": p.cluster_s3_secret,
         "workspace": shared,
-        "run_name": dsl.PIPELINE_JOB_RESOURCE_NAME_PLACEHOLDER,
         **settings.pool(),
     }
+    # The run's workflow name (which names its workspace PVC) only where pods outside the task
+    # mount it: kfp.local cannot resolve this placeholder.
+    run_name = {"run_name": dsl.PIPELINE_JOB_RESOURCE_NAME_PLACEHOLDER}
     search = tune(
         shards=shards,
         trials=p.trials,
@@ -132,6 +134,7 @@ def _search_and_train(p, settings: ClusterSettings, shards, shared: str):
         parallel_trials=p.parallel_trials,
         gpus=settings.gpus,
         **cluster,
+        **(run_name if settings.tune_backend == "katib" else {}),
     )
     _on_gpu_here(search, "tune", settings, settings.tune_backend == "local")
     model = train(
@@ -146,6 +149,7 @@ def _search_and_train(p, settings: ClusterSettings, shards, shared: str):
         num_nodes=p.train_nodes,
         gpus_per_node=settings.gpus,
         **cluster,
+        **(run_name if settings.train_launcher == "trainjob" else {}),
     )
     return _on_gpu_here(model, "train", settings, settings.train_launcher == "local")
 

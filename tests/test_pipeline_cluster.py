@@ -169,16 +169,21 @@ def test_cluster_backends_wait_in_small_tasks_without_dev_shm(tmp_path):
         assert parameters["shm_size"]["runtimeValue"]["constant"] == cluster.shm_size
 
 
-def test_shards_stay_in_the_workspace_and_pods_find_its_claim(compiled):
+def test_shards_stay_in_the_workspace_and_pods_find_its_claim(compiled, tmp_path):
     """Preprocess writes the shards into the workspace; tune, train and evaluate mount it and
-    read them in place; tune and train get the run's workflow name, which names the PVC their
-    Katib trials and TrainJob nodes mount."""
+    read them in place. Compiled for Katib and TrainJobs, tune and train also get the run's
+    workflow name, which names the PVC their trials and nodes mount (kfp.local cannot resolve
+    that placeholder, so the local backends do not get it)."""
     tasks = _tasks(compiled)
     for name in ("preprocess", "tune", "train", "evaluate", "audit", "deploy"):
         parameters = tasks[name][0]["inputs"]["parameters"]
         assert parameters["workspace"]["runtimeValue"]["constant"] == "{{$.workspace_path}}"
+        assert "run_name" not in parameters
+    cluster = ClusterSettings(tune_backend="katib", train_launcher="trainjob")
+    tasks = _tasks(compile_pipeline(tmp_path / "p.yaml", cluster))
     for name in ("tune", "train"):
         parameters = tasks[name][0]["inputs"]["parameters"]
+        assert parameters["workspace"]["runtimeValue"]["constant"] == "{{$.workspace_path}}"
         assert parameters["run_name"]["runtimeValue"]["constant"] == (
             "{{$.pipeline_job_resource_name}}"
         )
