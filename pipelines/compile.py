@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from invmon.cluster.container_images import ImageSet
-from invmon.cluster.placement import PodOptions, Resources, Toleration, parse_toleration
+from invmon.cluster.placement import (
+    RUN_AS_USER,
+    PodOptions,
+    Resources,
+    Toleration,
+    parse_toleration,
+)
 from invmon.cluster.quantity import quantity
 from invmon.core.command import Command
 from invmon.core.settings import Settings, flag_for, inherit, setting
@@ -112,7 +118,7 @@ class ClusterSettings(Settings):
         parse=parse_toleration,
         show_default=False,
     )
-    run_as_user: int = setting(1000, help="user id every task runs as", cli=False)
+    run_as_user: int = setting(RUN_AS_USER, help="user id every task runs as", cli=False)
     # One setting per group of tasks that need alike: the data tasks (ingest, arrange,
     # preprocess), the GPU tasks (tune and train when they run the loop themselves), evaluate and
     # audit, and the tasks that only talk to the cluster (deploy; tune and train when Katib or a

@@ -1,12 +1,13 @@
 """The Katib backend of tune: the search as a Katib v1beta1 Experiment on a cluster.
 
 :func:`render_experiment` turns a :class:`~invmon.training.search.SearchSpec` into an Experiment
-built from
-the ``kubeflow`` package's typed Katib models. Each trial is a batch Job running ``invmon train``
-in the train image on the GPU pool, with the trial's parameters wired to the train command's flags
-(``--lr=${trialParameters.lr}``) and the rest of the recipe passed as fixed flags. The train
-command prints one timestamped ``name=value`` line per epoch, which Katib's StdOut metrics
-collector parses with its default filter.
+built from the ``kubeflow`` package's typed Katib models. Each trial is a batch Job running
+``invmon train`` in the train image on the GPU pool, with the trial's parameters wired to the train
+command's flags (``--lr=${trialParameters.lr}``) and the rest of the recipe passed as fixed flags;
+it reads the dataset in place from the pipeline run's workspace PVC, mounted read-only
+(:class:`~invmon.cluster.volumes.PodVolumes`), or from ``s3://``. The train command prints one
+timestamped ``name=value`` line per epoch, which Katib's StdOut metrics collector parses with its
+default filter.
 
 :func:`run_experiment` creates the Experiment through the ``kubernetes`` client (kubeflow-katib's
 own SDK cannot be installed beside kfp), waits for it, and writes ``best.json``, ``trials.csv`` and

@@ -4,9 +4,10 @@
 package's typed Trainer models: the ``torch-distributed`` runtime, ``num_nodes`` nodes with
 ``gpus_per_node`` GPUs each, the train image running ``torchrun --no-python invmon train`` (the
 runtime sets torchrun's ``PET_*`` variables: node count, processes per node, rank, master), the
-dataset read from and the model written to ``s3://`` locations, and a checkpoint there too, so a
-restarted node resumes. GPU pool placement and the non-root security context go into the
-TrainJob's ``runtimePatches``.
+dataset read in place from the pipeline run's workspace PVC (or from ``s3://``), the model written
+to an ``s3://`` location, and a checkpoint there too, so a restarted node resumes. GPU pool
+placement, the non-root security context and the volumes
+(:class:`~invmon.cluster.volumes.PodVolumes`) go into the TrainJob's ``runtimePatches``.
 
 :func:`run_trainjob` creates it through the ``kubernetes`` client, waits for the ``Complete``
 condition and raises with Trainer's reason and message when it fails.
