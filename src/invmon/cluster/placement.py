@@ -85,6 +85,8 @@ def s3_secret_for(text: str, uri: str) -> S3Secret | None:
     if uri.startswith("s3://"):
         return PROJECT_S3_SECRET
     return None
+
+
 # The pods' non-root user, and the group that owns what they write on shared volumes.
 RUN_AS_USER = 1000
 FS_GROUP = 1000
