@@ -9,7 +9,7 @@ from support.fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_
 
 from invmon.cli import build_parser
 from invmon.cluster import trainjob
-from invmon.cluster.placement import PodPlacement
+from invmon.cluster.placement import PodOptions, PodPlacement
 from invmon.cluster.volumes import PodVolumes
 from invmon.training.config import TrainConfig
 
@@ -253,3 +253,22 @@ def test_nodes_reading_kfps_object_store_get_its_secret_by_default():
     none = PodOptions(s3_secret="none").placement("minio://mlpipeline/v2/artifacts/run/shards")
     settings = dataclasses.replace(settings, placement=none)
     assert "env" not in trainjob.render_trainjob(CONFIG, settings)["spec"]["trainer"]
+
+
+def test_nodes_reading_the_workspace_get_the_secret_of_the_models_store():
+    """With the shards in the workspace, the nodes still write the model to S3: their default
+    Secret follows the model's store, not the (local) data path."""
+    from invmon.stages import train
+
+    settings = train.TrainSettings(
+        data="/kfp-workspace/shards",
+        out="/minio/mlpipeline/v2/artifacts/run/train/model",
+        out_uri="minio://mlpipeline/v2/artifacts/run/train/model",
+        launcher="trainjob",
+    )
+    store = train.nodes_store(settings)
+    assert store == "minio://mlpipeline/v2/artifacts/run/train/model"
+    secret = PodOptions().placement(store).s3_secret
+    assert secret.name == "mlpipeline-minio-artifact"
+    s3 = train.TrainSettings(data="s3://b/shards", out="s3://b/model", launcher="trainjob")
+    assert train.nodes_store(s3) == "s3://b/shards"

@@ -98,19 +98,15 @@ def run(settings: TrainSettings):
         from invmon.cluster import trainjob
 
         job = settings.trainjob
-        data = settings.data_uri or settings.data
-        # The nodes' S3 Secret follows the store they use: the data's, or, when the data is in the
-        # mounted workspace, the model's.
-        store = data if "://" in data else settings.out_uri or settings.out
         return trainjob.train_on_cluster(
-            data,
+            settings.data_uri or settings.data,
             settings.out_uri or settings.out,
             settings.out if settings.out_uri else None,
             config,
             image=job.pods.image,
             namespace=job.pods.namespace,
             num_nodes=job.num_nodes,
-            placement=job.pods.placement(store),
+            placement=job.pods.placement(nodes_store(settings)),
             endpoint_url=settings.endpoint_url,
             timeout=job.timeout,
             volumes=job.pods.volumes(),
@@ -125,6 +121,13 @@ def run(settings: TrainSettings):
         resume=settings.resume,
         endpoint_url=settings.endpoint_url,
     )
+
+
+def nodes_store(settings: TrainSettings) -> str:
+    """The store whose S3 Secret TrainJob nodes get by default: the data's, or, when the data is
+    a path in the mounted workspace, the model's (they still write it to S3)."""
+    data = settings.data_uri or settings.data
+    return data if "://" in data else settings.out_uri or settings.out
 
 
 def _join(location: str, name: str) -> str:
