@@ -11,23 +11,36 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from invmon.cluster.container_images import ImageSet
-from invmon.cluster.placement import Toleration, parse_toleration
+from invmon.cluster.placement import (
+    RUN_AS_USER,
+    PodOptions,
+    Resources,
+    Toleration,
+    parse_toleration,
+)
+from invmon.cluster.quantity import quantity
 from invmon.core.command import Command
-from invmon.core.settings import Settings, setting
+from invmon.core.settings import Settings, flag_for, inherit, setting
 
 DEFAULT_OUTPUT = "inventory_pipeline.yaml"
 TUNE_BACKENDS = ("local", "katib")
 TRAIN_LAUNCHERS = ("local", "trainjob")
 ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
+# The task groups that share a CPU/memory setting (see ClusterSettings.resources).
+RESOURCE_GROUPS = ("data", "gpu", "evaluate", "control")
 
 
 @dataclass(frozen=True)
 class WorkspaceSettings(Settings):
-    """The run's shared workspace (a PVC per run): where the raw and arranged bins live.
+    """The run's shared workspace (a PVC per run): raw bins, arranged layout and shards.
 
-    ABID's million small files would otherwise be uploaded to and downloaded from object storage
-    by every data task. ``access_modes`` and ``storage_class`` patch the PVC (empty: the KFP
-    server's defaults); parallel ingest parts on several nodes need ``ReadWriteMany``.
+    ABID's million small files and 80 GB of shards would otherwise be uploaded to and downloaded
+    from object storage by every task that reads them. The PVC spec always carries its access
+    modes: KFP refuses to create a run whose workspace has none unless the admin configured a
+    default (kubeflow/pipelines backend/src/v2/compiler/argocompiler/argo.go:673-735,
+    GetWorkspacePVC). ``ReadWriteMany`` lets the CPU tasks, the GPU tasks, the Katib trials and
+    the TrainJob nodes mount it on their different nodes at once. ``storage_class`` is left out
+    when empty (the cluster's default class; KFP refuses an empty ``storageClassName``).
     """
 
     enabled: bool = setting(
@@ -37,20 +50,32 @@ class WorkspaceSettings(Settings):
     )
     size: str = setting(
         "250Gi",
-        help="size of the run's shared workspace PVC holding the raw and arranged bins (ABID in "
-        "full needs about 60Gi plus room)",
+        help="size of the run's shared workspace PVC holding the raw bins and the shards (ABID "
+        "in full at 224 px needs about 105Gi plus room)",
         flag="--workspace-size",
     )
     storage_class: str = setting(
         "", help="storage class of the workspace PVC", flag="--workspace-storage-class"
     )
     access_modes: tuple[str, ...] = setting(
-        (),
-        help="access mode of the workspace PVC (repeatable; ReadWriteMany lets ingest parts run "
-        "on several nodes)",
+        ("ReadWriteMany",),
+        help="access mode of the workspace PVC (repeatable; ReadWriteOnce puts every task that "
+        "mounts it on one node)",
         choices=ACCESS_MODES,
         flag="--workspace-access-mode",
     )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.enabled and not self.access_modes:
+            raise ValueError("--workspace-access-mode: at least one access mode is required")
+
+    def pvc_spec_patch(self) -> dict:
+        """What the run's PVC spec is patched with: access modes, storage class when given."""
+        patch = {"accessModes": list(self.access_modes)}
+        if self.storage_class:
+            patch["storageClassName"] = self.storage_class
+        return patch
 
     def config(self):
         """The pipeline-level KFP configuration of this workspace (None: no workspace)."""
@@ -58,15 +83,19 @@ class WorkspaceSettings(Settings):
 
         if not self.enabled:
             return None
-        patch = {}
-        if self.storage_class:
-            patch["storageClassName"] = self.storage_class
-        if self.access_modes:
-            patch["accessModes"] = list(self.access_modes)
-        kubernetes_config = dsl.KubernetesWorkspaceConfig(pvcSpecPatch=patch) if patch else None
+        kubernetes_config = dsl.KubernetesWorkspaceConfig(pvcSpecPatch=self.pvc_spec_patch())
         return dsl.PipelineConfig(
             workspace=dsl.WorkspaceConfig(size=self.size, kubernetes=kubernetes_config)
         )
+
+
+def _resources(default: str, tasks: str) -> str:
+    return setting(
+        default,
+        help=f"CPU and memory requests/limits of {tasks}",
+        metavar="cpu=REQ[/LIM],memory=REQ[/LIM]",
+        parse=lambda text: str(Resources.parse(text)),
+    )
 
 
 @dataclass(frozen=True)
@@ -89,7 +118,30 @@ class ClusterSettings(Settings):
         parse=parse_toleration,
         show_default=False,
     )
-    run_as_user: int = setting(1000, help="user id every task runs as", cli=False)
+    run_as_user: int = setting(RUN_AS_USER, help="user id every task runs as", cli=False)
+    # One setting per group of tasks that need alike: the data tasks (ingest, arrange,
+    # preprocess), the GPU tasks (tune and train when they run the loop themselves), evaluate and
+    # audit, and the tasks that only talk to the cluster (deploy; tune and train when Katib or a
+    # TrainJob does the work). docs/data.md sizes them.
+    data_resources: str = _resources("cpu=2/8,memory=4Gi/16Gi", "ingest, arrange and preprocess")
+    gpu_resources: str = _resources(
+        "cpu=4/8,memory=16Gi/32Gi", "tune and train on a GPU node (the limit covers /dev/shm)"
+    )
+    evaluate_resources: str = _resources(
+        "cpu=2/8,memory=8Gi/16Gi", "evaluate and audit (the limit covers /dev/shm)"
+    )
+    control_resources: str = _resources(
+        "cpu=500m/2,memory=2Gi/4Gi", "deploy, and tune and train when Katib or a TrainJob works"
+    )
+    shm_size: str = inherit(
+        PodOptions,
+        "shm_size",
+        help="memory-backed /dev/shm of every task and pod that runs a DataLoader (it counts "
+        "against their memory limit)",
+    )
+    evaluate_on_gpu: bool = setting(
+        False, help="run evaluate and audit on the GPU pool with one GPU each"
+    )
     caching: bool = setting(
         True,
         help="compile every task with caching off (clusters cache by default)",
@@ -112,12 +164,34 @@ class ClusterSettings(Settings):
         choices=TRAIN_LAUNCHERS,
     )
 
+    def __post_init__(self):
+        super().__post_init__()
+        shm = quantity(self.shm_size, "--shm-size")
+        for group in RESOURCE_GROUPS:
+            resources = self.resources(group)
+            if group in ("gpu", "evaluate") and resources.memory_bytes() <= shm:
+                raise ValueError(
+                    f"{flag_for(ClusterSettings, f'{group}_resources')}: memory limit "
+                    f"{resources.memory_limit} must be above --shm-size {self.shm_size}, which "
+                    "counts against it"
+                )
+
+    def resources(self, group: str) -> Resources:
+        """The CPU and memory of a group of tasks (one of RESOURCE_GROUPS)."""
+        if group not in RESOURCE_GROUPS:
+            raise ValueError(
+                f"unknown task group {group!r} (allowed: {', '.join(RESOURCE_GROUPS)})"
+            )
+        flag = flag_for(ClusterSettings, f"{group}_resources")
+        return Resources.parse(getattr(self, f"{group}_resources"), flag)
+
     def pool(self) -> dict:
         """The GPU pool's placement, as arguments of the tasks that create pods on it."""
         return {
             "train_image": self.images.image("train"),
             "gpu_node_selector": dict(self.gpu_node_selector),
             "gpu_tolerations": [t.to_dict() for t in self.gpu_tolerations],
+            "shm_size": self.shm_size,
         }
 
 

@@ -36,13 +36,33 @@ DESCRIPTION = (
 )
 
 
-def _configure(task, stage: str, settings: ClusterSettings, gpu: bool = False, name: str = ""):
-    """Point a task at its stage's image, run it as non-root, and put GPU stages on the GPU pool."""
+def _configure(task, stage: str, settings: ClusterSettings, group: str, **how):
+    """Point a task at its stage's image, run it as non-root with its group's CPU and memory, and
+    put GPU stages on the GPU pool.
+
+    ``how``: ``gpu`` (on the GPU pool, with ``settings.gpus`` GPUs), ``shm`` (a memory-backed
+    /dev/shm for DataLoader workers: containers get 64 MiB by default), ``name`` (display name).
+    """
     task.set_container_image(settings.images.for_stage(stage))
-    task.set_display_name(name or stage)
-    task.set_caching_options(settings.caching)
+    task.set_display_name(how.get("name") or stage)
+    # A task that reads or writes the run's workspace is never served from the cache: a cached
+    # output would point into an earlier run's workspace, deleted when that run succeeded. KFP
+    # >= 2.15 already puts the workspace PVC into the cache key of such tasks on a cluster
+    # (backend/src/v2/driver/container.go:164-171), but kfp.local does not (docs/data.md).
+    task.set_caching_options(settings.caching and not _uses_workspace(task))
     kubernetes.set_security_context(task, run_as_user=settings.run_as_user, run_as_non_root=True)
-    if gpu:
+    resources = settings.resources(group)
+    task.set_cpu_request(resources.cpu).set_cpu_limit(resources.cpu_limit)
+    task.set_memory_request(resources.memory).set_memory_limit(resources.memory_limit)
+    if how.get("shm"):
+        kubernetes.empty_dir_mount(
+            task,
+            volume_name="dshm",
+            mount_path="/dev/shm",
+            medium="Memory",
+            size_limit=settings.shm_size,
+        )
+    if how.get("gpu"):
         task.set_accelerator_type(settings.accelerator).set_accelerator_limit(settings.gpus)
         for key, value in settings.gpu_node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
@@ -51,6 +71,20 @@ def _configure(task, stage: str, settings: ClusterSettings, gpu: bool = False, n
                 task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect
             )
     return task
+
+
+def _uses_workspace(task) -> bool:
+    """True when the task takes the workspace path, which is what makes KFP mount it."""
+    return task.inputs.get("workspace") == dsl.WORKSPACE_PATH_PLACEHOLDER
+
+
+def _retried(task):
+    """Retry a task whose failures are mostly transient (S3 reads, waiting on the cluster).
+
+    Upstream KFP's Argo defaults may turn this into retries on Argo errors only (docs/cluster.md,
+    "Data, workspace and resources").
+    """
+    return task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2)
 
 
 def _ingest(p, settings: ClusterSettings, shared: str):
@@ -63,22 +97,30 @@ def _ingest(p, settings: ClusterSettings, shared: str):
         "limit": p.limit,
     }
     plan = plan_ingest(parts=p.ingest_parts, **source)
-    _configure(plan, "ingest", settings, name="plan-ingest")
+    _retried(_configure(plan, "ingest", settings, "data", name="plan-ingest"))
     with dsl.ParallelFor(plan.output) as part:
-        part_task = _configure(ingest(part=part, workspace=shared, **source), "ingest", settings)
+        part_task = ingest(part=part, workspace=shared, **source)
         # A retried part resumes from what its earlier attempt copied into the workspace.
-        part_task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2)
+        _retried(_configure(part_task, "ingest", settings, "data"))
     merged = merge_ingest(parts=dsl.Collected(part_task.outputs["raw"]), workspace=shared)
-    return _configure(merged, "ingest", settings, name="merge-ingest")
+    return _configure(merged, "ingest", settings, "data", name="merge-ingest")
 
 
-def _search_and_train(p, settings: ClusterSettings, shards):
-    """The search, then the final training with what it chose: returns the train task."""
+def _search_and_train(p, settings: ClusterSettings, shards, shared: str):
+    """The search, then the final training with what it chose: returns the train task.
+
+    With the katib backend and the trainjob launcher the tasks only create pods on the GPU pool
+    and wait; those pods mount the run's workspace, named after the run's workflow.
+    """
     cluster = {
         "artifact_endpoint_url": p.artifact_endpoint_url,
         "s3_secret": p.cluster_s3_secret,
+        "workspace": shared,
         **settings.pool(),
     }
+    # The run's workflow name (which names its workspace PVC) only where pods outside the task
+    # mount it: kfp.local cannot resolve this placeholder.
+    run_name = {"run_name": dsl.PIPELINE_JOB_RESOURCE_NAME_PLACEHOLDER}
     search = tune(
         shards=shards,
         trials=p.trials,
@@ -93,8 +135,9 @@ def _search_and_train(p, settings: ClusterSettings, shards):
         parallel_trials=p.parallel_trials,
         gpus=settings.gpus,
         **cluster,
+        **(run_name if settings.tune_backend == "katib" else {}),
     )
-    _configure(search, "tune", settings, gpu=settings.tune_backend == "local")
+    _on_gpu_here(search, "tune", settings, settings.tune_backend == "local")
     model = train(
         shards=shards,
         search=search.outputs["search"],
@@ -107,8 +150,17 @@ def _search_and_train(p, settings: ClusterSettings, shards):
         num_nodes=p.train_nodes,
         gpus_per_node=settings.gpus,
         **cluster,
+        **(run_name if settings.train_launcher == "trainjob" else {}),
     )
-    return _configure(model, "train", settings, gpu=settings.train_launcher == "local")
+    return _on_gpu_here(model, "train", settings, settings.train_launcher == "local")
+
+
+def _on_gpu_here(task, stage: str, settings: ClusterSettings, here: bool):
+    """Tune or train: on the GPU pool when the loop runs in the task, else a task that waits."""
+    if here:
+        return _configure(task, stage, settings, "gpu", gpu=True, shm=True)
+    # The task waits on Katib or a TrainJob, which are followed again by name when it is retried.
+    return _retried(_configure(task, stage, settings, "control"))
 
 
 def _release(settings: ClusterSettings, shared: str):
@@ -159,15 +211,21 @@ def _release(settings: ClusterSettings, shared: str):
                 canary_traffic_percent=canary_traffic_percent,
                 workspace=shared,
             )
-            _configure(served, "deploy", settings)
+            # Deploy creates or updates the service and waits: a retry follows the same object.
+            _retried(_configure(served, "deploy", settings, "control"))
             audited = audit(model=model, raw=raw, threshold=audit_threshold, workspace=shared)
-            _configure(audited, "audit", settings)
+            _evaluating(audited, "audit", settings)
 
     return dsl.pipeline(
         name="release",
         description="Deploy the model and audit the bins, when the test accuracy passes the gate.",
         pipeline_config=settings.workspace.config(),
     )(release)
+
+
+def _evaluating(task, stage: str, settings: ClusterSettings):
+    """Evaluate or audit: a ResNet50 over many images, on the GPU pool if compiled so."""
+    return _configure(task, stage, settings, "evaluate", gpu=settings.evaluate_on_gpu, shm=True)
 
 
 def build_pipeline(settings: ClusterSettings | None = None):
@@ -217,14 +275,20 @@ def build_pipeline(settings: ClusterSettings | None = None):
         arranged = arrange(
             raw=merged.outputs["raw"], classes=classes, split=split, seed=seed, workspace=shared
         )
-        _configure(arranged, "arrange", settings)
+        _configure(arranged, "arrange", settings, "data")
         shards = preprocess(
-            arranged=arranged.outputs["arranged"], image_size=image_size, workspace=shared
+            arranged=arranged.outputs["arranged"],
+            image_size=image_size,
+            # One decoding process per core its CPU limit allows, not per core of the node.
+            workers=settings.resources("data").cores(),
+            workspace=shared,
         )
-        _configure(shards, "preprocess", settings)
-        model = _search_and_train(p, settings, shards.outputs["shards"])
-        evaluated = evaluate(model=model.outputs["model"], shards=shards.outputs["shards"])
-        _configure(evaluated, "evaluate", settings)
+        _configure(shards, "preprocess", settings, "data")
+        model = _search_and_train(p, settings, shards.outputs["shards"], shared)
+        evaluated = evaluate(
+            model=model.outputs["model"], shards=shards.outputs["shards"], workspace=shared
+        )
+        _evaluating(evaluated, "evaluate", settings)
         release(
             model=model.outputs["model"],
             arranged=arranged.outputs["arranged"],
@@ -237,7 +301,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
             deployment_mode=deployment_mode,
             canary_traffic_percent=canary_traffic_percent,
             audit_threshold=audit_threshold,
-        ).set_display_name("release").set_caching_options(settings.caching)
+        ).set_display_name("release").set_caching_options(settings.caching and not shared)
 
     inventory_monitoring.__doc__ = docstring("Train and deploy a bin item counter.")
     return dsl.pipeline(

@@ -96,6 +96,11 @@ class RunSettings(Settings):
     min_accuracy: float = inherit(PipelineParameters, "min_accuracy")
     synth_bins: int = setting(DEMO_BINS, help="synthetic bins in the embedded bucket", minimum=1)
     out: str = setting("runs", help="where runs are kept")
+    cache: bool = setting(
+        False,
+        help="reuse what earlier runs under --out computed for the same inputs (tasks that use "
+        "the run's workspace always run again)",
+    )
 
     def __post_init__(self):
         super().__post_init__()
@@ -181,11 +186,16 @@ def run_pipeline(options: RunSettings) -> RunSummary:
             pipeline_root=str(root),
             raise_on_error=True,
             workspace_root=tempfile.mkdtemp(prefix="workspace-", dir=root.parent),
+            enable_caching=options.cache,
+            # Beside the runs, not in the pipeline root, where each new folder is a run.
+            cache_root=str(root.parent / "cache"),
         )
         pipeline_start = time.time()
         with warnings.catch_warnings():
             # kfp.local warns when an image name lacks "python"; ours run in this interpreter.
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            # Resources, /dev/shm and GPU placement are for a cluster; kfp.local says so per task.
+            warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
             build_pipeline()(**options.pipeline_arguments())
     seconds = time.monotonic() - start
     (run_dir,) = set(root.iterdir()) - before

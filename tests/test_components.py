@@ -33,7 +33,7 @@ SAME_MEANING = [
         ("endpoint_url", "anonymous", "file_list", "limit", "workers"),
     ),
     (components.arrange, ArrangeSettings, ("classes", "split", "seed")),
-    (components.preprocess, PreprocessSettings, ("image_size", "shard_size")),
+    (components.preprocess, PreprocessSettings, ("image_size", "shard_size", "workers")),
     (
         components.tune,
         TuneSettings,
@@ -50,6 +50,7 @@ SAME_MEANING = [
             "namespace",
             "s3_secret",
             "gpus",
+            "shm_size",
         ),
     ),
     # The trials' and the final training's recipe settings are TrainConfig's.
@@ -57,7 +58,15 @@ SAME_MEANING = [
     (
         components.train,
         TrainSettings,
-        ("recipe", "checkpoint", "launcher", "num_nodes", "namespace", "s3_secret"),
+        (
+            "recipe",
+            "checkpoint",
+            "launcher",
+            "num_nodes",
+            "namespace",
+            "s3_secret",
+            "shm_size",
+        ),
     ),
     (components.train, TrainConfig, ("device", "seed", "weights")),
     (components.evaluate, EvaluateSettings, ("device",)),
@@ -183,3 +192,43 @@ def test_the_data_components_chain_from_a_bucket_to_shards(s3_url, public_bucket
     shards = _Artifact(tmp_path / "shards")
     components.preprocess.python_func(arranged=arranged, shards=shards, image_size=32)
     assert sum(shards.metadata["images"].values()) == 30
+
+
+def test_with_a_workspace_the_shards_stay_in_it_and_are_read_in_place(
+    arranged_dir, model_dir, tmp_path
+):
+    """Preprocess writes the shards into the workspace and hands on a pointer; evaluate reads
+    them there. The artifact that object storage would carry is a few hundred bytes."""
+    from invmon.data import workspace as shared
+
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    shards = _Artifact(tmp_path / "shards")
+    components.preprocess.python_func(
+        arranged=_Artifact(arranged_dir),
+        shards=shards,
+        image_size=32,
+        workers=1,
+        workspace=str(workspace),
+    )
+    assert [p.name for p in Path(shards.path).iterdir()] == [shared.POINTER_FILE]
+    assert Path(shards.path, shared.POINTER_FILE).stat().st_size < 1000
+    assert shared.resolve(shards.path) == workspace / "shards"
+    assert (workspace / "shards" / "index.json").is_file()
+
+    from kfp import dsl
+
+    metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"))
+    confusion = dsl.ClassificationMetrics(name="confusion", uri=str(tmp_path / "confusion"))
+    report = dsl.HTML(name="report", uri=str(tmp_path / "report.html"))
+    accuracy, _ = components.evaluate.python_func(
+        model=dsl.Model(name="model", uri=str(model_dir)),
+        shards=dsl.Dataset(name="shards", uri=shards.path),
+        metrics=metrics,
+        confusion=confusion,
+        report=report,
+        device="cpu",
+        workspace=str(workspace),
+    )
+    assert 0.0 <= accuracy <= 1.0
+    assert "<svg" in Path(report.path).read_text()

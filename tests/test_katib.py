@@ -17,6 +17,7 @@ from support.fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_
 from invmon.cli import build_parser, main
 from invmon.cluster import katib
 from invmon.cluster.placement import PodPlacement
+from invmon.cluster.volumes import PodVolumes
 from invmon.training.config import TrainConfig
 from invmon.training.search import ALGORITHMS, Parameter, SearchSpec, default_parameters
 
@@ -130,8 +131,16 @@ def test_trial_pod_runs_non_root_on_the_gpu_pool_with_credentials_by_reference()
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
     assert container["image"] == SETTINGS.image
-    assert container["resources"] == {"limits": {"nvidia.com/gpu": "2"}}
-    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000}
+    assert container["resources"] == {
+        "limits": {"nvidia.com/gpu": "2"},
+        "requests": {"ephemeral-storage": "8Gi"},
+    }
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "fsGroup": 1000,
+        "fsGroupChangePolicy": "OnRootMismatch",
+    }
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     assert pod["serviceAccountName"] == "trainer"
@@ -159,6 +168,74 @@ def test_a_misspelt_field_is_refused_naming_it():
     manifest["spec"]["objective"]["metricStrategies"][0]["strategy"] = "max"
     with pytest.raises(ValueError, match="metricStrategies"):
         katib.check_experiment(manifest)
+
+
+def test_trials_read_the_dataset_in_the_runs_workspace_read_only():
+    """With the run's workspace PVC, each trial mounts it read-only where the KFP tasks see it
+    and trains on the shards in place; /dev/shm and /tmp are volumes, /tmp requested as
+    ephemeral storage."""
+    volumes = PodVolumes(workspace_claim="run-42-kfp-workspace", shm_size="6Gi")
+    settings = katib.TrialSettings(
+        data="/kfp-workspace/shards", image=SETTINGS.image, namespace="team-a", volumes=volumes
+    )
+    manifest = katib.render_experiment("ws", SearchSpec(), TrainConfig(), settings)
+    pod = manifest["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["volumes"] == [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "6Gi"}},
+        {"name": "scratch", "emptyDir": {"sizeLimit": "8Gi"}},
+        {
+            "name": "workspace",
+            "persistentVolumeClaim": {"claimName": "run-42-kfp-workspace", "readOnly": True},
+        },
+    ]
+    assert container["volumeMounts"] == [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "scratch", "mountPath": "/tmp"},
+        {"name": "workspace", "mountPath": "/kfp-workspace", "readOnly": True},
+    ]
+    assert container["resources"]["requests"] == {"ephemeral-storage": "8Gi"}
+    values = {"lr": "0.001", "batch_size": "32", "epochs": "2"}
+    args = build_parser().parse_args(substitute(container["command"], values)[1:])
+    assert args.data == "/kfp-workspace/shards"
+    assert args.out.startswith("/tmp/")  # the trial's model goes to the /tmp volume
+
+
+def test_experiment_manifest_keeps_a_workspace_path_and_names_by_claim(monkeypatch):
+    volumes = PodVolumes(workspace_claim="run-1-kfp-workspace")
+    first = katib.experiment_manifest(
+        "/kfp-workspace/shards",
+        "/out",
+        SearchSpec(),
+        TrainConfig(),
+        namespace="a",
+        volumes=volumes,
+    )
+    container = first["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert container["command"][container["command"].index("--data") + 1] == (
+        "/kfp-workspace/shards"
+    )
+    other = katib.experiment_manifest(
+        "/kfp-workspace/shards",
+        "/out",
+        SearchSpec(),
+        TrainConfig(),
+        namespace="a",
+        volumes=PodVolumes(workspace_claim="run-2-kfp-workspace"),
+    )
+    assert first["metadata"]["name"] != other["metadata"]["name"]
+
+
+def test_data_outside_the_mounted_workspace_is_refused():
+    volumes = PodVolumes(workspace_claim="run-1-kfp-workspace")
+    with pytest.raises(ValueError, match=r"'/elsewhere/shards'.*--workspace-claim"):
+        katib.TrialSettings(data="/elsewhere/shards", volumes=volumes)
+    with pytest.raises(ValueError, match="run name '': the workspace PVC"):
+        from invmon.cluster.volumes import workspace_claim
+
+        workspace_claim("")
 
 
 @pytest.mark.parametrize(

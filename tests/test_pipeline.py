@@ -130,12 +130,29 @@ def _container_tasks(spec: dict) -> list[dict]:
     return tasks
 
 
-def test_caching_is_on_by_default_and_can_be_compiled_off(compiled, tmp_path):
+def _uses_workspace(task: dict) -> bool:
+    parameters = task.get("inputs", {}).get("parameters", {})
+    value = parameters.get("workspace", {}).get("runtimeValue", {}).get("constant")
+    return value == "{{$.workspace_path}}"
+
+
+def test_tasks_that_use_the_workspace_are_never_cached(compiled, tmp_path):
+    """A cached output of a workspace task would point into an earlier run's deleted workspace:
+    those tasks compile with caching off; the others follow the caching setting."""
     spec, _ = _documents(compiled)
-    assert all(t["cachingOptions"]["enableCache"] for t in _container_tasks(spec))
+    tasks = {t["taskInfo"]["name"]: t for t in _container_tasks(spec)}
+    workspace = {name for name, task in tasks.items() if _uses_workspace(task)}
+    assert workspace == set(tasks) - {"plan-ingest"}
+    for name, task in tasks.items():
+        assert task["cachingOptions"].get("enableCache", False) == (name not in workspace), name
+    release = spec["root"]["dag"]["tasks"]["release"]
+    assert not release["cachingOptions"].get("enableCache", False)
     off = compile_pipeline(tmp_path / "p.yaml", ClusterSettings(caching=False))
     spec, _ = _documents(off)
-    assert not any(t.get("cachingOptions", {}).get("enableCache") for t in _container_tasks(spec))
+    assert not any(t["cachingOptions"].get("enableCache") for t in _container_tasks(spec))
+    plain = ClusterSettings(workspace=WorkspaceSettings(enabled=False))
+    spec, _ = _documents(compile_pipeline(tmp_path / "q.yaml", plain))
+    assert all(t["cachingOptions"]["enableCache"] for t in _container_tasks(spec))
 
 
 def _executor_inputs(spec: dict, task: str) -> dict:
@@ -166,17 +183,26 @@ def test_data_steps_share_a_workspace_and_arrange_reports_in_markdown(compiled):
     workspace = yaml.safe_load_all(compiled.read_text())
     settings = list(workspace)[1]["platforms"]["kubernetes"]["pipelineConfig"]["workspace"]
     assert settings["size"] == "250Gi"
-    for task in ("merge-ingest", "arrange", "preprocess"):
+    for task in ("merge-ingest", "arrange", "preprocess", "tune", "train", "evaluate"):
         value = _executor_inputs(spec, task)["workspace"]["runtimeValue"]["constant"]
         assert value == "{{$.workspace_path}}", task
     outputs = spec["components"]["comp-arrange"]["outputDefinitions"]["artifacts"]
     assert outputs["report"]["artifactType"]["schemaTitle"] == "system.Markdown"
 
 
-def test_workspace_can_be_sized_or_compiled_out(tmp_path):
+def test_workspace_is_read_write_many_unless_compiled_otherwise(compiled, tmp_path):
+    """KFP refuses a run whose workspace PVC spec has no access modes (unless its admin set a
+    default) and an empty storage class: the modes are always compiled in, ReadWriteMany by
+    default, and the storage class only when one is given."""
+    _, platform = yaml.safe_load_all(compiled.read_text())
+    workspace = platform["platforms"]["kubernetes"]["pipelineConfig"]["workspace"]
+    assert workspace == {
+        "size": "250Gi",
+        "kubernetes": {"pvcSpecPatch": {"accessModes": ["ReadWriteMany"]}},
+    }
     sized = ClusterSettings(
         workspace=WorkspaceSettings(
-            size="80Gi", storage_class="efs", access_modes=("ReadWriteMany",)
+            size="80Gi", storage_class="efs", access_modes=("ReadWriteOnce",)
         )
     )
     _, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "a.yaml", sized).read_text())
@@ -184,7 +210,7 @@ def test_workspace_can_be_sized_or_compiled_out(tmp_path):
     assert workspace == {
         "size": "80Gi",
         "kubernetes": {
-            "pvcSpecPatch": {"storageClassName": "efs", "accessModes": ["ReadWriteMany"]}
+            "pvcSpecPatch": {"accessModes": ["ReadWriteOnce"], "storageClassName": "efs"}
         },
     }
     plain = compile_pipeline(
@@ -192,6 +218,19 @@ def test_workspace_can_be_sized_or_compiled_out(tmp_path):
     )
     text = plain.read_text()
     assert "workspace_path" not in text and "pipelineConfig" not in text
+    with pytest.raises(ValueError, match="--workspace-access-mode"):
+        WorkspaceSettings(access_modes=())
+
+
+def test_workspace_access_mode_flag_replaces_the_default(tmp_path):
+    out = tmp_path / "p.yaml"
+    argv = ["compile", "--output", str(out), "--workspace-access-mode", "ReadWriteOnce"]
+    assert main([*argv, "--workspace-storage-class", "local-path"]) == 0
+    _, platform = yaml.safe_load_all(out.read_text())
+    patch = platform["platforms"]["kubernetes"]["pipelineConfig"]["workspace"]["kubernetes"]
+    assert patch == {
+        "pvcSpecPatch": {"accessModes": ["ReadWriteOnce"], "storageClassName": "local-path"}
+    }
 
 
 def test_cluster_backends_create_pods_on_the_gpu_pool_without_holding_a_gpu(tmp_path):

@@ -101,3 +101,37 @@ def test_a_model_below_the_quality_gate_is_neither_deployed_nor_audited(tmp_path
     (run,) = (tmp_path / "pipeline_root").iterdir()
     assert (run / "evaluate").is_dir() and not (run / "deploy").exists()
     assert not (run / "audit").exists()
+
+
+@pytest.mark.slow
+def test_a_cached_second_run_with_another_image_size_succeeds(s3_url, public_bucket, tmp_path):
+    """With kfp.local's cache on, a second run that changes only image_size must not get the
+    first run's workspace pointers (raw bins, shards) from the cache: that workspace was deleted
+    when the first run ended. The tasks that use the workspace run again; the others (the ingest
+    plan) come from the cache."""
+    from invmon.data.s3 import S3Options
+    from invmon.data.synth import synthesize
+
+    source = f"s3://{public_bucket}"
+    synthesize(source, 90, seed=4, endpoint_url=s3_url, anonymous=True, workers=2)
+    options = RunSettings(
+        source=source,
+        s3=S3Options(endpoint_url=s3_url, anonymous=True),
+        ingest_parts=2,
+        epochs=1,
+        trials=1,
+        max_trial_epochs=1,
+        image_size=32,
+        min_accuracy=0.0,  # deploy and audit (which reads the raw bins) must run
+        out=str(tmp_path),
+        cache=True,
+    )
+    first = Path(run_pipeline(options).run_dir)
+    second = Path(run_pipeline(options.replace(image_size=40)).run_dir)
+    assert (first / "plan-ingest").is_dir() and not (second / "plan-ingest").exists()
+    for task in ("merge-ingest", "arrange", "preprocess", "tune", "train", "evaluate", "audit"):
+        assert (second / task / "executor_output.json").is_file(), task
+    index = json.loads((second / "train" / "model" / "config.json").read_text())
+    assert index["preprocessing"]["image_size"] == 40
+    audit = json.loads((second / "audit" / "executor_output.json").read_text())
+    assert audit["artifacts"]["metrics"]["artifacts"][0]["metadata"]["bins"] == 90

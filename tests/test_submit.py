@@ -124,9 +124,15 @@ def test_caching_stays_on_by_default(kfp_api):
     submit(kfp_api.url)
     spec = kfp_api.posted("/apis/v2beta1/runs")["pipeline_spec"]["pipeline_spec"]
     tasks = spec["root"]["dag"]["tasks"]
-    # A ParallelFor is a DAG task without caching options of its own.
-    containers = [t for t in tasks.values() if "parameterIterator" not in t]
-    assert all(t["cachingOptions"]["enableCache"] for t in containers)
+    # A ParallelFor is a DAG task without caching options of its own. Tasks that use the run's
+    # workspace are never cached (their results point into it), nor is the release DAG, made of
+    # such tasks; the others are, by default.
+    containers = [t for n, t in tasks.items() if "parameterIterator" not in t and n != "release"]
+    for task in containers:
+        workspace = task["inputs"]["parameters"].get("workspace", {}).get("runtimeValue", {})
+        uses_workspace = workspace.get("constant") == "{{$.workspace_path}}"
+        assert task["cachingOptions"].get("enableCache", False) != uses_workspace, task
+    assert tasks["plan-ingest"]["cachingOptions"]["enableCache"]
 
 
 TYPES = {"trials": "NUMBER_INTEGER", "anonymous": "BOOLEAN", "source": "STRING"}

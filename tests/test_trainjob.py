@@ -9,7 +9,8 @@ from support.fake_kubernetes import FakeKubernetesApi, custom_objects_api, fake_
 
 from invmon.cli import build_parser
 from invmon.cluster import trainjob
-from invmon.cluster.placement import PodPlacement
+from invmon.cluster.placement import PodOptions, PodPlacement
+from invmon.cluster.volumes import PodVolumes
 from invmon.training.config import TrainConfig
 
 SETTINGS = trainjob.TrainJobSettings(
@@ -38,7 +39,10 @@ def test_trainjob_is_accepted_by_the_typed_trainer_models():
     assert job.spec.runtime_ref.name == "torch-distributed"
     assert job.spec.trainer.num_nodes == 4 and job.spec.trainer.num_proc_per_node == 8
     assert job.spec.trainer.image == SETTINGS.image
-    assert job.spec.trainer.resources_per_node.to_dict() == {"limits": {"nvidia.com/gpu": "8"}}
+    assert job.spec.trainer.resources_per_node.to_dict() == {
+        "limits": {"nvidia.com/gpu": "8"},
+        "requests": {"ephemeral-storage": "8Gi"},
+    }
     assert job.to_dict() == manifest
 
 
@@ -60,9 +64,53 @@ def test_nodes_run_non_root_on_the_gpu_pool_with_credentials_by_reference():
     (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     pod = node["template"]["spec"]["template"]["spec"]
     assert node["name"] == "node"
-    assert pod["securityContext"] == {"runAsNonRoot": True, "runAsUser": 1000}
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "fsGroup": 1000,
+        "fsGroupChangePolicy": "OnRootMismatch",
+    }
     assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod["tolerations"][0]["effect"] == "NoSchedule"
+
+
+def test_nodes_read_the_shards_in_the_runs_workspace_read_only():
+    """With the run's workspace PVC, every node mounts it read-only where the KFP tasks see it
+    and trains on the shards in place; /dev/shm and /tmp are volumes, /tmp requested as
+    ephemeral storage."""
+    volumes = PodVolumes(workspace_claim="run-42-kfp-workspace", shm_size="16Gi")
+    settings = trainjob.TrainJobSettings(
+        name="train-ws",
+        data="/kfp-workspace/shards",
+        out="s3://ml-data/models/run-42",
+        namespace="team-a",
+        num_nodes=2,
+        placement=PodPlacement(gpus=8),
+        volumes=volumes,
+    )
+    manifest = trainjob.render_trainjob(CONFIG, settings)
+    trainjob.check_trainjob(manifest)
+    (patch,) = manifest["spec"]["runtimePatches"]
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = node["template"]["spec"]["template"]["spec"]
+    assert pod["volumes"] == volumes.volumes()
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}} in pod["volumes"]
+    claim = {"claimName": "run-42-kfp-workspace", "readOnly": True}
+    assert {"name": "workspace", "persistentVolumeClaim": claim} in pod["volumes"]
+    (container,) = pod["containers"]
+    assert container["name"] == "node"
+    assert {"name": "workspace", "mountPath": "/kfp-workspace", "readOnly": True} in container[
+        "volumeMounts"
+    ]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in container["volumeMounts"]
+    command = manifest["spec"]["trainer"]["command"]
+    assert command[command.index("--data") + 1] == "/kfp-workspace/shards"
+    with pytest.raises(ValueError, match=r"'/data/shards'.*--workspace-claim"):
+        trainjob.TrainJobSettings("t", "/data/shards", "s3://b/m", volumes=volumes)
+    with pytest.raises(ValueError, match="out '/kfp-workspace/model'"):
+        trainjob.TrainJobSettings(
+            "t", "/kfp-workspace/shards", "/kfp-workspace/model", volumes=volumes
+        )
 
 
 def test_a_misspelt_field_is_refused_naming_it():
@@ -205,3 +253,22 @@ def test_nodes_reading_kfps_object_store_get_its_secret_by_default():
     none = PodOptions(s3_secret="none").placement("minio://mlpipeline/v2/artifacts/run/shards")
     settings = dataclasses.replace(settings, placement=none)
     assert "env" not in trainjob.render_trainjob(CONFIG, settings)["spec"]["trainer"]
+
+
+def test_nodes_reading_the_workspace_get_the_secret_of_the_models_store():
+    """With the shards in the workspace, the nodes still write the model to S3: their default
+    Secret follows the model's store, not the (local) data path."""
+    from invmon.stages import train
+
+    settings = train.TrainSettings(
+        data="/kfp-workspace/shards",
+        out="/minio/mlpipeline/v2/artifacts/run/train/model",
+        out_uri="minio://mlpipeline/v2/artifacts/run/train/model",
+        launcher="trainjob",
+    )
+    store = train.nodes_store(settings)
+    assert store == "minio://mlpipeline/v2/artifacts/run/train/model"
+    secret = PodOptions().placement(store).s3_secret
+    assert secret.name == "mlpipeline-minio-artifact"
+    s3 = train.TrainSettings(data="s3://b/shards", out="s3://b/model", launcher="trainjob")
+    assert train.nodes_store(s3) == "s3://b/shards"

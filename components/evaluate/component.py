@@ -16,6 +16,7 @@ def evaluate(
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
     device: str = "auto",
+    workspace: str = "",
 ) -> NamedTuple("Outputs", [("accuracy", float), ("rmse", float)]):
     """Test-split accuracy, RMSE, off-by-one accuracy, per-class scores and confusion matrix.
 
@@ -26,18 +27,19 @@ def evaluate(
         confusion: The confusion matrix the Kubeflow UI draws.
         report: HTML report with a confusion-matrix picture and per-class scores.
         device: auto, cpu or cuda.
+        workspace: The pipeline workspace path, when the shards live in it (read in place).
     """
     import os
     import shutil
     import tempfile
     from collections import namedtuple
 
+    from invmon.data import workspace as shared
     from invmon.stages import evaluate as stage
 
     out = tempfile.mkdtemp()
-    result = stage.run(
-        stage.EvaluateSettings(model=model.path, data=shards.path, out=out, device=device)
-    )
+    data = str(shared.resolve(shards.path))
+    result = stage.run(stage.EvaluateSettings(model=model.path, data=data, out=out, device=device))
     for name in (
         "accuracy",
         "rmse",

@@ -30,6 +30,9 @@ def train(
     s3_secret: str = "",
     gpu_node_selector: dict = {},  # noqa: B006 (KFP reads defaults from the signature)
     gpu_tolerations: list = [],  # noqa: B006
+    shm_size: str = "4Gi",
+    workspace: str = "",
+    run_name: str = "",
 ):
     """Train ResNet50 + two-layer head with the hyperparameters the search chose.
 
@@ -58,19 +61,28 @@ def train(
             for minio:// data, invmon-s3 for s3://).
         gpu_node_selector: Node labels of the GPU pool, for the TrainJob's nodes.
         gpu_tolerations: Tolerations of the GPU pool's taints, for the TrainJob's nodes.
+        shm_size: Memory-backed /dev/shm of the TrainJob's nodes (DataLoader workers).
+        workspace: The pipeline workspace path, when the shards live in it: read in place here,
+            and mounted read-only in the TrainJob's nodes.
+        run_name: The run's workflow name, which names its workspace PVC.
     """
     import json
     import os
     import shutil
 
     from invmon.cluster.placement import PodOptions, Toleration
+    from invmon.cluster.volumes import pod_storage
+    from invmon.data import workspace as shared
     from invmon.stages import train as stage
     from invmon.training.config import TrainOverrides
     from invmon.training.loop import HISTORY_FILE
     from invmon.training.report import REPORT_FILE, summary_metrics
 
+    data = str(shared.resolve(shards.path))
+    in_workspace = shared.is_pointer(shards.path)
+    storage = pod_storage(data, workspace, run_name) if launcher == "trainjob" else {}
     settings = stage.TrainSettings(
-        data=shards.path,
+        data=data,
         out=model.path,
         params=os.path.join(search.path, "best.json"),
         recipe=recipe,
@@ -87,9 +99,13 @@ def train(
                 node_selector=gpu_node_selector,
                 tolerations=tuple(Toleration(**t) for t in gpu_tolerations),
                 s3_secret=s3_secret,
+                shm_size=shm_size,
+                **storage,
             ),
         ),
-        data_uri=shards.uri,
+        # TrainJob nodes read the shards where they are: in the workspace, or at the artifact's
+        # URI.
+        data_uri=data if in_workspace else shards.uri,
         out_uri=model.uri,
     )
     stage.run(settings)

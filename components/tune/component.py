@@ -31,6 +31,9 @@ def tune(
     gpus: int = 1,
     gpu_node_selector: dict = {},  # noqa: B006 (KFP reads defaults from the signature)
     gpu_tolerations: list = [],  # noqa: B006
+    shm_size: str = "4Gi",
+    workspace: str = "",
+    run_name: str = "",
 ):
     """Search learning rate, batch size and epochs; each trial is a run of the training loop.
 
@@ -61,13 +64,22 @@ def tune(
         gpus: GPUs per trial (katib backend).
         gpu_node_selector: Node labels of the GPU pool, for the trial pods.
         gpu_tolerations: Tolerations of the GPU pool's taints, for the trial pods.
+        shm_size: Memory-backed /dev/shm of the trial pods (DataLoader workers).
+        workspace: The pipeline workspace path, when the shards live in it: read in place here,
+            and mounted read-only in the trial pods.
+        run_name: The run's workflow name, which names its workspace PVC.
     """
     from invmon.cluster.placement import PodOptions, Toleration
+    from invmon.cluster.volumes import pod_storage
+    from invmon.data import workspace as shared
     from invmon.stages import tune as stage
     from invmon.training.config import TrainOverrides
 
+    data = str(shared.resolve(shards.path))
+    in_workspace = shared.is_pointer(shards.path)
+    storage = pod_storage(data, workspace, run_name) if backend == "katib" else {}
     settings = stage.TuneSettings(
-        data=shards.path,
+        data=data,
         out=search.path,
         trials=trials,
         algorithm=algorithm,
@@ -89,9 +101,12 @@ def tune(
                 node_selector=gpu_node_selector,
                 tolerations=tuple(Toleration(**t) for t in gpu_tolerations),
                 s3_secret=s3_secret,
+                shm_size=shm_size,
+                **storage,
             ),
         ),
-        data_uri=shards.uri,
+        # Trial pods read the shards where they are: in the workspace, or at the artifact's URI.
+        data_uri=data if in_workspace else shards.uri,
     )
     result = stage.run(settings)
     search.metadata.update(

@@ -1,12 +1,13 @@
 """The Katib backend of tune: the search as a Katib v1beta1 Experiment on a cluster.
 
 :func:`render_experiment` turns a :class:`~invmon.training.search.SearchSpec` into an Experiment
-built from
-the ``kubeflow`` package's typed Katib models. Each trial is a batch Job running ``invmon train``
-in the train image on the GPU pool, with the trial's parameters wired to the train command's flags
-(``--lr=${trialParameters.lr}``) and the rest of the recipe passed as fixed flags. The train
-command prints one timestamped ``name=value`` line per epoch, which Katib's StdOut metrics
-collector parses with its default filter.
+built from the ``kubeflow`` package's typed Katib models. Each trial is a batch Job running
+``invmon train`` in the train image on the GPU pool, with the trial's parameters wired to the train
+command's flags (``--lr=${trialParameters.lr}``) and the rest of the recipe passed as fixed flags;
+it reads the dataset in place from the pipeline run's workspace PVC, mounted read-only
+(:class:`~invmon.cluster.volumes.PodVolumes`), or from ``s3://``. The train command prints one
+timestamped ``name=value`` line per epoch, which Katib's StdOut metrics collector parses with its
+default filter.
 
 :func:`run_experiment` creates the Experiment through the ``kubernetes`` client (kubeflow-katib's
 own SDK cannot be installed beside kfp), waits for it, and writes ``best.json``, ``trials.csv`` and
@@ -27,6 +28,7 @@ from invmon.cluster import objects as cluster
 from invmon.cluster import typed
 from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.placement import PodPlacement
+from invmon.cluster.volumes import PodVolumes
 from invmon.core.settings import flag_for, to_flags
 from invmon.training.config import TrainConfig
 from invmon.training.search import SearchSpec, TuneResult, write_outputs
@@ -50,19 +52,25 @@ def default_image() -> str:
 
 @dataclass(frozen=True)
 class TrialSettings:
-    """Where and how each trial runs: data location, image, namespace and pod placement."""
+    """Where and how each trial runs: data location, image, namespace, placement and volumes.
+
+    The data is a path in the workspace PVC that ``volumes`` mounts (read in place), or an
+    ``s3://`` location (each trial copies it to its /tmp volume).
+    """
 
     data: str
     image: str = field(default_factory=default_image)
     namespace: str = "kubeflow-user"
     endpoint_url: str | None = None
     placement: PodPlacement = field(default_factory=PodPlacement)
+    volumes: PodVolumes = field(default_factory=PodVolumes)
 
     def __post_init__(self):
-        if not self.data.startswith("s3://"):
+        if not (self.data.startswith("s3://") or self.volumes.holds(self.data)):
             raise ValueError(
-                f"--data {self.data!r}: Katib trials run in their own pods and read the dataset "
-                "from S3; pass the s3:// location of the preprocessed dataset"
+                f"--data {self.data!r}: Katib trials run in their own pods; pass the s3:// "
+                "location of the preprocessed dataset, or a path in the workspace PVC given "
+                f"with --workspace-claim (mounted at {self.volumes.workspace_path})"
             )
 
 
@@ -89,14 +97,17 @@ def trial_command(spec: SearchSpec, base: TrainConfig, settings: TrialSettings) 
 
 def trial_job(spec: SearchSpec, base: TrainConfig, settings: TrialSettings) -> dict:
     """The batch Job each trial runs, checked against the kubernetes client's V1Job model."""
-    placement = settings.placement
+    placement, volumes = settings.placement, settings.volumes
+    resources = placement.resources()
+    resources["requests"] = {**resources.get("requests", {}), **volumes.requests()}
     container = {
         "name": PRIMARY_CONTAINER,
         "image": settings.image,
         # Katib's collector wraps ``command`` in a shell that tees stdout into its log file.
         "command": trial_command(spec, base, settings),
-        "resources": placement.resources(),
+        "resources": resources,
         "securityContext": {"allowPrivilegeEscalation": False},
+        "volumeMounts": volumes.mounts(),
     }
     if env := placement.env():
         container["env"] = env
@@ -104,6 +115,7 @@ def trial_job(spec: SearchSpec, base: TrainConfig, settings: TrialSettings) -> d
         "restartPolicy": "Never",
         "securityContext": placement.security_context(),
         "containers": [container],
+        "volumes": volumes.volumes(),
         **placement.gpu_pool(),
     }
     if placement.service_account:
@@ -354,23 +366,31 @@ def experiment_manifest(
     placement: PodPlacement | None = None,
     endpoint_url: str | None = None,
     name: str = "",
+    volumes: PodVolumes | None = None,
 ) -> dict:
-    """The Experiment that searches over the dataset at ``data_uri`` (``s3://``, or an artifact
-    URI on KFP's object store) with trials that train from ``base``.
+    """The Experiment that searches over the dataset at ``data_uri`` (a path in the workspace
+    PVC that ``volumes`` mounts, ``s3://``, or an artifact URI on KFP's object store) with trials
+    that train from ``base``.
 
     Without ``name``, the Experiment is named after ``out`` and the data, so a retried task
     follows the Experiment it started instead of starting another. Empty ``image`` and
     ``namespace`` mean the project's train image and this pod's namespace (else kubeflow-user).
     """
-    data, endpoint = cluster.s3_location(data_uri, endpoint_url)
+    volumes = volumes or PodVolumes()
+    if volumes.holds(data_uri):
+        data, endpoint = data_uri, endpoint_url
+    else:
+        data, endpoint = cluster.s3_location(data_uri, endpoint_url)
     settings = TrialSettings(
         data=data,
         image=image or default_image(),
         namespace=namespace or cluster.current_namespace("kubeflow-user"),
         endpoint_url=endpoint,
         placement=placement or PodPlacement(),
+        volumes=volumes,
     )
-    name = name or cluster.object_name("invmon-tune", str(out), data)
+    where = (data, volumes.workspace_claim) if volumes.workspace_claim else (data,)
+    name = name or cluster.object_name("invmon-tune", str(out), *where)
     return render_experiment(name, spec, base, settings, seed=base.seed)
 
 

@@ -8,9 +8,12 @@ on the command line, and for which Secret the pods read S3 with (:func:`s3_secre
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass
 
+from invmon.cluster.quantity import quantity
+from invmon.cluster.volumes import WORKSPACE_PATH, PodVolumes
 from invmon.core.settings import Settings, setting
 
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -84,6 +87,61 @@ def s3_secret_for(text: str, uri: str) -> S3Secret | None:
     return None
 
 
+# The pods' non-root user, and the group that owns what they write on shared volumes.
+RUN_AS_USER = 1000
+FS_GROUP = 1000
+
+
+@dataclass(frozen=True)
+class Resources:
+    """CPU and memory requests and limits of a task, written ``cpu=REQ[/LIMIT],memory=REQ[/LIMIT]``.
+
+    The request is what the scheduler reserves on a node; the limit what the container may use
+    (CPU above it is throttled, memory above it is OOM-killed). A missing limit is the request.
+    """
+
+    cpu: str
+    memory: str
+    cpu_limit: str
+    memory_limit: str
+
+    def __post_init__(self):
+        for name in ("cpu", "memory"):
+            request, limit = getattr(self, name), getattr(self, f"{name}_limit")
+            if quantity(request, f"{name} request") > quantity(limit, f"{name} limit"):
+                raise ValueError(f"{name} request {request} is above its limit {limit}")
+
+    @classmethod
+    def parse(cls, text: str, flag: str = "--resources") -> Resources:
+        """Parse ``cpu=2/8,memory=4Gi/16Gi`` (both keys required, each limit optional)."""
+        values = {}
+        for item in str(text).split(","):
+            key, sep, value = item.strip().partition("=")
+            if not sep or key not in ("cpu", "memory") or key in values:
+                raise ValueError(
+                    f"{flag} {text!r}: expected cpu=REQUEST[/LIMIT],memory=REQUEST[/LIMIT]"
+                )
+            request, _, limit = value.partition("/")
+            values[key] = (request, limit or request)
+        if set(values) != {"cpu", "memory"}:
+            raise ValueError(f"{flag} {text!r}: both cpu= and memory= are required")
+        try:
+            return cls(values["cpu"][0], values["memory"][0], values["cpu"][1], values["memory"][1])
+        except ValueError as err:
+            raise ValueError(f"{flag} {text!r}: {err}") from None
+
+    def __str__(self) -> str:
+        return f"cpu={self.cpu}/{self.cpu_limit},memory={self.memory}/{self.memory_limit}"
+
+    def cores(self) -> int:
+        """Whole cores the limit allows (at least one): how many processes are worth starting."""
+        return max(1, math.floor(quantity(self.cpu_limit, "cpu limit")))
+
+    def memory_bytes(self) -> float:
+        """The memory limit in bytes."""
+        return quantity(self.memory_limit, "memory limit")
+
+
 @dataclass(frozen=True)
 class Toleration:
     """A Kubernetes toleration for the GPU node pool's taint."""
@@ -122,6 +180,8 @@ class PodPlacement:
 
     ``s3_secret`` is the Secret the pods read S3 with (given as text, it is parsed by
     :meth:`S3Secret.parse`); only its name and keys appear in manifests, never its values.
+    ``fs_group`` owns what the pods write on volumes that honour it (the workspace PVC of a
+    pipeline run, for instance).
     """
 
     gpus: int = 1
@@ -131,7 +191,8 @@ class PodPlacement:
     )
     service_account: str | None = None
     s3_secret: S3Secret | None = None
-    run_as_user: int = 1000
+    run_as_user: int = RUN_AS_USER
+    fs_group: int | None = FS_GROUP
 
     def __post_init__(self):
         if isinstance(self.s3_secret, str):
@@ -162,8 +223,18 @@ class PodPlacement:
         return {"limits": {"nvidia.com/gpu": str(self.gpus)}} if self.gpus else {}
 
     def security_context(self) -> dict:
-        """Run as a non-root user."""
-        return {"runAsNonRoot": True, "runAsUser": self.run_as_user}
+        """Run as a non-root user; volumes that support it are made writable by ``fs_group``.
+
+        ``OnRootMismatch``: the kubelet changes ownership only when the volume's root does not
+        match, instead of walking every file of a large dataset at each pod start (the default,
+        ``Always``; kubernetes.io/docs/tasks/configure-pod-container/security-context/).
+        Emptydir, secret and configMap volumes ignore it; so do many ReadWriteMany CSI drivers
+        (CSIDriver ``fsGroupPolicy``), whose permissions come from the export (docs/cluster.md).
+        """
+        context = {"runAsNonRoot": True, "runAsUser": self.run_as_user}
+        if self.fs_group is not None:
+            context.update(fsGroup=self.fs_group, fsGroupChangePolicy="OnRootMismatch")
+        return context
 
     def gpu_pool(self) -> dict:
         """Node selector and tolerations of the GPU pool (none on CPU-only runs)."""
@@ -208,6 +279,32 @@ class PodOptions(Settings):
         "invmon-s3 for s3://)",
         metavar="SECRET",
     )
+    workspace_claim: str = setting(
+        "",
+        help="PVC holding the dataset (a pipeline run's workspace), mounted read-only in the pods "
+        "at --workspace-path; --data is then a path under it",
+    )
+    workspace_path: str = setting(
+        WORKSPACE_PATH,
+        help="where the pods mount --workspace-claim (where the KFP tasks see a workspace)",
+    )
+    shm_size: str = setting(
+        PodVolumes.shm_size, help="memory-backed /dev/shm of each pod (DataLoader workers)"
+    )
+    scratch_size: str = setting(
+        PodVolumes.scratch_size,
+        help="local disk (/tmp) of each pod, requested as ephemeral-storage; without a workspace "
+        "it holds the pod's copy of the dataset",
+    )
+
+    def volumes(self) -> PodVolumes:
+        """The pods' volumes: the workspace (if given) read-only, /dev/shm and /tmp."""
+        return PodVolumes(
+            workspace_claim=self.workspace_claim or None,
+            workspace_path=self.workspace_path,
+            shm_size=self.shm_size,
+            scratch_size=self.scratch_size,
+        )
 
     def __post_init__(self):
         if self.s3_secret:

@@ -4,9 +4,10 @@
 package's typed Trainer models: the ``torch-distributed`` runtime, ``num_nodes`` nodes with
 ``gpus_per_node`` GPUs each, the train image running ``torchrun --no-python invmon train`` (the
 runtime sets torchrun's ``PET_*`` variables: node count, processes per node, rank, master), the
-dataset read from and the model written to ``s3://`` locations, and a checkpoint there too, so a
-restarted node resumes. GPU pool placement and the non-root security context go into the
-TrainJob's ``runtimePatches``.
+dataset read in place from the pipeline run's workspace PVC (or from ``s3://``), the model written
+to an ``s3://`` location, and a checkpoint there too, so a restarted node resumes. GPU pool
+placement, the non-root security context and the volumes
+(:class:`~invmon.cluster.volumes.PodVolumes`) go into the TrainJob's ``runtimePatches``.
 
 :func:`run_trainjob` creates it through the ``kubernetes`` client, waits for the ``Complete``
 condition and raises with Trainer's reason and message when it fails.
@@ -23,6 +24,7 @@ from invmon.cluster import typed
 from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.katib import check_name
 from invmon.cluster.placement import PodPlacement
+from invmon.cluster.volumes import PodVolumes
 from invmon.core.settings import to_flags
 from invmon.training.config import TrainConfig
 
@@ -47,15 +49,20 @@ class TrainJobSettings:
     endpoint_url: str | None = None
     checkpoint: str | None = None
     placement: PodPlacement = field(default_factory=PodPlacement)
+    volumes: PodVolumes = field(default_factory=PodVolumes)
 
     def __post_init__(self):
         check_name(self.name)
-        for flag, value in (("data", self.data), ("out", self.out)):
-            if not value.startswith("s3://"):
-                raise ValueError(
-                    f"TrainJob {flag} {value!r}: the job's nodes share no disk with this task; "
-                    "pass an s3:// location"
-                )
+        if not (self.data.startswith("s3://") or self.volumes.holds(self.data)):
+            raise ValueError(
+                f"TrainJob data {self.data!r}: the job's nodes see no disk of this task but the "
+                "workspace PVC (--workspace-claim); pass a path in it or an s3:// location"
+            )
+        if not self.out.startswith("s3://"):
+            raise ValueError(
+                f"TrainJob out {self.out!r}: the job's nodes share no disk with this task; "
+                "pass an s3:// location"
+            )
         if self.num_nodes < 1:
             raise ValueError(f"--num-nodes must be >= 1, got {self.num_nodes}")
 
@@ -103,10 +110,9 @@ def render_trainjob(config: TrainConfig, settings: TrainJobSettings) -> dict:
         numProcPerNode=settings.processes_per_node,
         env=[models.IoK8sApiCoreV1EnvVar.from_dict(e) for e in placement.env()] or None,
     )
-    if placement.gpus:
-        trainer.resources_per_node = models.IoK8sApiCoreV1ResourceRequirements.from_dict(
-            placement.resources()
-        )
+    resources = placement.resources()
+    resources["requests"] = {**resources.get("requests", {}), **settings.volumes.requests()}
+    trainer.resources_per_node = models.IoK8sApiCoreV1ResourceRequirements.from_dict(resources)
     job = models.TrainerV1alpha1TrainJob(
         apiVersion=TRAINJOB.api_version,
         kind=TRAINJOB.kind,
@@ -118,7 +124,7 @@ def render_trainjob(config: TrainConfig, settings: TrainJobSettings) -> dict:
                 name=settings.runtime, kind="ClusterTrainingRuntime"
             ),
             trainer=trainer,
-            runtimePatches=[_pod_patch(placement)],
+            runtimePatches=[_pod_patch(placement, settings.volumes)],
         ),
     )
     manifest = job.to_dict()
@@ -126,12 +132,18 @@ def render_trainjob(config: TrainConfig, settings: TrainJobSettings) -> dict:
     return manifest
 
 
-def _pod_patch(placement: PodPlacement):
+def _pod_patch(placement: PodPlacement, volumes: PodVolumes):
     from kubeflow_trainer_api import models
 
+    node = {
+        "name": NODE_JOB,
+        "securityContext": {"allowPrivilegeEscalation": False},
+        "volumeMounts": volumes.mounts(),
+    }
     pod = {
         "securityContext": placement.security_context(),
-        "containers": [{"name": NODE_JOB, "securityContext": {"allowPrivilegeEscalation": False}}],
+        "containers": [node],
+        "volumes": volumes.volumes(),
         **placement.gpu_pool(),
     }
     if placement.service_account:
@@ -204,19 +216,23 @@ def train_on_cluster(
     api=None,
     timeout: float = 7 * 24 * 3600,
     poll: float = 30.0,
+    volumes: PodVolumes | None = None,
 ) -> dict:
     """Train as a TrainJob that reads ``data_uri`` and writes the model to ``out_uri``, then copy
     the model folder into ``local_out`` when given (the train component's output); return the
     finished TrainJob.
 
-    Artifact URIs on KFP's object store (``minio://``) are read as S3 at its endpoint. Empty
-    ``image`` and ``namespace`` mean the project's train image and this pod's namespace.
+    ``data_uri`` is a path in the workspace PVC that ``volumes`` mounts (read in place by every
+    node) or an S3 location. Artifact URIs on KFP's object store (``minio://``) are read as S3 at
+    its endpoint. Empty ``image`` and ``namespace`` mean the project's train image and this pod's
+    namespace.
     """
     from invmon.data.s3 import S3Uri
     from invmon.data.transfer import download_prefix
 
-    data, endpoint = cluster.s3_location(data_uri, endpoint_url)
-    out, _ = cluster.s3_location(out_uri, endpoint_url)
+    volumes = volumes or PodVolumes()
+    out, endpoint = cluster.s3_location(out_uri, endpoint_url)
+    data = data_uri if volumes.holds(data_uri) else cluster.s3_location(data_uri, endpoint_url)[0]
     settings = TrainJobSettings(
         name=cluster.object_name("invmon-train", out),
         data=data,
@@ -226,6 +242,7 @@ def train_on_cluster(
         num_nodes=num_nodes,
         endpoint_url=endpoint,
         placement=placement or PodPlacement(),
+        volumes=volumes,
     )
     finished = run_trainjob(render_trainjob(config, settings), api, timeout=timeout, poll=poll)
     if local_out is not None:

@@ -63,7 +63,7 @@ class TrainSettings(Settings):
     launcher: str = setting(
         "local",
         help="local: train in this process (or under torchrun); trainjob: as a multi-node "
-        "Kubeflow Trainer TrainJob (--data and --out on S3)",
+        "Kubeflow Trainer TrainJob (--out on S3, --data too or in --workspace-claim)",
         choices=LAUNCHERS,
     )
     trainjob: TrainJobOptions = setting(default_factory=TrainJobOptions, help="trainjob launcher")
@@ -106,9 +106,10 @@ def run(settings: TrainSettings):
             image=job.pods.image,
             namespace=job.pods.namespace,
             num_nodes=job.num_nodes,
-            placement=job.pods.placement(settings.data_uri or settings.data),
+            placement=job.pods.placement(nodes_store(settings)),
             endpoint_url=settings.endpoint_url,
             timeout=job.timeout,
+            volumes=job.pods.volumes(),
         )
     from invmon.training.loop import fit
 
@@ -120,6 +121,13 @@ def run(settings: TrainSettings):
         resume=settings.resume,
         endpoint_url=settings.endpoint_url,
     )
+
+
+def nodes_store(settings: TrainSettings) -> str:
+    """The store whose S3 Secret TrainJob nodes get by default: the data's, or, when the data is
+    a path in the mounted workspace, the model's (they still write it to S3)."""
+    data = settings.data_uri or settings.data
+    return data if "://" in data else settings.out_uri or settings.out
 
 
 def _join(location: str, name: str) -> str:

@@ -44,7 +44,9 @@ class KatibOptions(Settings):
 class TuneSettings(Settings):
     """Settings of a search: data, budget, algorithm, the trials' recipe and the backend."""
 
-    data: str = setting(help="preprocessed folder (katib: its s3:// location)")
+    data: str = setting(
+        help="preprocessed folder (katib: its s3:// location, or its path in --workspace-claim)"
+    )
     out: str = setting(help="output folder for best.json and trials.csv")
     trials: int = setting(4, help="number of trials", minimum=1)
     algorithm: str = setting("tpe", help="search algorithm", choices=ALGORITHMS)
@@ -135,6 +137,7 @@ def run(settings: TuneSettings):
         placement=options.pods.placement(settings.data_uri or settings.data),
         endpoint_url=settings.endpoint_url,
         name=options.name,
+        volumes=options.pods.volumes(),
     )
     if options.dry_run:
         return manifest

@@ -1,0 +1,189 @@
+"""What the compiled pipeline asks of a cluster: CPU and memory of every task, /dev/shm where a
+DataLoader runs, where evaluate and audit run, which tasks are retried, and the shards that stay
+in the run's workspace (read strictly from the compiled YAML and its kfp-kubernetes platform spec).
+"""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from invmon.cluster.placement import Resources
+from invmon.pipelines.compile import ClusterSettings, compile_pipeline
+
+DATA = ("plan-ingest", "ingest", "merge-ingest", "arrange", "preprocess")
+DATALOADERS = ("tune", "train", "evaluate", "audit")
+RESOURCE_KEYS = {
+    "resourceCpuRequest",
+    "resourceCpuLimit",
+    "resourceMemoryRequest",
+    "resourceMemoryLimit",
+    "cpuRequest",
+    "cpuLimit",
+    "memoryRequest",
+    "memoryLimit",
+}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory) -> Path:
+    return compile_pipeline(tmp_path_factory.mktemp("compiled") / "pipeline.yaml")
+
+
+def _tasks(path: Path) -> dict[str, tuple[dict, dict, dict]]:
+    """Every container task by name: (the task, its executor's container, its platform spec)."""
+    spec, platform = yaml.safe_load_all(path.read_text())
+    executors = spec["deploymentSpec"]["executors"]
+    platforms = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    found, dags = {}, [spec["root"]["dag"]]
+    while dags:
+        for name, task in dags.pop()["tasks"].items():
+            component = spec["components"][task["componentRef"]["name"]]
+            if "dag" in component:
+                dags.append(component["dag"])
+                continue
+            label = component["executorLabel"]
+            found[name] = (task, executors[label]["container"], platforms.get(label, {}))
+    return found
+
+
+def _expected(resources: Resources) -> dict:
+    return {
+        "resourceCpuRequest": resources.cpu,
+        "resourceCpuLimit": resources.cpu_limit,
+        "resourceMemoryRequest": resources.memory,
+        "resourceMemoryLimit": resources.memory_limit,
+    }
+
+
+def _group(name: str) -> str:
+    if name in DATA:
+        return "data"
+    if name in ("tune", "train"):
+        return "gpu"
+    return {"evaluate": "evaluate", "audit": "evaluate", "deploy": "control"}[name]
+
+
+def test_every_task_has_cpu_and_memory_requests_and_limits_of_its_group(compiled):
+    settings = ClusterSettings()
+    tasks = _tasks(compiled)
+    assert set(tasks) == {*DATA, *DATALOADERS, "deploy"}
+    for name, (_, container, _) in tasks.items():
+        resources = container["resources"]
+        assert set(resources) >= RESOURCE_KEYS, name
+        given = {k: v for k, v in resources.items() if k.startswith("resource")}
+        assert given == _expected(settings.resources(_group(name))), name
+
+
+def test_resources_are_compile_options(tmp_path):
+    from invmon.cli import main
+
+    out = tmp_path / "p.yaml"
+    argv = ["compile", "--output", str(out), "--data-resources", "cpu=1/3,memory=2Gi/6Gi"]
+    argv += ["--gpu-resources", "cpu=6,memory=40Gi/60Gi", "--shm-size", "12Gi"]
+    assert main(argv) == 0
+    tasks = _tasks(out)
+    arrange = tasks["arrange"][1]["resources"]
+    assert arrange["resourceCpuLimit"] == "3" and arrange["resourceMemoryRequest"] == "2Gi"
+    train = tasks["train"][1]["resources"]
+    assert (train["resourceCpuRequest"], train["resourceCpuLimit"]) == ("6", "6")
+    assert train["resourceMemoryLimit"] == "60Gi"
+    assert tasks["train"][2]["emptyDirMounts"][0]["sizeLimit"] == "12Gi"
+    # Preprocess starts one decoding process per core of its CPU limit.
+    parameters = tasks["preprocess"][0]["inputs"]["parameters"]
+    assert parameters["workers"]["runtimeValue"]["constant"] == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("cpu=2", "both cpu= and memory= are required"),
+        ("cpu=2,memory=4Gi,gpu=1", "expected cpu=REQUEST"),
+        ("cpu=two,memory=4Gi", "not a Kubernetes quantity"),
+        ("cpu=4/2,memory=4Gi", "cpu request 4 is above its limit 2"),
+    ],
+)
+def test_bad_resources_are_named(text, message):
+    with pytest.raises(ValueError, match=f"--data-resources.*{message}"):
+        ClusterSettings(data_resources=text).resources("data")
+
+
+def test_shm_must_fit_under_the_memory_limit():
+    with pytest.raises(ValueError, match="--gpu-resources: memory limit 8Gi must be above"):
+        ClusterSettings(gpu_resources="cpu=4,memory=8Gi", shm_size="8Gi")
+
+
+def test_dataloader_tasks_get_a_memory_backed_dev_shm(compiled):
+    for name, (_, _, platform) in _tasks(compiled).items():
+        mounts = platform.get("emptyDirMounts", [])
+        if name in DATALOADERS:
+            assert mounts == [
+                {
+                    "volumeName": "dshm",
+                    "mountPath": "/dev/shm",
+                    "medium": "Memory",
+                    "sizeLimit": ClusterSettings().shm_size,
+                }
+            ], name
+        else:
+            assert mounts == [], name
+
+
+def test_evaluate_and_audit_can_run_on_the_gpu_pool(compiled, tmp_path):
+    default = _tasks(compiled)
+    for name in ("evaluate", "audit"):
+        assert "accelerator" not in default[name][1]["resources"]
+        assert "nodeSelector" not in default[name][2]
+    on_gpu = _tasks(compile_pipeline(tmp_path / "p.yaml", ClusterSettings(evaluate_on_gpu=True)))
+    for name in ("evaluate", "audit"):
+        _, container, platform = on_gpu[name]
+        assert container["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert container["resources"]["accelerator"]["resourceCount"] == "1"
+        assert platform["nodeSelector"]["labels"] == {"nvidia.com/gpu.present": "true"}
+        assert platform["tolerations"] == [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+
+
+def test_transient_tasks_are_retried(compiled, tmp_path):
+    retried = {n for n, (task, _, _) in _tasks(compiled).items() if "retryPolicy" in task}
+    assert retried == {"plan-ingest", "ingest", "deploy"}
+    for name in retried:
+        policy = _tasks(compiled)[name][0]["retryPolicy"]
+        assert policy["maxRetryCount"] == 3 and policy["backoffDuration"] == "30s"
+    cluster = ClusterSettings(tune_backend="katib", train_launcher="trainjob")
+    tasks = _tasks(compile_pipeline(tmp_path / "p.yaml", cluster))
+    retried = {n for n, (task, _, _) in tasks.items() if "retryPolicy" in task}
+    assert retried == {"plan-ingest", "ingest", "deploy", "tune", "train"}
+
+
+def test_cluster_backends_wait_in_small_tasks_without_dev_shm(tmp_path):
+    cluster = ClusterSettings(tune_backend="katib", train_launcher="trainjob")
+    tasks = _tasks(compile_pipeline(tmp_path / "p.yaml", cluster))
+    for name in ("tune", "train"):
+        _, container, platform = tasks[name]
+        assert "emptyDirMounts" not in platform
+        given = {k: v for k, v in container["resources"].items() if k.startswith("resource")}
+        assert given == _expected(cluster.resources("control")), name
+        parameters = tasks[name][0]["inputs"]["parameters"]
+        assert parameters["shm_size"]["runtimeValue"]["constant"] == cluster.shm_size
+
+
+def test_shards_stay_in_the_workspace_and_pods_find_its_claim(compiled, tmp_path):
+    """Preprocess writes the shards into the workspace; tune, train and evaluate mount it and
+    read them in place. Compiled for Katib and TrainJobs, tune and train also get the run's
+    workflow name, which names the PVC their trials and nodes mount (kfp.local cannot resolve
+    that placeholder, so the local backends do not get it)."""
+    tasks = _tasks(compiled)
+    for name in ("preprocess", "tune", "train", "evaluate", "audit", "deploy"):
+        parameters = tasks[name][0]["inputs"]["parameters"]
+        assert parameters["workspace"]["runtimeValue"]["constant"] == "{{$.workspace_path}}"
+        assert "run_name" not in parameters
+    cluster = ClusterSettings(tune_backend="katib", train_launcher="trainjob")
+    tasks = _tasks(compile_pipeline(tmp_path / "p.yaml", cluster))
+    for name in ("tune", "train"):
+        parameters = tasks[name][0]["inputs"]["parameters"]
+        assert parameters["workspace"]["runtimeValue"]["constant"] == "{{$.workspace_path}}"
+        assert parameters["run_name"]["runtimeValue"]["constant"] == (
+            "{{$.pipeline_job_resource_name}}"
+        )
