@@ -35,6 +35,8 @@ def server(model_dir):
     limits = [
         "--graph",
         "frozen",  # the in-process reference below runs the same graph: answers agree exactly
+        "--load",
+        "blocking",  # ... from the first request on (staged, the first ones run eagerly)
         "--max_images",
         str(MAX_IMAGES),
         "--max_image_bytes",
