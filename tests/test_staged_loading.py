@@ -26,7 +26,7 @@ UPGRADED, FAILED = "upgraded to", "upgrade failed"
 
 
 def bins(count: int) -> list[bytes]:
-    """Synthetic bins like the counting model's training data, none of them seen in training."""
+    """Synthetic bins (counts 0-2) that no model here was trained on."""
     return [make_bin(seed=505, number=n, max_items=2)[1] for n in range(1, count + 1)]
 
 
@@ -40,28 +40,26 @@ def counts(server: LocalServer, images: list[bytes]) -> list[int]:
     return answers
 
 
-def test_requests_during_the_background_upgrade_get_the_counts_after_it(counting_model, tmp_path):
-    """From ready on, answers come from the eager float model, then from each engine swapped in
-    (compiling takes tens of seconds here, so many requests are answered during it): every answer
-    is the count the finished engine gives."""
+def test_requests_during_the_background_upgrade_get_the_counts_after_it(model_dir, tmp_path):
+    """From ready on, answers come from the eager model, then from the compiled graph swapped in
+    (compiling takes tens of seconds, so many requests are answered during it): every answer is
+    the count the compiled graph gives. fp32, so that the two differ by float rounding only and
+    the counts must be identical even for this barely trained model."""
     images = bins(12)
     log = tmp_path / "server.log"
-    # Compiled by name: under auto an int8 model that rarely re-checks would only be frozen.
-    flags = ["--graph", "compiled"]
-    server = LocalServer(counting_model, name=NAME, log=log, startup_timeout=300, extra_args=flags)
+    flags = ["--graph", "compiled", "--precision", "fp32"]
+    server = LocalServer(model_dir, name=NAME, log=log, startup_timeout=300, extra_args=flags)
     during = []
     with server:
         assert "upgrading in the background" in log.read_text()
         while UPGRADED not in log.read_text():
             during.append(counts(server, images))
             assert FAILED not in log.read_text(), log.read_text()
-        upgraded = server.wait_for_log(UPGRADED, FAILED)
         after = counts(server, images)
-    assert upgraded == UPGRADED
     assert len(during) >= 2, "the upgrade finished before requests could be sent during it"
     for answer in during:
         assert answer == after
-    assert "compiled graph" in log.read_text()
+    assert "upgraded to fp32 (compiled graph)" in log.read_text()
 
 
 @pytest.fixture
