@@ -44,7 +44,8 @@ def server(model_dir):
         "--max_pixels",
         str(MAX_PIXELS),
     ]
-    with LocalServer(model_dir, name=NAME, extra_args=limits) as running:
+    # Blocking loads build the frozen graph before ready: minutes on a busy 2-core machine.
+    with LocalServer(model_dir, name=NAME, extra_args=limits, startup_timeout=600) as running:
         yield running
 
 

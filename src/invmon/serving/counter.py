@@ -138,10 +138,12 @@ class LoadPlan:
 
     @property
     def int8(self) -> bool:
+        """Whether the final engine is int8 (with the float model re-checking close calls)."""
         return self.calibration is not None
 
     @classmethod
     def of(cls, model_dir, device: str, precision: str, graph: str) -> LoadPlan:
+        """Read the model folder; decide the final engine (see Counter.from_model_dir)."""
         torch_device = resolve_device(device)
         model, config = load_model(model_dir, torch_device)
         resolved = resolve_graph(graph, torch_device)
@@ -163,6 +165,7 @@ class LoadPlan:
         )
 
     def quantized(self, model_dir, tracing=None) -> torch.nn.Module:
+        """The int8 model (``tracing``: held while FX traces, see quantize.convert)."""
         size = self.config.preprocessing.image_size
         return quantize.quantized(self.model, model_dir, self.calibration, size, tracing=tracing)
 
@@ -188,8 +191,8 @@ class LoadPlan:
 
 # The int8 model's float re-check runs on a few percent of images, in batches of one or two. Below
 # this share (train measured it: Fidelity.rechecked) compiling it with TorchInductor, about a
-# minute and a half of both cores at start-up (docs/benchmarks.md), gains under 1 % of throughput
-# over the frozen graph, so ``--graph auto`` freezes it instead.
+# minute and a half of both cores at start-up, gains about 1 % of throughput at most over the
+# frozen graph (model-only figures in docs/benchmarks.md), so ``--graph auto`` freezes it instead.
 COMPILE_RECHECK_SHARE = 0.05
 
 
