@@ -70,10 +70,11 @@ def load_images(folder: Path | None, count: int) -> list[bytes]:
     return [make_bin(seed=7, number=n, max_items=5)[1] for n in range(1, count + 1)]
 
 
-def train_quick_model(image_size: int, out: Path) -> Path:
+def train_quick_model(image_size: int, out: Path, count: int = 600, epochs: int = 6) -> Path:
     """A ResNet50 that counts 0-3 items in synthetic bins (about 80 % accurate), trained here.
 
-    Six epochs on 600 synthetic bins at ``image_size``. Not on the ABID sample: a model trained
+    Six epochs on 600 synthetic bins at ``image_size`` (fewer with ``count`` and ``epochs``, for a
+    quicker, less accurate model). Not on the ABID sample: a model trained
     for minutes on 300 real photos answers nearly the same for every photo (two epochs: "5" for
     all 300), which makes "same count as the naive predictor" say nothing.
     """
@@ -84,7 +85,7 @@ def train_quick_model(image_size: int, out: Path) -> Path:
 
     shards = synthetic_shards(
         out,
-        600,
+        count,
         seed=7,
         max_items=3,
         classes="0-3",
@@ -92,7 +93,7 @@ def train_quick_model(image_size: int, out: Path) -> Path:
         image_size=image_size,
         workers=2,
     )
-    config = TrainConfig(epochs=6, batch_size=32, lr=2e-3, device="cpu")
+    config = TrainConfig(epochs=epochs, batch_size=32, lr=2e-3, device="cpu")
     fit(shards, config, out=out / "model", quiet=True)
     return out / "model"
 
@@ -173,8 +174,16 @@ def counts_of(url: str, bodies: list[tuple[bytes, int]]) -> list[int]:
 def measure(
     server: LocalServer, bodies, clients: int, seconds: float, warmup: float, checks: dict
 ) -> dict:
-    """Throughput and latency under load, then the count of every image of every ``checks`` set."""
+    """Throughput and latency under load, then the count of every image of every ``checks`` set.
+
+    A predictor started with a log is measured once its staged loading has swapped in the final
+    engine (or failed to, which the log says): the steady state, not the first seconds.
+    """
     with server:
+        # The predictor logs this before it reports ready.
+        if server.log is not None and "upgrading in the background" in server.log.read_text():
+            found = server.wait_for_log("upgraded to", "upgrade failed", timeout=1800)
+            print(f"predictor {' '.join(server.extra_args)}: {found} ({server.log})", flush=True)
         Load(server.url, bodies, clients, warmup).run()
         result = Load(server.url, bodies, clients, seconds).run()
         result["counts"] = {name: counts_of(server.url, b) for name, b in checks.items()}
@@ -235,10 +244,17 @@ def main() -> None:
     load = (bodies, args.clients, args.seconds, args.warmup, checks)
     runs = {"naive": measure(NaiveServer(model), *load)}
     flags = args.server_args.split()
-    runs["predictor"] = measure(LocalServer(model, extra_args=flags, startup_timeout=600), *load)
+    logs = Path(work)
+    runs["predictor"] = measure(
+        LocalServer(model, extra_args=flags, startup_timeout=600, log=logs / "predictor.log"),
+        *load,
+    )
     if not args.skip_unbatched:
         unbatched = LocalServer(
-            model, extra_args=[*flags, "--max_batch_images", "1"], startup_timeout=600
+            model,
+            extra_args=[*flags, "--max_batch_images", "1"],
+            startup_timeout=600,
+            log=logs / "unbatched.log",
         )
         runs["predictor, no grouping"] = measure(unbatched, *load)
 

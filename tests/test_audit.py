@@ -82,7 +82,7 @@ def test_audit_through_a_running_predictor_matches_local(raw_dir, model_dir, tmp
     local = run(
         AuditSettings(source=str(raw_dir), out=str(tmp_path / "local"), model=str(model_dir))
     )
-    with LocalServer(model_dir, extra_args=["--graph", "frozen"]) as server:
+    with LocalServer(model_dir, extra_args=["--graph", "frozen", "--load", "blocking"]) as server:
         remote = run(
             AuditSettings(source=str(raw_dir), out=str(tmp_path / "remote"), url=server.url)
         )

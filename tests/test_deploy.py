@@ -403,3 +403,44 @@ def test_the_shipped_authorization_policy_is_the_rendered_one():
         (ROOT / "manifests" / "multi-user" / "predictor-authorizationpolicy.yaml").read_text()
     )
     assert shipped == render_authorization_policy("bin-counter")
+
+
+def test_the_predictor_has_a_startup_probe_and_readiness_settings():
+    """Strictly valid (kserve's typed model, and the container as a core Pod by the Kubernetes
+    schema), asking the model's ready endpoint, with a start-up budget well above the measured
+    start-up (docs/benchmarks.md) and above what --load blocking needs."""
+    import kubernetes_validate
+
+    from invmon.cluster.inference_service import STARTUP_BUDGET_S
+
+    manifest = render_inference_service(ServiceSpec(name="shelf", model_uri="s3://m/x"))
+    container = _typed(manifest).spec.predictor.containers[0]
+    startup, readiness = container.startup_probe, container.readiness_probe
+    for probe in (startup, readiness):
+        assert (probe.http_get.path, probe.http_get.port) == ("/v2/models/shelf/ready", 8080)
+    assert startup.period_seconds * startup.failure_threshold == STARTUP_BUDGET_S >= 120
+    assert readiness.failure_threshold >= 2 and readiness.timeout_seconds >= 2
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "predictor"},
+        "spec": {"containers": manifest["spec"]["predictor"]["containers"]},
+    }
+    kubernetes_validate.validate(pod, "1.33.0", strict=True)
+
+
+def test_the_example_manifest_probes_as_the_deploy_step_renders():
+    rendered = render_inference_service(ServiceSpec(model_uri="s3://m/x"))
+    example = yaml.safe_load((ROOT / "manifests/base/inferenceservice.yaml").read_text())
+    for probe in ("startupProbe", "readinessProbe"):
+        ours = rendered["spec"]["predictor"]["containers"][0][probe]
+        assert example["spec"]["predictor"]["containers"][0][probe] == ours, probe
+
+
+def test_the_serving_image_checks_readiness_with_the_start_up_budget_of_the_probes():
+    from invmon.cluster.inference_service import STARTUP_BUDGET_S
+
+    dockerfile = (ROOT / "images/serve/Dockerfile").read_text()
+    healthcheck = dockerfile.split("\nHEALTHCHECK", 1)[1].split("\n#", 1)[0]
+    assert "/v2/health/ready" in healthcheck
+    assert f"--start-period={STARTUP_BUDGET_S}s" in healthcheck

@@ -14,7 +14,8 @@ from invmon.serving.server import LocalServer
 
 @pytest.fixture(scope="module")
 def server(model_dir):
-    with LocalServer(model_dir, extra_args=["--graph", "frozen"]) as running:
+    # Blocking: every answer from the frozen graph the in-process reference runs.
+    with LocalServer(model_dir, extra_args=["--graph", "frozen", "--load", "blocking"]) as running:
         yield running
 
 

@@ -163,3 +163,59 @@ def test_warm_up_is_not_counted_as_re_checked_requests(model_dir, tmp_path):
     assert (counter.model.images, counter.model.rechecked) == (0, 0)
     counter.predict_uint8(fresh_bins(3, counter.image_size))
     assert counter.model.images == 3
+
+
+def test_a_staged_counter_upgrades_to_int8_while_another_thread_predicts(model_dir, tmp_path):
+    """Counter.staged serves the eager float model at once and swaps int8 in when it is built.
+
+    FX tracing (int8's prepare) patches torch.nn.Module.__call__ for the whole process: without
+    the counter's lock a batch running meanwhile failed with "module is not installed as a
+    submodule". Every batch here must succeed and give the counts of the finished int8 counter
+    or of the float model.
+    """
+    import threading
+
+    faithful = with_fidelity(model_dir, tmp_path / "faithful", 1.0, rechecked=0.1)
+    counter, upgrade = Counter.staged(faithful, device="cpu", graph="frozen")
+    assert counter.precision in ("bf16", "fp32") and counter.engine.graph == "eager"
+    assert upgrade is not None
+    images = fresh_bins(4, counter.image_size)
+    reference = Counter.from_model_dir(faithful, device="cpu", graph="frozen")
+    expected = reference.predict_uint8(images)
+    eager = counter.predict_uint8(images)
+    errors, answers, done = [], [], threading.Event()
+
+    def serve():
+        while not done.is_set():
+            try:
+                answers.append(counter.predict_uint8(images))
+            except Exception as err:  # any failure fails the test
+                errors.append(err)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        upgrade()
+    finally:
+        done.set()
+        thread.join()
+    assert not errors, errors[:1]
+    assert answers
+    assert counter.precision == "int8" and counter.engine.graph == "frozen"
+    for answer in answers:
+        assert answer.counts.tolist() in (expected.counts.tolist(), eager.counts.tolist())
+    final = counter.predict_uint8(images)
+    assert np.allclose(final.probabilities, expected.probabilities, atol=1e-3)
+
+
+def test_auto_compiles_the_int8_re_check_only_when_it_re_checks_enough(model_dir, tmp_path):
+    """The stored re-check share decides: below COMPILE_RECHECK_SHARE the re-check is frozen."""
+    from invmon.serving.counter import COMPILE_RECHECK_SHARE, LoadPlan, resolve_graph
+
+    few = with_fidelity(model_dir, tmp_path / "few", 1.0, rechecked=COMPILE_RECHECK_SHARE / 2)
+    many = with_fidelity(model_dir, tmp_path / "many", 1.0, rechecked=COMPILE_RECHECK_SHARE)
+    compiler = resolve_graph("auto", CPU)  # compiled where a C++ compiler exists
+    assert LoadPlan.of(few, "cpu", "auto", "auto").graph == "frozen"
+    assert LoadPlan.of(many, "cpu", "auto", "auto").graph == compiler
+    # Asked for by name, the compiled graph is built whatever the share.
+    assert LoadPlan.of(few, "cpu", "auto", "compiled").graph == "compiled"

@@ -35,6 +35,8 @@ def server(model_dir):
     limits = [
         "--graph",
         "frozen",  # the in-process reference below runs the same graph: answers agree exactly
+        "--load",
+        "blocking",  # ... from the first request on (staged, the first ones run eagerly)
         "--max_images",
         str(MAX_IMAGES),
         "--max_image_bytes",
@@ -42,7 +44,8 @@ def server(model_dir):
         "--max_pixels",
         str(MAX_PIXELS),
     ]
-    with LocalServer(model_dir, name=NAME, extra_args=limits) as running:
+    # Blocking loads build the frozen graph before ready: minutes on a busy 2-core machine.
+    with LocalServer(model_dir, name=NAME, extra_args=limits, startup_timeout=600) as running:
         yield running
 
 
@@ -464,3 +467,26 @@ def test_invmon_serve_and_the_serving_image_derive_the_same_options():
     args = image.parse_args([*container["containers"][0]["args"], "--max_images", "3"])
     assert (args.model, args.model_name, args.max_images) == ("/mnt/models", "bin-counter", 3)
     assert args.enable_grpc is False
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-www-form-urlencoded", "text/plain; charset=utf-8", "text/xml"]
+)
+def test_v1_reads_a_json_body_whatever_content_type_it_declares(
+    server, images, counter, content_type
+):
+    """curl -d declares application/x-www-form-urlencoded, as the README's example sends."""
+    body = json.dumps(v1_request(images[:2])).encode()
+    status, answer, _ = post_bytes(_v1(server), body, {"Content-Type": content_type})
+    assert status == 200, answer
+    counts = [p["count"] for p in json.loads(answer)["predictions"]]
+    assert counts == counter.predict_bytes(images[:2]).counts.tolist()
+
+
+def test_a_v1_body_that_is_not_json_is_400_naming_its_declared_type(server):
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    status, answer, _ = post_bytes(_v1(server), b"image=bin.jpg", form)
+    assert status == 400, answer
+    assert "not JSON" in answer.decode() and "x-www-form-urlencoded" in answer.decode(), answer
+    status, _, _ = post_bytes(_v1(server), b"{broken", {"Content-Type": "application/json"})
+    assert status == 400

@@ -37,6 +37,20 @@ DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 
+# Probes of the predictor, from its measured start-up (docs/benchmarks.md, "Predictor cold
+# start"; docs/cluster.md, "Predictor start-up and probes"). It reports ready once its float
+# model answers eagerly (staged loading, docs/serving.md): about 8 s after the process starts on
+# 2 cores, and the int8 or compiled engine is swapped in later without leaving ready. The
+# startup probe asks every 2 s, so a replica takes traffic within 2 s of being ready, and gives
+# up after STARTUP_BUDGET_S: room for a slow node, a 1-CPU pod and --load blocking (which builds
+# the final engine first; up to about a minute and a half with a compiled graph), while a
+# predictor stuck in start-up is still restarted. Only then does the readiness probe run, every
+# 5 s with 5 s to answer (a burst of requests keeps every core busy).
+STARTUP_PERIOD_S = 2
+STARTUP_BUDGET_S = 240
+READINESS_PERIOD_S = 5
+READINESS_TIMEOUT_S = 5
+
 
 class DeployError(RuntimeError):
     """The InferenceService could not be rolled out, or does not answer correctly."""
@@ -174,14 +188,33 @@ def _predictor_container(spec: ServiceSpec) -> dict:
         "env": [{"name": "STORAGE_URI", "value": spec.model_uri}],
         "ports": [{"containerPort": 8080, "protocol": "TCP"}],
         "resources": {"requests": requests, "limits": limits},
-        "readinessProbe": {
-            "httpGet": {"path": f"/v2/models/{spec.name}/ready", "port": 8080},
-            "periodSeconds": 5,
-        },
+        **probes(spec.name),
         "securityContext": {
             "runAsNonRoot": True,
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
+        },
+    }
+
+
+def probes(name: str, port: int = 8080) -> dict:
+    """The predictor container's startup and readiness probes (see STARTUP_BUDGET_S).
+
+    Both ask the model's ready endpoint, which answers 200 once the model answers correctly.
+    """
+    ready = {"httpGet": {"path": f"/v2/models/{name}/ready", "port": port}}
+    return {
+        "startupProbe": {
+            **ready,
+            "periodSeconds": STARTUP_PERIOD_S,
+            "timeoutSeconds": STARTUP_PERIOD_S,
+            "failureThreshold": STARTUP_BUDGET_S // STARTUP_PERIOD_S,
+        },
+        "readinessProbe": {
+            **ready,
+            "periodSeconds": READINESS_PERIOD_S,
+            "timeoutSeconds": READINESS_TIMEOUT_S,
+            "failureThreshold": 3,
         },
     }
 

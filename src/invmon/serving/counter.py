@@ -8,10 +8,13 @@ probabilities and expected counts.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import shutil
+import threading
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,8 @@ from invmon.serving.options import GRAPHS
 from invmon.training import quantize
 from invmon.training.device import INFERENCE_PRECISIONS, autocast, resolve_device, resolve_precision
 from invmon.training.model import ModelConfig, load_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -105,15 +110,132 @@ def frozen(model: torch.nn.Module, image_size: int, device: torch.device, dtype)
         return torch.jit.freeze(torch.jit.trace(model, example, check_trace=False))
 
 
+@dataclass(frozen=True)
+class Engine:
+    """What runs a batch: the model, its autocast dtype, and names for logs and reports.
+
+    One object, so that :meth:`Counter.swap` replaces them all in one assignment and a batch never
+    pairs one engine's model with another's dtype.
+    """
+
+    model: torch.nn.Module
+    dtype: torch.dtype | None
+    precision: str = "fp32"  # what the model runs in: int8, bf16, fp16 or fp32
+    graph: str = "eager"  # how its float model runs (see GRAPHS)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What :meth:`Counter.from_model_dir` and :meth:`Counter.staged` build for a model folder."""
+
+    model: torch.nn.Module  # the float model, eager
+    config: ModelConfig
+    device: torch.device
+    graph: str  # eager, frozen or compiled (resolved)
+    dtype: torch.dtype | None  # the float precision (of the re-check model, for int8)
+    calibration: dict | None  # int8 only
+    margin: float
+
+    @property
+    def int8(self) -> bool:
+        """Whether the final engine is int8 (with the float model re-checking close calls)."""
+        return self.calibration is not None
+
+    @classmethod
+    def of(cls, model_dir, device: str, precision: str, graph: str) -> LoadPlan:
+        """Read the model folder; decide the final engine (see Counter.from_model_dir)."""
+        torch_device = resolve_device(device)
+        model, config = load_model(model_dir, torch_device)
+        resolved = resolve_graph(graph, torch_device)
+        calibration = (
+            quantize.read_calibration(model_dir) if quantize.int8_supported(torch_device) else None
+        )
+        fidelity = quantize.Fidelity.from_state(calibration) if calibration is not None else None
+        int8 = resolve_inference_precision(precision, torch_device, fidelity) == "int8"
+        if int8 and calibration is None:
+            quantize.quantized(model, model_dir, None, 0)  # raises: says what to do
+        if int8 and graph == "auto" and resolved == "compiled" and not _compile_pays(fidelity):
+            resolved = "frozen"
+        # An int8 model re-checks close calls with the float model, in the float precision
+        # ``auto`` would pick (see invmon.training.quantize.RecheckedInt8).
+        dtype = resolve_precision("auto" if int8 else precision, torch_device)
+        margin = fidelity.margin if fidelity is not None else 0.0
+        return cls(
+            model, config, torch_device, resolved, dtype, calibration if int8 else None, margin
+        )
+
+    def quantized(self, model_dir, tracing=None) -> torch.nn.Module:
+        """The int8 model (``tracing``: held while FX traces, see quantize.convert)."""
+        size = self.config.preprocessing.image_size
+        return quantize.quantized(self.model, model_dir, self.calibration, size, tracing=tracing)
+
+    def float_graph(self, graph: str) -> torch.nn.Module:
+        """The float model as ``graph`` runs it (built now: seconds for frozen, lazy compiled)."""
+        if graph == "frozen":
+            return frozen(self.model, self.config.preprocessing.image_size, self.device, self.dtype)
+        if graph == "compiled":
+            return compiled(self.model)
+        return self.model
+
+    def engine(self, graph: str, int8_model: torch.nn.Module | None = None) -> Engine:
+        """The engine running the float model as ``graph``, behind ``int8_model`` if given."""
+        model = self.float_graph(graph)
+        if int8_model is None:
+            return Engine(model, self.dtype, _FLOAT_NAMES[self.dtype], graph)
+        device, dtype = self.device, self.dtype
+        rechecked = quantize.RecheckedInt8(
+            int8_model, model, self.margin, lambda: autocast(device, dtype)
+        )
+        return Engine(rechecked, None, "int8", graph)
+
+
+# The int8 model's float re-check runs on a few percent of images, in batches of one or two. Below
+# this share (train measured it: Fidelity.rechecked) compiling it with TorchInductor, about a
+# minute and a half of both cores at start-up, gains about 1 % of throughput at most over the
+# frozen graph (model-only figures in docs/benchmarks.md), so ``--graph auto`` freezes it instead.
+COMPILE_RECHECK_SHARE = 0.05
+
+
+def _compile_pays(fidelity: quantize.Fidelity | None) -> bool:
+    return fidelity is not None and fidelity.rechecked >= COMPILE_RECHECK_SHARE
+
+
 class Counter:
     """A loaded counting model that predicts on batches of preprocessed or encoded images."""
 
     def __init__(
-        self, model, config: ModelConfig, device: torch.device, dtype, precision: str = "fp32"
+        self,
+        model,
+        config: ModelConfig,
+        device: torch.device,
+        dtype,
+        precision: str = "fp32",
+        graph: str = "eager",
     ):
-        self.model, self.config, self.device, self.dtype = model, config, device, dtype
-        self.precision = precision  # what the model runs in, for logs and reports
+        self.config, self.device = config, device
+        self.engine = Engine(model, dtype, precision, graph)
+        # Held while a batch runs on the current engine. FX symbolic tracing (int8's prepare_fx)
+        # patches torch.nn.Module.__call__ for the whole process while it traces, so a forward
+        # pass on another thread meanwhile fails ("module is not installed as a submodule"):
+        # staged loading traces under this lock.
+        self.exclusive = threading.Lock()
         self.class_counts = np.asarray(config.classes, dtype=np.int64)
+
+    # The current engine's parts, read-only: change them with swap().
+    model = property(lambda self: self.engine.model)
+    dtype = property(lambda self: self.engine.dtype)
+    precision = property(lambda self: self.engine.precision, doc="for logs and reports")
+
+    def swap(self, engine: Engine) -> Engine:
+        """Run the next batches on ``engine``; return the previous one.
+
+        Safe while another thread predicts: a batch reads :attr:`engine` once (see
+        :meth:`predict_logits`), so it runs wholly on the old engine or wholly on the new one, and
+        the assignment is atomic. Warm ``engine`` up first (:meth:`warm_up`): its first batches
+        pay for setup.
+        """
+        previous, self.engine = self.engine, engine
+        return previous
 
     @classmethod
     def from_model_dir(
@@ -130,47 +252,88 @@ class Counter:
         :func:`resolve_inference_precision`). ``graph`` says how a float model runs (see
         :data:`GRAPHS`): ``eager``; ``frozen``, a frozen TorchScript graph with batch norm folded
         into the convolutions and convolution + ReLU fused by oneDNN; or ``compiled`` by
-        TorchInductor with frozen, prepacked weights, the fastest float graph on a CPU but seconds
-        to compile and needing a C++ compiler (``auto`` picks it when one is there, else
-        ``frozen``). ``freeze=True`` is ``graph="frozen"``. An int8 model
-        always runs as the quantized FX graph. The figures are in docs/benchmarks.md.
+        TorchInductor with frozen, prepacked weights, the fastest float graph on a CPU but a minute
+        or more to compile and needing a C++ compiler (``auto`` picks it when one is there, else
+        ``frozen``; for an int8 model's re-check only when train measured it re-checking at least
+        :data:`COMPILE_RECHECK_SHARE` of images). ``freeze=True`` is ``graph="frozen"``. An int8
+        model always runs as the quantized FX graph. The figures are in docs/benchmarks.md.
         """
-        torch_device = resolve_device(device)
-        model, config = load_model(model_dir, torch_device)
-        size = config.preprocessing.image_size
-        graph = resolve_graph(graph or ("frozen" if freeze else "eager"), torch_device)
-        calibration = (
-            quantize.read_calibration(model_dir) if quantize.int8_supported(torch_device) else None
+        plan = LoadPlan.of(model_dir, device, precision, graph or ("frozen" if freeze else "eager"))
+        int8_model = plan.quantized(model_dir) if plan.int8 else None
+        return cls.running(plan.engine(plan.graph, int8_model), plan)
+
+    @classmethod
+    def running(cls, engine: Engine, plan: LoadPlan) -> Counter:
+        """A counter for ``plan``'s model folder, running ``engine``."""
+        return cls(
+            engine.model, plan.config, plan.device, engine.dtype, engine.precision, engine.graph
         )
-        fidelity = quantize.Fidelity.from_state(calibration) if calibration is not None else None
-        int8 = resolve_inference_precision(precision, torch_device, fidelity) == "int8"
-        # An int8 model re-checks close calls with the float model, in the float precision
-        # ``auto`` would pick (see invmon.training.quantize.RecheckedInt8).
-        dtype = resolve_precision("auto" if int8 else precision, torch_device)
-        int8_model = quantize.quantized(model, model_dir, calibration, size) if int8 else None
-        if graph == "frozen":
-            model = frozen(model, size, torch_device, dtype)
-        elif graph == "compiled":
-            model = compiled(model)
-        if int8_model is not None:
-            margin = fidelity.margin if fidelity is not None else 0.0
-            model = quantize.RecheckedInt8(
-                int8_model, model, margin, lambda: autocast(torch_device, dtype)
-            )
-            return cls(model, config, torch_device, None, precision="int8")
-        return cls(model, config, torch_device, dtype, precision=_FLOAT_NAMES[dtype])
+
+    @classmethod
+    def staged(
+        cls,
+        model_dir: str | Path,
+        device: str = "auto",
+        precision: str = "auto",
+        graph: str = "auto",
+        batch_sizes: Sequence[int] = (1, 2, 8),
+    ) -> tuple[Counter, Callable[[], None] | None]:
+        """Load the model folder on its cheapest correct path now, the fastest one later.
+
+        Returns the counter, running the float model eagerly in the float precision the final
+        engine uses (no quantization, no compilation: seconds), and ``upgrade``, which builds the
+        engine :meth:`from_model_dir` would build, one stage at a time, warms each up with
+        ``batch_sizes`` and swaps it in: for int8, int8 with the eager re-check first (seconds),
+        then with the frozen or compiled re-check; for a float model, the frozen or compiled
+        graph. Call ``upgrade`` on a background thread while the counter serves; it is None when
+        there is nothing to upgrade to. Every stage gives the float model's counts (int8
+        re-checks its close calls), so an answer does not depend on which stage served it beyond
+        rounding. ``upgrade`` raises what a stage raised; the counter then keeps the last engine
+        swapped in.
+        """
+        plan = LoadPlan.of(model_dir, device, precision, graph)
+        counter = cls.running(plan.engine("eager"), plan)
+        stages = _upgrade_stages(plan, model_dir, counter.exclusive)
+        if not stages:
+            return counter, None
+
+        def upgrade() -> None:
+            for build in stages:
+                start = time.perf_counter()
+                engine = build()
+                counter.warm_up(batch_sizes, engine)
+                counter.swap(engine)
+                log.info(
+                    "now serving %s (%s graph), built and warmed up in %.1fs",
+                    engine.precision,
+                    engine.graph,
+                    time.perf_counter() - start,
+                )
+
+        return counter, upgrade
 
     @property
     def image_size(self) -> int:
         """The side of the square input the model was trained on."""
         return self.config.preprocessing.image_size
 
+    def predict_logits(self, inputs: torch.Tensor, engine: Engine | None = None) -> torch.Tensor:
+        """Return float32 logits for a normalised float batch (N, 3, S, S).
+
+        By default the batch runs on the current engine, read once (:meth:`swap` may replace it
+        meanwhile), holding :attr:`exclusive`; ``engine`` runs it on another one without the lock
+        (to warm an engine up before it is swapped in).
+        """
+        if engine is not None:
+            return self._logits(inputs, engine)
+        with self.exclusive:
+            return self._logits(inputs, self.engine)
+
     @torch.inference_mode()
-    def predict_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Return float32 logits for a normalised float batch (N, 3, S, S)."""
+    def _logits(self, inputs: torch.Tensor, engine: Engine) -> torch.Tensor:
         inputs = inputs.to(self.device).contiguous(memory_format=torch.channels_last)
-        with autocast(self.device, self.dtype):
-            return self.model(inputs).float()
+        with autocast(self.device, engine.dtype):
+            return engine.model(inputs).float()
 
     def predict_uint8(self, images: torch.Tensor | np.ndarray) -> Predictions:
         """Predict on a uint8 (N, 3, S, S) batch, as preprocess and :func:`prepare` produce."""
@@ -201,17 +364,22 @@ class Counter:
         bounds = np.cumsum([0] + [len(b) for b in batches])
         return [whole.rows(start, end) for start, end in itertools.pairwise(bounds)]
 
-    def warm_up(self, batch_sizes: Sequence[int] = (1, 4)) -> None:
-        """Run the model once per batch size, so the first requests do not pay for setup."""
+    def warm_up(self, batch_sizes: Sequence[int] = (1, 4), engine: Engine | None = None) -> None:
+        """Run the model once per batch size, so the first requests do not pay for setup.
+
+        ``engine`` (default: the current one) warms up an engine before :meth:`swap`.
+        """
         size = self.image_size
         for n in batch_sizes:
-            batch = torch.zeros((n, 3, size, size), dtype=torch.uint8)
-            self.predict_many([batch])
-            if isinstance(self.model, quantize.RecheckedInt8):  # its float model, too
+            inputs = self.to_inputs(torch.zeros((n, 3, size, size), dtype=torch.uint8))
+            self.predict_logits(inputs, engine)
+            model = (engine or self.engine).model
+            if isinstance(model, quantize.RecheckedInt8):  # its float model, too
                 with torch.inference_mode():
-                    self.model.warm_up(self.to_inputs(batch))
-        if isinstance(self.model, quantize.RecheckedInt8):
-            self.model.images = self.model.rechecked = 0  # count requests only
+                    model.warm_up(inputs)
+        model = (engine or self.engine).model
+        if isinstance(model, quantize.RecheckedInt8):
+            model.images = model.rechecked = 0  # count requests only
 
     def predictions(self, logits: torch.Tensor) -> Predictions:
         """Turn logits into counts, probabilities and expected counts."""
@@ -219,3 +387,26 @@ class Counter:
         counts = self.class_counts[probabilities.argmax(axis=1)]
         expected = probabilities @ self.class_counts.astype(np.float32)
         return Predictions(probabilities, counts, expected)
+
+
+def _upgrade_stages(
+    plan: LoadPlan, model_dir, exclusive: threading.Lock
+) -> list[Callable[[], Engine]]:
+    """The engines :meth:`Counter.staged` upgrades to, cheapest first, as functions building them.
+
+    int8 is built holding ``exclusive`` while FX traces the model (see :class:`Counter`); the
+    int8 model is built once and shared by its two stages.
+    """
+    if not plan.int8:
+        return [] if plan.graph == "eager" else [lambda: plan.engine(plan.graph)]
+    built: dict[str, torch.nn.Module] = {}
+
+    def int8(graph: str) -> Engine:
+        if "int8" not in built:
+            built["int8"] = plan.quantized(model_dir, tracing=exclusive)
+        return plan.engine(graph, built["int8"])
+
+    stages = [lambda: int8("eager")]
+    if plan.graph != "eager":
+        stages.append(lambda: int8(plan.graph))
+    return stages

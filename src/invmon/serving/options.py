@@ -19,6 +19,7 @@ from invmon.serving.client import DEFAULT_MODEL_NAME
 from invmon.training.device import INFERENCE_PRECISIONS
 
 GRAPHS = ("auto", "eager", "frozen", "compiled")
+LOADS = ("staged", "blocking")
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,14 @@ class ServingOptions(Settings):
         choices=GRAPHS,
         help="how a float model runs: auto (compiled on a CPU with a C++ compiler, else "
         "frozen), compiled, frozen or eager",
+    )
+    load: str = setting(
+        "staged",
+        choices=LOADS,
+        help="staged: ready within seconds on the eager float model, the int8 or compiled model "
+        "built in the background and swapped in once warm (docs/serving.md); blocking: ready "
+        "only once the final model is built (every answer from it, as tests that compare exact "
+        "answers need)",
     )
     max_batch_images: int = setting(
         32,

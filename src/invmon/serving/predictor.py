@@ -23,6 +23,8 @@ import binascii
 import logging
 import math
 import os
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -67,19 +69,34 @@ class BinCounterModel(Model):
         self.counter: Counter | None = None
         self.batcher: ContinuousBatcher | None = None
         self._decoder: ThreadPoolExecutor | None = None
+        self.upgrader: threading.Thread | None = None
         self.ready = False
 
     def load(self) -> bool:
-        """Load the model folder and warm it up; the server reports ready only after this."""
-        self.counter = Counter.from_model_dir(
-            self.model_dir,
-            device=self.options.device,
-            precision=self.options.precision,
-            graph=self.options.graph,
-        )
-        self.counter.warm_up((1, 2, 8))
+        """Load the model folder and warm it up; the server reports ready only after this.
+
+        Staged (``--load staged``, the default), the model is ready once its float model runs
+        eagerly and has answered one warm-up image: seconds. The int8 or compiled engine it ends
+        on is built on a background thread (:attr:`upgrader`) and swapped in once warm
+        (:meth:`Counter.staged`); until then answers come from the eager model, with the same
+        counts. ``--load blocking`` builds and warms the final engine before ready.
+        """
+        options = self.options
+        how = {"device": options.device, "precision": options.precision, "graph": options.graph}
+        upgrade = None
+        if options.load == "staged":
+            self.counter, upgrade = Counter.staged(self.model_dir, **how)
+            self.counter.warm_up((1,))
+        else:
+            self.counter = Counter.from_model_dir(self.model_dir, **how)
+            self.counter.warm_up((1, 2, 8))
         log.info(
-            "model %r loaded: %s on %s", self.name, self.counter.precision, self.counter.device
+            "model %r loaded: %s (%s graph) on %s%s",
+            self.name,
+            self.counter.precision,
+            self.counter.engine.graph,
+            self.counter.device,
+            "; upgrading in the background" if upgrade else "",
         )
         threads = self.options.decode_threads or os.cpu_count() or 1
         self._decoder = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
@@ -87,7 +104,33 @@ class BinCounterModel(Model):
             self.counter.predict_many, size=len, max_batch_images=self.options.max_batch_images
         )
         self.ready = True
+        if upgrade is not None:
+            self.upgrader = threading.Thread(
+                target=self._upgrade, args=(upgrade,), name="upgrade", daemon=True
+            )
+            self.upgrader.start()
         return self.ready
+
+    def _upgrade(self, upgrade) -> None:
+        start = time.perf_counter()
+        try:
+            upgrade()
+        except Exception as err:  # the current engine keeps serving: slower, never wrong
+            log.exception(
+                "model %r: upgrade failed, still serving %s (%s graph): %s",
+                self.name,
+                self.counter.precision,
+                self.counter.engine.graph,
+                err,
+            )
+            return
+        log.info(
+            "model %r upgraded to %s (%s graph) %.1fs after ready",
+            self.name,
+            self.counter.precision,
+            self.counter.engine.graph,
+            time.perf_counter() - start,
+        )
 
     def stop(self) -> None:
         """Release the decode and inference threads."""

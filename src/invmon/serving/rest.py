@@ -8,6 +8,10 @@ KServe 0.21's REST server needs three corrections for a predictor that takes ima
 - A V2 body without ``Inference-Header-Content-Length`` is refused by KServe when the client does
   not send ``Content-Type: application/json`` (Triton's HTTP client does not); by the extension's
   definition such a body is all JSON, and is read as such.
+- A V1 body is read as JSON only when it declares a JSON content type; curl's ``-d`` declares
+  ``application/x-www-form-urlencoded``, so the README's own example was refused. Like Triton and
+  TorchServe, :class:`StrictDataPlane` reads any V1 body as JSON, whatever its declared type, and
+  answers 400 naming the declared type when it is not JSON.
 - Malformed requests must name their problem with HTTP 400: a missing field in the binary header
   is a ``KeyError`` (HTTP 500) in KServe, and FastAPI answers schema errors with 422. Every check
   here raises ``InvalidInput`` instead, and :func:`install_error_handlers` maps FastAPI's request
@@ -23,9 +27,9 @@ import math
 import struct
 
 import orjson
-from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER, PredictorProtocol
 from kserve.errors import InvalidInput
-from kserve.protocol.dataplane import DataPlane
+from kserve.protocol.dataplane import JSON_HEADERS, DataPlane
 from kserve.protocol.infer_type import InferInput, InferRequest, RequestedOutput
 
 DATATYPE_SIZES = {
@@ -46,7 +50,22 @@ DATATYPE_SIZES = {
 
 
 class StrictDataPlane(DataPlane):
-    """KServe's data plane with a strict decoder for V2 requests that arrive as raw bytes."""
+    """KServe's data plane with a strict decoder for V2 requests that arrive as raw bytes, and
+    V1 bodies read as JSON whatever content type they declare."""
+
+    def decode(self, body, headers, protocol_version=PredictorProtocol.REST_V1.value, **kwargs):
+        """Decode a request; a V1 body declared as another type than JSON is read as JSON."""
+        declared = (headers or {}).get("content-type")
+        other = declared is not None and declared.split(";")[0].strip() not in JSON_HEADERS
+        v1 = protocol_version.lower() == PredictorProtocol.REST_V1.value.lower()
+        if v1 and isinstance(body, bytes) and other and not _cloudevent(headers):
+            try:
+                body = orjson.loads(body)
+            except orjson.JSONDecodeError as err:
+                raise InvalidInput(
+                    f"the request body is not JSON (declared Content-Type {declared!r}): {err}"
+                ) from None
+        return super().decode(body, headers, protocol_version, **kwargs)
 
     def decode_inference_request(self, body, headers, model_name):
         """Decode a V2 request; raw bytes are read per the binary-data extension."""
@@ -54,6 +73,11 @@ class StrictDataPlane(DataPlane):
             return super().decode_inference_request(body, headers, model_name)
         header = headers.get(INFERENCE_CONTENT_LENGTH_HEADER)
         return decode_v2_bytes(body, _json_length(header, len(body)), model_name)
+
+
+def _cloudevent(headers: dict) -> bool:
+    # KServe reads a binary CloudEvent from ce-* headers; its data keeps its own content type.
+    return any(key.lower().startswith("ce-") for key in headers)
 
 
 def _json_length(header: str | None, body_length: int) -> int:

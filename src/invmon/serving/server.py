@@ -139,7 +139,9 @@ class LocalServer:
     """The predictor served by a ModelServer subprocess on loopback, for as long as the context.
 
     ``url`` is the server's base URL. Readiness is KServe's: the model's ready endpoint answers 200
-    only after the model folder loaded.
+    only after the model folder loaded. With ``log`` (a file path) the server's output goes there,
+    with KServe's logging on (the predictor's INFO lines: precision, upgrades); see
+    :meth:`wait_for_log`.
     """
 
     def __init__(
@@ -149,8 +151,11 @@ class LocalServer:
         port: int | None = None,
         startup_timeout: float = 120.0,
         extra_args: list[str] | None = None,
+        log: str | Path | None = None,
     ):
         self.model_dir, self.name = str(model_dir), name
+        self.log = Path(log) if log is not None else None
+        self.poll = 0.25  # seconds between readiness checks
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.startup_timeout = startup_timeout
@@ -172,13 +177,19 @@ class LocalServer:
             "--enable_grpc",
             "false",
             "--configure_logging",
-            "false",
+            "true" if self.log else "false",
             *self.extra_args,
         ]
 
     def __enter__(self) -> LocalServer:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.process = subprocess.Popen(self.command(), env=env)
+        if self.log is None:
+            self.process = subprocess.Popen(self.command(), env=env)
+        else:
+            with open(self.log, "wb") as out:  # the child keeps its own descriptor
+                self.process = subprocess.Popen(
+                    self.command(), env=env, stdout=out, stderr=subprocess.STDOUT
+                )
         try:
             self._wait_ready()
         except BaseException:
@@ -198,8 +209,26 @@ class LocalServer:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
-            time.sleep(0.25)
+            time.sleep(self.poll)
         raise TimeoutError(f"model server not ready after {self.startup_timeout:.0f}s at {ready}")
+
+    def wait_for_log(self, *texts: str, timeout: float = 600.0) -> str:
+        """Wait until the server's log holds one of ``texts``; return the one found first.
+
+        Raises TimeoutError after ``timeout`` seconds and RuntimeError when the server exits.
+        """
+        if self.log is None:
+            raise ValueError("wait_for_log needs a LocalServer started with log=PATH")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            found = [t for t in texts if t in text]
+            if found:
+                return min(found, key=text.index)
+            if self.process.poll() is not None:
+                raise RuntimeError(f"model server exited with code {self.process.returncode}")
+            time.sleep(0.2)
+        raise TimeoutError(f"none of {texts} in {self.log} after {timeout:.0f}s")
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL if it lingers)."""

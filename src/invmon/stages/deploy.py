@@ -341,7 +341,9 @@ def deploy_local(
     # answers must agree to rounding (a compiled graph would differ in the last bf16 bits).
     expected = Counter.from_model_dir(model_dir, freeze=True).predict_bytes([image])
     start = time.monotonic()
-    with LocalServer(model_dir, name=name, extra_args=["--graph", "frozen"]) as server:
+    # Loaded in full before ready (not staged): every answer comes from that same engine.
+    args = ["--graph", "frozen", "--load", "blocking"]
+    with LocalServer(model_dir, name=name, extra_args=args) as server:
         started = time.monotonic()
         smoke = smoke_check(server.url, name, image, expected, tolerance=1e-3)
     _check(

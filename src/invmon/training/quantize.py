@@ -30,6 +30,7 @@ add pattern). tests/test_quantize.py fails when a PyTorch upgrade breaks this pa
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import warnings
@@ -297,11 +298,13 @@ def quantized(
     model_dir: str | Path,
     calibration: dict[str, torch.Tensor] | None,
     image_size: int,
+    tracing: contextlib.AbstractContextManager | None = None,
 ) -> nn.Module:
     """The int8 model built from float ``model`` and ``model_dir``'s calibration (its tensors).
 
-    Raises ModelNotFound without a calibration, and ValueError naming the file when it does not
-    fit this model (other weights, or observers laid out by another PyTorch version).
+    ``tracing`` is held while FX traces ``model`` (see :func:`convert`). Raises ModelNotFound
+    without a calibration, and ValueError naming the file when it does not fit this model (other
+    weights, or observers laid out by another PyTorch version).
     """
     path = Path(model_dir) / CALIBRATION_FILE
     if calibration is None:
@@ -309,13 +312,22 @@ def quantized(
             f"no {CALIBRATION_FILE} in model folder {str(model_dir)!r}: int8 needs the calibration "
             "that invmon train writes; use --precision bf16 or fp32 for this folder"
         )
-    return convert(model, calibration, image_size, where=str(path))
+    return convert(model, calibration, image_size, where=str(path), tracing=tracing)
 
 
 def convert(
-    model: nn.Module, state: dict[str, torch.Tensor], image_size: int, where: str = "calibration"
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    image_size: int,
+    where: str = "calibration",
+    tracing: contextlib.AbstractContextManager | None = None,
 ) -> nn.Module:
-    """The int8 model from float ``model`` and a :func:`calibrate` result (``where`` names it)."""
+    """The int8 model from float ``model`` and a :func:`calibrate` result (``where`` names it).
+
+    ``tracing`` (a lock, say) is held while FX traces ``model``: symbolic tracing patches
+    ``torch.nn.Module.__call__`` for the whole process, so no other thread may run a model
+    meanwhile. Converting the traced model afterwards needs no lock.
+    """
     state = {k: v for k, v in state.items() if not k.startswith(_FIDELITY)}
     saved = state.pop(_FINGERPRINT, None)
     weights = fingerprint(model)
@@ -324,7 +336,8 @@ def convert(
             f"{where} does not fit this model: it was calibrated for other weights; retrain, "
             "or use --precision bf16 or fp32"
         )
-    prepared = _prepared(model, image_size)
+    with tracing or contextlib.nullcontext():
+        prepared = _prepared(model, image_size)
     expected = _observer_state(prepared)
     if set(state) != set(expected):
         raise ValueError(
