@@ -237,14 +237,20 @@ def _verbs(requests: list[tuple[str, str]]) -> set[str]:
 
 
 def _role_verbs(group: str, resource: str) -> set[str]:
-    """The verbs manifests/base's pipeline Role grants on ``resource``."""
-    role = yaml.safe_load((ROOT / "manifests" / "base" / "pipeline-role.yaml").read_text())
-    return {
-        verb
-        for rule in role["rules"]
-        if group in rule["apiGroups"] and resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
+    """The verbs that the pipeline Roles of both install modes grant on ``resource`` (the
+    verbs each of them grants)."""
+    granted = []
+    for mode in ("single-user", "multi-user"):
+        role = yaml.safe_load((ROOT / "manifests" / mode / "pipeline-role.yaml").read_text())
+        granted.append(
+            {
+                verb
+                for rule in role["rules"]
+                if group in rule["apiGroups"] and resource in rule["resources"]
+                for verb in rule["verbs"]
+            }
+        )
+    return set.intersection(*granted)
 
 
 def test_an_update_removes_settings_dropped_from_the_manifest(predictor_server, smoke_image):
