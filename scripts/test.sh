@@ -6,4 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# A full disk fails tests in confusing ways (a model that cannot be saved, a
+# fixture error): say up front how much room there is.
+df -h . "${TMPDIR:-/tmp}" | sed 's/^/disk: /'
 .venv/bin/python -m pytest "$@"
