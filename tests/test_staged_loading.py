@@ -62,6 +62,40 @@ def test_requests_during_the_background_upgrade_get_the_counts_after_it(model_di
     assert "upgraded to fp32 (compiled graph)" in log.read_text()
 
 
+def expected_counts(server: LocalServer, images: list[bytes]) -> list[float]:
+    """The probability-weighted count the server gives each image, one request per image; a
+    request that gets no answer within the client's timeout raises."""
+    answers = []
+    for image in images:
+        status, body = post_json(
+            f"{server.url}/v2/models/{NAME}/infer", v2_request([image]), timeout=120
+        )
+        assert status == 200, body
+        answers.append(next(o for o in body["outputs"] if o["name"] == "expected_count")["data"][0])
+    return answers
+
+
+def test_requests_during_a_bf16_background_compile_are_answered(counting_model, tmp_path):
+    """bf16, what ``--precision auto`` serves on most CPUs: the eager model runs under autocast
+    while Dynamo traces the compiled graph on the upgrade thread. Autocast's cast cache and the
+    GIL deadlocked the two (the whole server froze mid-compile, a request waited forever) until
+    the served weights stopped requiring gradients. Every request sent during the compile is
+    answered, with the expected counts of the compiled graph up to bf16 rounding."""
+    images = bins(6)
+    log = tmp_path / "server.log"
+    flags = ["--graph", "compiled", "--precision", "bf16"]
+    server = LocalServer(counting_model, name=NAME, log=log, startup_timeout=300, extra_args=flags)
+    during = []
+    with server:
+        while UPGRADED not in log.read_text():
+            during.append(expected_counts(server, images))
+            assert FAILED not in log.read_text(), log.read_text()
+        after = expected_counts(server, images)
+    assert len(during) >= 2, "the upgrade finished before requests could be sent during it"
+    assert "upgraded to bf16 (compiled graph)" in log.read_text()
+    assert np.allclose(during, [after] * len(during), atol=0.1), (during, after)
+
+
 @pytest.fixture
 def misfitting_calibration(model_dir, tmp_path):
     """A model folder whose int8 calibration train found faithful, but for other weights: int8

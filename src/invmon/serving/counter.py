@@ -146,6 +146,12 @@ class LoadPlan:
         """Read the model folder; decide the final engine (see Counter.from_model_dir)."""
         torch_device = resolve_device(device)
         model, config = load_model(model_dir, torch_device)
+        # No weight of a served model needs a gradient, and one that does deadlocks staged
+        # loading: autocast caches its low-precision casts of such weights under one process-wide
+        # mutex, held while the cast runs. Dynamo tracing the compiled graph on the upgrade thread
+        # runs that cast through Python (fake tensors: it needs the GIL), while a request thread
+        # that holds the GIL leaves autocast and clears the cache (it needs the mutex).
+        model.requires_grad_(False)
         resolved = resolve_graph(graph, torch_device)
         calibration = (
             quantize.read_calibration(model_dir) if quantize.int8_supported(torch_device) else None
