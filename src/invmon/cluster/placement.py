@@ -198,22 +198,6 @@ class PodPlacement:
         if isinstance(self.s3_secret, str):
             object.__setattr__(self, "s3_secret", S3Secret.parse(self.s3_secret))
 
-    @classmethod
-    def for_gpu_pool(
-        cls,
-        gpus: int,
-        node_selector: dict[str, str] | None = None,
-        tolerations: list[dict] | None = None,
-        s3_secret: str = "",
-    ) -> PodPlacement:
-        """From the pipeline's settings (empty values mean none)."""
-        return cls(
-            gpus=gpus,
-            node_selector=tuple((node_selector or {}).items()),
-            tolerations=tuple(dict(t) for t in tolerations or ()),
-            s3_secret=s3_secret or None,
-        )
-
     def env(self) -> list[dict]:
         """Environment variables: S3 credentials from the Secret, by reference."""
         return self.s3_secret.env() if self.s3_secret else []
