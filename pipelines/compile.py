@@ -142,6 +142,12 @@ class ClusterSettings(Settings):
     evaluate_on_gpu: bool = setting(
         False, help="run evaluate and audit on the GPU pool with one GPU each"
     )
+    retries: int = setting(
+        3,
+        help="times a task whose failures are mostly transient (S3 reads, waiting on the "
+        "cluster) is retried, 30 s apart and doubling (0: never)",
+        minimum=0,
+    )
     caching: bool = setting(
         True,
         help="compile every task with caching off (clusters cache by default)",

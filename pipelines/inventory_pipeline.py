@@ -78,13 +78,16 @@ def _uses_workspace(task) -> bool:
     return task.inputs.get("workspace") == dsl.WORKSPACE_PATH_PLACEHOLDER
 
 
-def _retried(task):
+def _retried(task, settings: ClusterSettings):
     """Retry a task whose failures are mostly transient (S3 reads, waiting on the cluster).
 
-    Upstream KFP's Argo defaults may turn this into retries on Argo errors only (docs/cluster.md,
-    "Data, workspace and resources").
+    ``settings.retries`` times, 30 s apart and doubling; none when it is 0. Upstream KFP's Argo
+    defaults may turn this into retries on Argo errors only (docs/cluster.md, "Data, workspace
+    and resources").
     """
-    return task.set_retry(num_retries=3, backoff_duration="30s", backoff_factor=2)
+    if not settings.retries:
+        return task
+    return task.set_retry(num_retries=settings.retries, backoff_duration="30s", backoff_factor=2)
 
 
 def _ingest(p, settings: ClusterSettings, shared: str):
@@ -97,11 +100,11 @@ def _ingest(p, settings: ClusterSettings, shared: str):
         "limit": p.limit,
     }
     plan = plan_ingest(parts=p.ingest_parts, **source)
-    _retried(_configure(plan, "ingest", settings, "data", name="plan-ingest"))
+    _retried(_configure(plan, "ingest", settings, "data", name="plan-ingest"), settings)
     with dsl.ParallelFor(plan.output) as part:
         part_task = ingest(part=part, workspace=shared, **source)
         # A retried part resumes from what its earlier attempt copied into the workspace.
-        _retried(_configure(part_task, "ingest", settings, "data"))
+        _retried(_configure(part_task, "ingest", settings, "data"), settings)
     merged = merge_ingest(parts=dsl.Collected(part_task.outputs["raw"]), workspace=shared)
     return _configure(merged, "ingest", settings, "data", name="merge-ingest")
 
@@ -160,7 +163,7 @@ def _on_gpu_here(task, stage: str, settings: ClusterSettings, here: bool):
     if here:
         return _configure(task, stage, settings, "gpu", gpu=True, shm=True)
     # The task waits on Katib or a TrainJob, which are followed again by name when it is retried.
-    return _retried(_configure(task, stage, settings, "control"))
+    return _retried(_configure(task, stage, settings, "control"), settings)
 
 
 def _release(settings: ClusterSettings, shared: str):
@@ -212,7 +215,7 @@ def _release(settings: ClusterSettings, shared: str):
                 workspace=shared,
             )
             # Deploy creates or updates the service and waits: a retry follows the same object.
-            _retried(_configure(served, "deploy", settings, "control"))
+            _retried(_configure(served, "deploy", settings, "control"), settings)
             audited = audit(model=model, raw=raw, threshold=audit_threshold, workspace=shared)
             _evaluating(audited, "audit", settings)
 

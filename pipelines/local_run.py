@@ -167,6 +167,7 @@ def run_pipeline(options: RunSettings) -> RunSummary:
     from kfp import local
 
     from invmon.pipelines import build_pipeline
+    from invmon.pipelines.compile import ClusterSettings
 
     root = Path(options.out).resolve() / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
@@ -196,7 +197,10 @@ def run_pipeline(options: RunSettings) -> RunSummary:
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             # Resources, /dev/shm and GPU placement are for a cluster; kfp.local says so per task.
             warnings.filterwarnings("ignore", message=".*no effect in the current local runner.*")
-            build_pipeline()(**options.pipeline_arguments())
+            # No task retries: kfp.local honours them, so a failing stage would be run three
+            # more times, 30, 60 and 120 s apart, before the error showed; here its failures are
+            # not transient (S3 requests are retried inside ingest).
+            build_pipeline(ClusterSettings(retries=0))(**options.pipeline_arguments())
     seconds = time.monotonic() - start
     (run_dir,) = set(root.iterdir()) - before
     summary = summarize_run(run_dir, seconds, pipeline_start)

@@ -155,6 +155,8 @@ def test_transient_tasks_are_retried(compiled, tmp_path):
     tasks = _tasks(compile_pipeline(tmp_path / "p.yaml", cluster))
     retried = {n for n, (task, _, _) in tasks.items() if "retryPolicy" in task}
     assert retried == {"plan-ingest", "ingest", "deploy", "tune", "train"}
+    never = _tasks(compile_pipeline(tmp_path / "never.yaml", ClusterSettings(retries=0)))
+    assert not [n for n, (task, _, _) in never.items() if "retryPolicy" in task]
 
 
 def test_cluster_backends_wait_in_small_tasks_without_dev_shm(tmp_path):

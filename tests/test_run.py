@@ -1,6 +1,7 @@
 """The whole pipeline through kfp.local, fed by the embedded S3 server with synthetic bins."""
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,21 @@ def test_a_model_below_the_quality_gate_is_neither_deployed_nor_audited(tmp_path
     (run,) = (tmp_path / "pipeline_root").iterdir()
     assert (run / "evaluate").is_dir() and not (run / "deploy").exists()
     assert not (run / "audit").exists()
+
+
+def test_a_failing_stage_fails_the_run_at_once(s3_url, tmp_path, caplog):
+    """kfp.local honours task retries: compiled for a cluster, the ingest plan would run three
+    more times, 30, 60 and 120 s apart, before the run failed. invmon run compiles without."""
+    from invmon.data.s3 import S3Options
+
+    options = RunSettings(
+        source="s3://no-such-bucket",
+        s3=S3Options(endpoint_url=s3_url, anonymous=True),
+        out=str(tmp_path),
+    )
+    with caplog.at_level(logging.INFO), pytest.raises(RuntimeError, match="plan-ingest"):
+        run_pipeline(options)
+    assert "['plan-ingest'] failed" in caplog.text and "Retrying" not in caplog.text
 
 
 @pytest.mark.slow
