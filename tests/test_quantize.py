@@ -219,3 +219,34 @@ def test_auto_compiles_the_int8_re_check_only_when_it_re_checks_enough(model_dir
     assert LoadPlan.of(many, "cpu", "auto", "auto").graph == compiler
     # Asked for by name, the compiled graph is built whatever the share.
     assert LoadPlan.of(few, "cpu", "auto", "compiled").graph == "compiled"
+
+
+class _Undecided(nn.Module):
+    """An int8 stand-in whose every answer is a close call: the float model re-checks them all."""
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(inputs), 3)
+
+
+def test_a_warmed_up_compiled_recheck_compiles_nothing_more():
+    """Counter.warm_up hands the re-check model plain (N, 3, S, S) batches; forward re-checks a
+    channels_last copy. Warmed up on the former, the compiled re-check met new strides at the
+    first close call and compiled again: a batch waited 35.6 s behind a ready predictor."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    small = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)
+    )
+    model = quantize.RecheckedInt8(
+        _Undecided(), torch.compile(small, dynamic=True), 0.5, nullcontext
+    )
+    with torch.inference_mode():
+        for n in (1, 2, 8):  # what Counter.warm_up gives it
+            model.warm_up(torch.randn(n, 3, 16, 16))
+        graphs = counters["stats"]["unique_graphs"]
+        for n in (3, 1, 5, 8):
+            model(torch.randn(n, 3, 16, 16))
+    assert model.rechecked == 17
+    assert counters["stats"]["unique_graphs"] == graphs

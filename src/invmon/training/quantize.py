@@ -257,16 +257,25 @@ class RecheckedInt8(nn.Module):
         close = (top2[:, 0] - top2[:, 1]) < self.margin
         if bool(close.any()):
             self.rechecked += int(close.sum())
-            rerun = inputs[close].contiguous(memory_format=torch.channels_last)
             with self.autocast_context():
-                logits[close] = self.fallback(rerun).float()
+                logits[close] = self.fallback(_rechecked(inputs[close])).float()
         return logits
 
     def warm_up(self, inputs: torch.Tensor) -> None:
-        """Run ``inputs`` through both models (a compiled fallback compiles on first use)."""
+        """Run ``inputs`` through both models (a compiled fallback compiles on first use).
+
+        The fallback gets them as :meth:`forward` passes close calls, channels_last: a compiled
+        graph guards on strides, and warmed up on other ones it compiled again (tens of seconds)
+        at the first close call.
+        """
         self.int8(inputs)
         with self.autocast_context():
-            self.fallback(inputs)
+            self.fallback(_rechecked(inputs))
+
+
+def _rechecked(inputs: torch.Tensor) -> torch.Tensor:
+    """Close calls as the float model runs them: channels_last, like every served batch."""
+    return inputs.contiguous(memory_format=torch.channels_last)
 
 
 def calibration_batches(
