@@ -229,9 +229,10 @@ class _Undecided(nn.Module):
 
 
 def test_a_warmed_up_compiled_recheck_compiles_nothing_more():
-    """Counter.warm_up hands the re-check model plain (N, 3, S, S) batches; forward re-checks a
-    channels_last copy. Warmed up on the former, the compiled re-check met new strides at the
-    first close call and compiled again: a batch waited 35.6 s behind a ready predictor."""
+    """A compiled graph guards on its inputs' strides and dispatch keys. Counter.warm_up makes
+    plain NCHW tensors outside inference mode; served batches are channels_last inference
+    tensors. Warmed up on the former, the compiled re-check compiled again at the first close
+    call: a batch waited 35-41 s behind a ready predictor (docs/benchmarks.md)."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -242,11 +243,14 @@ def test_a_warmed_up_compiled_recheck_compiles_nothing_more():
     model = quantize.RecheckedInt8(
         _Undecided(), torch.compile(small, dynamic=True), 0.5, nullcontext
     )
+    channels_last = torch.channels_last
+    # As Counter.warm_up makes them: normalize's channels_last output, outside inference mode.
+    warm = [torch.randn(n, 3, 16, 16).contiguous(memory_format=channels_last) for n in (1, 2, 8)]
     with torch.inference_mode():
-        for n in (1, 2, 8):  # what Counter.warm_up gives it
-            model.warm_up(torch.randn(n, 3, 16, 16))
+        for inputs in warm:
+            model.warm_up(inputs)
         graphs = counters["stats"]["unique_graphs"]
-        for n in (3, 1, 5, 8):
-            model(torch.randn(n, 3, 16, 16))
-    assert model.rechecked == 17
+        for n in (3, 1, 5, 8):  # as Counter._logits passes a batch: an inference tensor
+            model(torch.randn(n, 3, 16, 16).contiguous(memory_format=channels_last))
     assert counters["stats"]["unique_graphs"] == graphs
+    assert model.rechecked == 17 + 11  # warm_up re-checks every image, as forward does

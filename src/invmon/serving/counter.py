@@ -337,7 +337,10 @@ class Counter:
 
     @torch.inference_mode()
     def _logits(self, inputs: torch.Tensor, engine: Engine) -> torch.Tensor:
-        inputs = inputs.to(self.device).contiguous(memory_format=torch.channels_last)
+        # Always a fresh channels_last inference tensor, whatever the caller passed: a compiled
+        # graph guards on strides and dispatch keys, and compiles again (tens of seconds) for a
+        # batch that differs from those it was warmed up on.
+        inputs = inputs.to(self.device).clone(memory_format=torch.channels_last)
         with autocast(self.device, engine.dtype):
             return engine.model(inputs).float()
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
@@ -264,13 +265,17 @@ class RecheckedInt8(nn.Module):
     def warm_up(self, inputs: torch.Tensor) -> None:
         """Run ``inputs`` through both models (a compiled fallback compiles on first use).
 
-        The fallback gets them as :meth:`forward` passes close calls, channels_last: a compiled
-        graph guards on strides, and warmed up on other ones it compiled again (tens of seconds)
-        at the first close call.
+        Through :meth:`forward`, with every image a close call: a compiled graph guards on its
+        inputs' strides and dispatch keys (an inference tensor or not), so the fallback must be
+        warmed up on tensors made exactly as close calls are. Warmed up on the caller's tensors,
+        it compiled again at the first close call (35-41 s on 2 cores, docs/benchmarks.md).
+        Not thread-safe: warm an engine up before it serves.
         """
-        self.int8(inputs)
-        with self.autocast_context():
-            self.fallback(_rechecked(inputs))
+        margin, self.margin = self.margin, math.inf
+        try:
+            self(inputs)
+        finally:
+            self.margin = margin
 
 
 def _rechecked(inputs: torch.Tensor) -> torch.Tensor:
