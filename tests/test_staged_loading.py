@@ -30,69 +30,73 @@ def bins(count: int) -> list[bytes]:
     return [make_bin(seed=505, number=n, max_items=2)[1] for n in range(1, count + 1)]
 
 
-def counts(server: LocalServer, images: list[bytes]) -> list[int]:
-    """The count the server gives each image, one V2 request per image."""
+def outputs(server: LocalServer, images: list[bytes], name: str = "count") -> list:
+    """The server's output ``name`` for each image, one V2 request per image; a request that gets
+    no answer within 120 s raises."""
     answers = []
     for image in images:
-        status, body = post_json(f"{server.url}/v2/models/{NAME}/infer", v2_request([image]))
+        url = f"{server.url}/v2/models/{NAME}/infer"
+        status, body = post_json(url, v2_request([image]), timeout=120)
         assert status == 200, body
-        answers.append(next(o for o in body["outputs"] if o["name"] == "count")["data"][0])
+        answers.append(next(o for o in body["outputs"] if o["name"] == name)["data"][0])
     return answers
 
 
-def test_requests_during_the_background_upgrade_get_the_counts_after_it(model_dir, tmp_path):
-    """From ready on, answers come from the eager model, then from the compiled graph swapped in
-    (compiling takes tens of seconds, so many requests are answered during it): every answer is
-    the count the compiled graph gives. fp32, so that the two differ by float rounding only and
-    the counts must be identical even for this barely trained model."""
-    images = bins(12)
+def counts(server: LocalServer, images: list[bytes]) -> list[int]:
+    """The count the server gives each image."""
+    return outputs(server, images)
+
+
+def during_and_after_upgrade(model, flags: list[str], images, name: str, tmp_path, monkeypatch):
+    """Serve ``model`` staged with ``flags``; ask for output ``name`` of ``images`` until the
+    log says the upgrade is done, then once more. Returns (answers during, after, the log).
+
+    The server compiles into an empty TorchInductor cache: with kernels cached by an earlier run
+    of the same model (another checkout's CI run, say) the upgrade can finish before two rounds
+    of requests, and the test would check nothing during it."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     log = tmp_path / "server.log"
-    flags = ["--graph", "compiled", "--precision", "fp32"]
-    server = LocalServer(model_dir, name=NAME, log=log, startup_timeout=300, extra_args=flags)
+    server = LocalServer(model, name=NAME, log=log, startup_timeout=300, extra_args=flags)
     during = []
     with server:
         assert "upgrading in the background" in log.read_text()
         while UPGRADED not in log.read_text():
-            during.append(counts(server, images))
+            during.append(outputs(server, images, name))
             assert FAILED not in log.read_text(), log.read_text()
-        after = counts(server, images)
+        after = outputs(server, images, name)
     assert len(during) >= 2, "the upgrade finished before requests could be sent during it"
+    return during, after, log.read_text()
+
+
+def test_requests_during_the_background_upgrade_get_the_counts_after_it(
+    model_dir, tmp_path, monkeypatch
+):
+    """From ready on, answers come from the eager model, then from the compiled graph swapped in
+    (compiling takes tens of seconds, so many requests are answered during it): every answer is
+    the count the compiled graph gives. fp32, so that the two differ by float rounding only and
+    the counts must be identical even for this barely trained model."""
+    flags = ["--graph", "compiled", "--precision", "fp32"]
+    during, after, log = during_and_after_upgrade(
+        model_dir, flags, bins(12), "count", tmp_path, monkeypatch
+    )
     for answer in during:
         assert answer == after
-    assert "upgraded to fp32 (compiled graph)" in log.read_text()
+    assert "upgraded to fp32 (compiled graph)" in log
 
 
-def expected_counts(server: LocalServer, images: list[bytes]) -> list[float]:
-    """The probability-weighted count the server gives each image, one request per image; a
-    request that gets no answer within the client's timeout raises."""
-    answers = []
-    for image in images:
-        status, body = post_json(
-            f"{server.url}/v2/models/{NAME}/infer", v2_request([image]), timeout=120
-        )
-        assert status == 200, body
-        answers.append(next(o for o in body["outputs"] if o["name"] == "expected_count")["data"][0])
-    return answers
-
-
-def test_requests_during_a_bf16_background_compile_are_answered(counting_model, tmp_path):
+def test_requests_during_a_bf16_background_compile_are_answered(
+    counting_model, tmp_path, monkeypatch
+):
     """bf16, what ``--precision auto`` serves on most CPUs: the eager model runs under autocast
     while Dynamo traces the compiled graph on the upgrade thread. Autocast's cast cache and the
     GIL deadlocked the two (the whole server froze mid-compile, a request waited forever) until
     the served weights stopped requiring gradients. Every request sent during the compile is
     answered, with the expected counts of the compiled graph up to bf16 rounding."""
-    images = bins(6)
-    log = tmp_path / "server.log"
     flags = ["--graph", "compiled", "--precision", "bf16"]
-    server = LocalServer(counting_model, name=NAME, log=log, startup_timeout=300, extra_args=flags)
-    during = []
-    with server:
-        while UPGRADED not in log.read_text():
-            during.append(expected_counts(server, images))
-            assert FAILED not in log.read_text(), log.read_text()
-        after = expected_counts(server, images)
-    assert len(during) >= 2, "the upgrade finished before requests could be sent during it"
-    assert "upgraded to bf16 (compiled graph)" in log.read_text()
+    during, after, log = during_and_after_upgrade(
+        counting_model, flags, bins(6), "expected_count", tmp_path, monkeypatch
+    )
+    assert "upgraded to bf16 (compiled graph)" in log
     assert np.allclose(during, [after] * len(during), atol=0.1), (during, after)
 
 
