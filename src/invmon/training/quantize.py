@@ -259,7 +259,8 @@ class RecheckedInt8(nn.Module):
         if bool(close.any()):
             self.rechecked += int(close.sum())
             with self.autocast_context():
-                logits[close] = self.fallback(_rechecked(inputs[close])).float()
+                rerun = inputs[close].contiguous(memory_format=torch.channels_last)
+                logits[close] = self.fallback(rerun).float()
         return logits
 
     def warm_up(self, inputs: torch.Tensor) -> None:
@@ -276,11 +277,6 @@ class RecheckedInt8(nn.Module):
             self(inputs)
         finally:
             self.margin = margin
-
-
-def _rechecked(inputs: torch.Tensor) -> torch.Tensor:
-    """Close calls as the float model runs them: channels_last, like every served batch."""
-    return inputs.contiguous(memory_format=torch.channels_last)
 
 
 def calibration_batches(
