@@ -100,6 +100,39 @@ def test_requests_during_a_bf16_background_compile_are_answered(
     assert np.allclose(during, [after] * len(during), atol=0.1), (during, after)
 
 
+def test_a_batch_waits_for_a_torch_fx_trace_on_another_thread(model_dir):
+    """torch.fx patches torch.nn.Module for the whole process while it traces, as TorchInductor
+    does mid-compile on the upgrade thread: a request served meanwhile failed with "module is not
+    installed as a submodule" (once in a CI run). A staged counter's batch waits for the trace.
+
+    The traced module holds the trace open until the batch has run or 5 s have passed, so the
+    order of the two says whether the batch ran inside the trace."""
+    counter, upgrade = Counter.staged(model_dir, device="cpu", graph="frozen")
+    assert upgrade is not None  # there is something to build, so tracing is kept apart
+    images = np.zeros((2, 3, counter.image_size, counter.image_size), np.uint8)
+    expected = counter.predict_uint8(images).counts.tolist()
+    inside, batch_done, order = threading.Event(), threading.Event(), []
+
+    class HeldOpen(torch.nn.Module):
+        def forward(self, x):
+            inside.set()
+            batch_done.wait(timeout=5)
+            order.append("trace ended")
+            return x
+
+    tracer = threading.Thread(target=torch.fx.symbolic_trace, args=(HeldOpen(),))
+    tracer.start()
+    assert inside.wait(timeout=60)
+    try:
+        answer = counter.predict_uint8(images).counts.tolist()
+        order.append("batch ran")
+    finally:
+        batch_done.set()
+        tracer.join()
+    assert order == ["trace ended", "batch ran"]
+    assert answer == expected
+
+
 @pytest.fixture
 def misfitting_calibration(model_dir, tmp_path):
     """A model folder whose int8 calibration train found faithful, but for other weights: int8

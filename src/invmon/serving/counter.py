@@ -11,7 +11,6 @@ import itertools
 import logging
 import os
 import shutil
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from invmon.data.transforms import DEFAULT_MAX_PIXELS, normalize, prepare
+from invmon.serving.fx_tracing import MODEL_RUNS, exclude_model_runs_while_tracing
 from invmon.serving.options import GRAPHS
 from invmon.training import quantize
 from invmon.training.device import INFERENCE_PRECISIONS, autocast, resolve_device, resolve_precision
@@ -170,10 +170,10 @@ class LoadPlan:
             model, config, torch_device, resolved, dtype, calibration if int8 else None, margin
         )
 
-    def quantized(self, model_dir, tracing=None) -> torch.nn.Module:
-        """The int8 model (``tracing``: held while FX traces, see quantize.convert)."""
+    def quantized(self, model_dir) -> torch.nn.Module:
+        """The int8 model built from the calibration in ``model_dir``."""
         size = self.config.preprocessing.image_size
-        return quantize.quantized(self.model, model_dir, self.calibration, size, tracing=tracing)
+        return quantize.quantized(self.model, model_dir, self.calibration, size)
 
     def float_graph(self, graph: str) -> torch.nn.Module:
         """The float model as ``graph`` runs it (built now: seconds for frozen, lazy compiled)."""
@@ -220,11 +220,6 @@ class Counter:
     ):
         self.config, self.device = config, device
         self.engine = Engine(model, dtype, precision, graph)
-        # Held while a batch runs on the current engine. FX symbolic tracing (int8's prepare_fx)
-        # patches torch.nn.Module.__call__ for the whole process while it traces, so a forward
-        # pass on another thread meanwhile fails ("module is not installed as a submodule"):
-        # staged loading traces under this lock.
-        self.exclusive = threading.Lock()
         self.class_counts = np.asarray(config.classes, dtype=np.int64)
 
     # The current engine's parts, read-only: change them with swap().
@@ -299,9 +294,12 @@ class Counter:
         """
         plan = LoadPlan.of(model_dir, device, precision, graph)
         counter = cls.running(plan.engine("eager"), plan)
-        stages = _upgrade_stages(plan, model_dir, counter.exclusive)
+        stages = _upgrade_stages(plan, model_dir)
         if not stages:
             return counter, None
+        # Building int8 or compiling traces with torch.fx, which patches torch.nn.Module for the
+        # whole process: requests wait while a trace runs (see invmon.serving.fx_tracing).
+        exclude_model_runs_while_tracing()
 
         def upgrade() -> None:
             for build in stages:
@@ -327,12 +325,13 @@ class Counter:
         """Return float32 logits for a normalised float batch (N, 3, S, S).
 
         By default the batch runs on the current engine, read once (:meth:`swap` may replace it
-        meanwhile), holding :attr:`exclusive`; ``engine`` runs it on another one without the lock
-        (to warm an engine up before it is swapped in).
+        meanwhile), holding :data:`~invmon.serving.fx_tracing.MODEL_RUNS` (no torch.fx trace runs
+        meanwhile); ``engine`` runs it on another one without the lock (to warm an engine up
+        before it is swapped in: on the thread that builds engines, which is the one that traces).
         """
         if engine is not None:
             return self._logits(inputs, engine)
-        with self.exclusive:
+        with MODEL_RUNS:
             return self._logits(inputs, self.engine)
 
     @torch.inference_mode()
@@ -398,13 +397,10 @@ class Counter:
         return Predictions(probabilities, counts, expected)
 
 
-def _upgrade_stages(
-    plan: LoadPlan, model_dir, exclusive: threading.Lock
-) -> list[Callable[[], Engine]]:
+def _upgrade_stages(plan: LoadPlan, model_dir) -> list[Callable[[], Engine]]:
     """The engines :meth:`Counter.staged` upgrades to, cheapest first, as functions building them.
 
-    int8 is built holding ``exclusive`` while FX traces the model (see :class:`Counter`); the
-    int8 model is built once and shared by its two stages.
+    The int8 model is built once and shared by its two stages.
     """
     if not plan.int8:
         return [] if plan.graph == "eager" else [lambda: plan.engine(plan.graph)]
@@ -412,7 +408,7 @@ def _upgrade_stages(
 
     def int8(graph: str) -> Engine:
         if "int8" not in built:
-            built["int8"] = plan.quantized(model_dir, tracing=exclusive)
+            built["int8"] = plan.quantized(model_dir)
         return plan.engine(graph, built["int8"])
 
     stages = [lambda: int8("eager")]

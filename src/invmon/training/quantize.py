@@ -30,7 +30,6 @@ add pattern). tests/test_quantize.py fails when a PyTorch upgrade breaks this pa
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -308,11 +307,10 @@ def quantized(
     model_dir: str | Path,
     calibration: dict[str, torch.Tensor] | None,
     image_size: int,
-    tracing: contextlib.AbstractContextManager | None = None,
 ) -> nn.Module:
     """The int8 model built from float ``model`` and ``model_dir``'s calibration (its tensors).
 
-    ``tracing`` is held while FX traces ``model`` (see :func:`convert`). Raises ModelNotFound
+    Raises ModelNotFound
     without a calibration, and ValueError naming the file when it does not fit this model (other
     weights, or observers laid out by another PyTorch version).
     """
@@ -322,7 +320,7 @@ def quantized(
             f"no {CALIBRATION_FILE} in model folder {str(model_dir)!r}: int8 needs the calibration "
             "that invmon train writes; use --precision bf16 or fp32 for this folder"
         )
-    return convert(model, calibration, image_size, where=str(path), tracing=tracing)
+    return convert(model, calibration, image_size, where=str(path))
 
 
 def convert(
@@ -330,13 +328,11 @@ def convert(
     state: dict[str, torch.Tensor],
     image_size: int,
     where: str = "calibration",
-    tracing: contextlib.AbstractContextManager | None = None,
 ) -> nn.Module:
     """The int8 model from float ``model`` and a :func:`calibrate` result (``where`` names it).
 
-    ``tracing`` (a lock, say) is held while FX traces ``model``: symbolic tracing patches
-    ``torch.nn.Module.__call__`` for the whole process, so no other thread may run a model
-    meanwhile. Converting the traced model afterwards needs no lock.
+    FX traces ``model``, which patches ``torch.nn.Module`` for the whole process while it runs:
+    a process serving meanwhile keeps its batches out of the trace (invmon.serving.fx_tracing).
     """
     state = {k: v for k, v in state.items() if not k.startswith(_FIDELITY)}
     saved = state.pop(_FINGERPRINT, None)
@@ -346,8 +342,7 @@ def convert(
             f"{where} does not fit this model: it was calibrated for other weights; retrain, "
             "or use --precision bf16 or fp32"
         )
-    with tracing or contextlib.nullcontext():
-        prepared = _prepared(model, image_size)
+    prepared = _prepared(model, image_size)
     expected = _observer_state(prepared)
     if set(state) != set(expected):
         raise ValueError(
