@@ -17,22 +17,22 @@ import os
 import tempfile
 import time
 
+import torch.fx
+
+from invmon.serving.counter import Counter
+from invmon.serving.options import GRAPHS
+from invmon.training.device import INFERENCE_PRECISIONS
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a model folder written by invmon train")
-    parser.add_argument(
-        "--precision", default="auto", help="as invmon serve's --precision (default: auto)"
-    )
-    parser.add_argument("--graph", default="auto", help="as invmon serve's --graph (default: auto)")
+    parser.add_argument("--precision", default="auto", choices=INFERENCE_PRECISIONS)
+    parser.add_argument("--graph", default="auto", choices=GRAPHS)
     args = parser.parse_args(argv)
     # An empty cache, as a new pod has: cached kernels would skip the traces being measured.
+    # (TorchInductor reads the variable when it compiles, not at import.)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fx-trace-windows-")
-
-    import torch.fx
-
-    from invmon.serving.counter import Counter
-
     counter, upgrade = Counter.staged(args.model, "cpu", args.precision, args.graph)
     if upgrade is None:
         print(f"nothing to upgrade to: {counter.precision} ({counter.engine.graph} graph) at once")

@@ -310,9 +310,8 @@ def quantized(
 ) -> nn.Module:
     """The int8 model built from float ``model`` and ``model_dir``'s calibration (its tensors).
 
-    Raises ModelNotFound
-    without a calibration, and ValueError naming the file when it does not fit this model (other
-    weights, or observers laid out by another PyTorch version).
+    Raises ModelNotFound without a calibration, and ValueError naming the file when it does not
+    fit this model (other weights, or observers laid out by another PyTorch version).
     """
     path = Path(model_dir) / CALIBRATION_FILE
     if calibration is None:
