@@ -19,7 +19,6 @@ import os
 import tempfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -27,9 +26,7 @@ from torch import nn
 from invmon.data.s3 import S3Uri, is_s3_uri, make_client
 from invmon.training.config import RESUMABLE_DIFFERENCES, TrainConfig
 from invmon.training.metrics import EpochResult
-
-if TYPE_CHECKING:
-    from invmon.training.loop import Run
+from invmon.training.run import Run
 
 log = logging.getLogger(__name__)
 

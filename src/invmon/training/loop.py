@@ -28,13 +28,15 @@ from torch import nn
 
 from invmon.data.shards import BatchLoader, DatasetIndex, LoaderOptions, ShardedSplit
 from invmon.data.transforms import normalize
-from invmon.training import distributed
+from invmon.training import distributed, quantize
 from invmon.training.checkpoint import CheckpointStore, Progress, checkpoint_state, restore
 from invmon.training.config import TrainConfig
 from invmon.training.device import autocast, grad_scaler, resolve_device, resolve_precision
 from invmon.training.metrics import EpochResult, print_metrics
 from invmon.training.model import ModelConfig, build_model, load_backbone_weights, save_model
 from invmon.training.optim import build_optimizer, make_loss, make_scheduler
+from invmon.training.report import REPORT_FILE, html_report
+from invmon.training.run import Run, measuring_split_name
 from invmon.training.weights import load_state_dict
 
 log = logging.getLogger(__name__)
@@ -55,32 +57,6 @@ class TrainResult:
     def best_accuracy(self) -> float:
         """The best validation accuracy over the epochs."""
         return max((e.accuracy for e in self.history), default=0.0)
-
-
-@dataclass
-class Run:
-    """The live objects of one training run."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    loss_fn: nn.Module
-    weight: torch.Tensor | None
-    device: torch.device
-    dtype: torch.dtype | None
-    place: distributed.Distributed
-    model_config: ModelConfig
-
-    @property
-    def input_dtype(self) -> torch.dtype:
-        """float32, or float64 for a model in the fp64 reference precision."""
-        return next(self.plain_model.parameters()).dtype
-
-    @property
-    def plain_model(self) -> nn.Module:
-        """The model without DDP or torch.compile wrappers (what is saved)."""
-        return distributed.unwrap(self.model)
 
 
 def build_run(
@@ -272,11 +248,6 @@ def seed_everything(seed: int) -> None:
 # -- fit -------------------------------------------------------------------------------------
 
 
-def measuring_split_name(index: DatasetIndex) -> str:
-    """The split that measures a model during training: val, else test."""
-    return "val" if index.splits.get("val", {}).get("images") else "test"
-
-
 def open_splits(index: DatasetIndex) -> tuple[ShardedSplit, ShardedSplit]:
     """The training split and the split that measures progress (val, else test)."""
     train_split = index.split("train")
@@ -306,7 +277,6 @@ def fit(
     (the local search prunes trials this way). Under torchrun, this is one process of N.
     """
     from invmon.data.transfer import fetch_dataset, publish_folder
-    from invmon.training import quantize
 
     device = resolve_device(config.device)
     place = distributed.init(device)
@@ -415,8 +385,6 @@ def save_outputs(
     result: TrainResult, model: nn.Module, model_config: ModelConfig, out: str | Path
 ) -> None:
     """Write the model folder (weights.pt, config.json), history.json and the training report."""
-    from invmon.training.report import REPORT_FILE, html_report
-
     training = {
         "config": asdict(result.config),
         "history": [asdict(e) for e in result.history],

@@ -43,7 +43,8 @@ import torch
 from torch import nn
 
 from invmon.data.transforms import Preprocessing, normalize
-from invmon.training.model import ModelNotFound
+from invmon.training.model import ModelNotFound, load_model
+from invmon.training.run import measuring_split_name
 
 log = logging.getLogger(__name__)
 
@@ -370,8 +371,6 @@ def calibrate_model_folder(model_dir: str | Path, index) -> None:
     it. Skipped, with a warning, where PyTorch has no x86 quantized engine (an Arm build):
     serving then runs the float model.
     """
-    from invmon.training.loop import measuring_split_name  # the loop imports this module late
-    from invmon.training.model import load_model
 
     if not int8_supported(torch.device("cpu")):
         log.warning("no int8 calibration: this PyTorch has no %s quantized engine", ENGINE)
