@@ -19,8 +19,8 @@ __all__ = list(_EXPORTS)
 
 
 _HOMES = {
-    "ClusterSettings": "invmon.pipelines.compile",
-    "WorkspaceSettings": "invmon.pipelines.compile",
+    "ClusterSettings": "invmon.pipelines.cluster_settings",
+    "WorkspaceSettings": "invmon.pipelines.cluster_settings",
     "Toleration": "invmon.cluster.placement",
 }
 

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from invmon.cluster.placement import Resources
-from invmon.pipelines.compile import ClusterSettings, compile_pipeline
+from invmon.pipelines.cluster_settings import ClusterSettings
+from invmon.pipelines.compile import compile_pipeline
 
 DATA = ("plan-ingest", "ingest", "merge-ingest", "arrange", "preprocess")
 DATALOADERS = ("tune", "train", "evaluate", "audit")

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 
 from invmon.cluster.container_images import ImageSet
-from invmon.pipelines.compile import ClusterSettings
+from invmon.pipelines.cluster_settings import ClusterSettings
 from invmon.pipelines.submit import SUBMIT, parse_params, submit
 
 
