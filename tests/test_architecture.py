@@ -81,3 +81,68 @@ def test_no_module_is_over_500_lines():
         if (n := len(path.read_text().splitlines())) > 500
     ]
     assert not long, long
+
+
+def _module_name(layer: str, path: Path) -> str:
+    parts = [p for p in path.relative_to(FOLDERS[layer]).with_suffix("").parts if p != "__init__"]
+    return ".".join([layer, *parts])
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Which project modules each project module imports, lazily inside functions too."""
+    modules = {_module_name(layer, path): path for layer, path in _modules()}
+    return {
+        name: {target for _, target in _imports(path) if target in modules and target != name}
+        for name, path in modules.items()
+    }
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or round a loop (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node):
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while not group or group[-1] != node:
+                group.append(stack.pop())
+                on_stack.discard(group[-1])
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_modules_import_each_other_even_lazily():
+    """A loop hidden in function-level imports is still a loop: the modules cannot be read,
+    tested or moved apart (it was training.loop <-> checkpoint <-> quantize, and
+    pipelines.compile <-> inventory_pipeline)."""
+    assert _cycles(_import_graph()) == []
+
+
+def test_the_cycle_check_finds_a_lazy_loop():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_no_function_is_over_80_lines():
+    long = [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length} lines"
+        for _, path in _modules()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (length := node.end_lineno - node.lineno + 1) > 80
+    ]
+    assert not long, long
