@@ -38,7 +38,7 @@ from pathlib import Path
 # The synthetic training data is test support, kept under tests/.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-BEFORE = {"trials": 3, "max_trial_epochs": 2, "search_batch_sizes": "16,32,64", "train_epochs": 10}
+BEFORE = {"trials": 3, "max_epochs": 2, "batch_sizes": "16,32,64", "epochs": 10}
 
 
 def after() -> dict:
@@ -83,8 +83,8 @@ def measure(data: str, out: Path, variant: dict, threads: int) -> dict:
         data=data,
         out=str(out / "search"),
         trials=variant["trials"],
-        max_epochs=variant["max_trial_epochs"],
-        batch_sizes=variant["search_batch_sizes"],
+        max_epochs=variant["max_epochs"],
+        batch_sizes=variant["batch_sizes"],
         training=TrainOverrides(device="cpu", seed=0),
     )
     searched, tune_wall, tune_cpu = _timed(lambda: tune.run(search))
@@ -92,7 +92,7 @@ def measure(data: str, out: Path, variant: dict, threads: int) -> dict:
         data=data,
         out=str(out / "model"),
         params=str(out / "search" / "best.json"),
-        training=TrainOverrides(epochs=variant["train_epochs"], device="cpu", seed=0),
+        training=TrainOverrides(epochs=variant["epochs"], device="cpu", seed=0),
         checkpoint="none",
     )
     trained, train_wall, train_cpu = _timed(lambda: train.run(settings))
@@ -157,10 +157,8 @@ def _table(results: dict) -> None:
     print("| variant | search | final training | tune CPU s | train CPU s | test accuracy |")
     print("| --- | --- | --- | ---: | ---: | ---: |")
     for label, r in results.items():
-        search = (
-            f"{r['trials']} x <= {r['max_trial_epochs']} epochs, batch {r['search_batch_sizes']}"
-        )
-        final = f"{r['train_epochs']} epochs, batch {r['chosen']['batch_size']}"
+        search = f"{r['trials']} x <= {r['max_epochs']} epochs, batch {r['batch_sizes']}"
+        final = f"{r['epochs']} epochs, batch {r['chosen']['batch_size']}"
         print(
             f"| {label} | {search} | {final} | {r['tune_cpu_s']} | {r['train_cpu_s']} "
             f"| {r['test_accuracy']} |"

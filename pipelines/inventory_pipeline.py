@@ -25,7 +25,7 @@ from invmon.components import (
     train,
     tune,
 )
-from invmon.pipelines.compile import ClusterSettings
+from invmon.pipelines.cluster_settings import ClusterSettings
 from invmon.pipelines.parameters import DEFAULTS as D
 from invmon.pipelines.parameters import docstring
 
@@ -116,8 +116,8 @@ def _search_and_train(p, settings: ClusterSettings, shards, shared: str):
     and wait; those pods mount the run's workspace, named after the run's workflow.
     """
     cluster = {
-        "artifact_endpoint_url": p.artifact_endpoint_url,
-        "s3_secret": p.cluster_s3_secret,
+        "endpoint_url": p.artifact_endpoint_url,
+        "s3_secret": p.s3_secret,
         "workspace": shared,
         **settings.pool(),
     }
@@ -128,11 +128,11 @@ def _search_and_train(p, settings: ClusterSettings, shards, shared: str):
         shards=shards,
         trials=p.trials,
         algorithm=p.algorithm,
-        max_epochs=p.max_trial_epochs,
-        batch_sizes=p.search_batch_sizes,
-        early_stopping=p.trial_early_stopping,
+        max_epochs=p.max_epochs,
+        batch_sizes=p.batch_sizes,
+        early_stopping=p.early_stopping,
         seed=p.seed,
-        recipe=p.train_recipe,
+        recipe=p.recipe,
         weights=p.weights,
         backend=settings.tune_backend,
         parallel_trials=p.parallel_trials,
@@ -144,14 +144,14 @@ def _search_and_train(p, settings: ClusterSettings, shards, shared: str):
     model = train(
         shards=shards,
         search=search.outputs["search"],
-        epochs=p.train_epochs,
-        recipe=p.train_recipe,
+        epochs=p.epochs,
+        recipe=p.recipe,
         weights=p.weights,
         seed=p.seed,
-        checkpoint=p.train_checkpoint,
+        checkpoint=p.checkpoint,
         launcher=settings.train_launcher,
-        num_nodes=p.train_nodes,
-        gpus_per_node=settings.gpus,
+        num_nodes=p.num_nodes,
+        gpus=settings.gpus,
         **cluster,
         **(run_name if settings.train_launcher == "trainjob" else {}),
     )
@@ -209,7 +209,7 @@ def _release(settings: ClusterSettings, shared: str):
                 target=deploy_target,
                 name=model_name,
                 namespace=namespace,
-                serving_image=settings.images.image("serve"),
+                image=settings.images.image("serve"),
                 deployment_mode=deployment_mode,
                 canary_traffic_percent=canary_traffic_percent,
                 workspace=shared,
@@ -254,17 +254,17 @@ def build_pipeline(settings: ClusterSettings | None = None):
         image_size: int = D.image_size,
         trials: int = D.trials,
         algorithm: str = D.algorithm,
-        max_trial_epochs: int = D.max_trial_epochs,
-        search_batch_sizes: str = D.search_batch_sizes,
-        trial_early_stopping: str = D.trial_early_stopping,
+        max_epochs: int = D.max_epochs,
+        batch_sizes: str = D.batch_sizes,
+        early_stopping: str = D.early_stopping,
         parallel_trials: int = D.parallel_trials,
-        train_epochs: int = D.train_epochs,
-        train_recipe: str = D.train_recipe,
+        epochs: int = D.epochs,
+        recipe: str = D.recipe,
         weights: str = D.weights,
-        train_nodes: int = D.train_nodes,
-        train_checkpoint: str = D.train_checkpoint,
+        num_nodes: int = D.num_nodes,
+        checkpoint: str = D.checkpoint,
         artifact_endpoint_url: str = D.artifact_endpoint_url,
-        cluster_s3_secret: str = D.cluster_s3_secret,
+        s3_secret: str = D.s3_secret,
         min_accuracy: float = D.min_accuracy,
         deploy_target: str = D.deploy_target,
         model_name: str = D.model_name,

@@ -46,9 +46,9 @@ EMBEDDED = DEFAULTS.replace(
     # steps per epoch), which costs a CPU about 1.5x more per image in the final training
     # (docs/benchmarks.md, "The main job").
     trials=1,
-    max_trial_epochs=1,
-    search_batch_sizes="64",
-    train_epochs=8,
+    max_epochs=1,
+    batch_sizes="64",
+    epochs=8,
     deploy_target="local",
 )
 ELSEWHERE = DEFAULTS.replace(ingest_parts=4, deploy_target="local")
@@ -57,7 +57,7 @@ ELSEWHERE = DEFAULTS.replace(ingest_parts=4, deploy_target="local")
 def _default(name: str) -> str:
     """``(default E embedded, O otherwise)`` for pipeline parameter ``name``."""
     embedded, elsewhere = getattr(EMBEDDED, name), getattr(ELSEWHERE, name)
-    if name == "train_epochs" and not elsewhere:
+    if name == "epochs" and not elsewhere:
         return f"(default {embedded} embedded, the search's otherwise)"
     return f"(default {embedded} embedded, {elsewhere} otherwise)"
 
@@ -80,15 +80,15 @@ class RunSettings(Settings):
         None, help=f"model input size {_default('image_size')}", minimum=1
     )
     epochs: int | None = setting(
-        None, help=f"final training epochs {_default('train_epochs')}", minimum=1
+        None, help=f"final training epochs {_default('epochs')}", minimum=1
     )
     trials: int | None = setting(None, help=f"search trials {_default('trials')}", minimum=1)
-    max_trial_epochs: int | None = setting(
-        None, help=f"most epochs a search trial trains {_default('max_trial_epochs')}", minimum=1
+    max_epochs: int | None = setting(
+        None, help=f"most epochs a search trial trains {_default('max_epochs')}", minimum=1
     )
-    search_batch_sizes: str | None = setting(
+    batch_sizes: str | None = setting(
         None,
-        help=f"batch sizes the search tries, comma-separated {_default('search_batch_sizes')}",
+        help=f"batch sizes the search tries, comma-separated {_default('batch_sizes')}",
     )
     algorithm: str = inherit(PipelineParameters, "algorithm")
     weights: str = inherit(PipelineParameters, "weights")
@@ -104,8 +104,8 @@ class RunSettings(Settings):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.search_batch_sizes is not None:
-            parse_batch_sizes(self.search_batch_sizes, "--search-batch-sizes")
+        if self.batch_sizes is not None:
+            parse_batch_sizes(self.batch_sizes, "--batch-sizes")
 
     def pipeline_arguments(self) -> dict:
         """The pipeline's parameters for this run (embedded runs get small, CPU-sized defaults)."""
@@ -127,9 +127,9 @@ class RunSettings(Settings):
             "image_size": given(self.image_size, "image_size"),
             "trials": given(self.trials, "trials"),
             "algorithm": self.algorithm,
-            "max_trial_epochs": given(self.max_trial_epochs, "max_trial_epochs"),
-            "search_batch_sizes": given(self.search_batch_sizes, "search_batch_sizes"),
-            "train_epochs": given(self.epochs, "train_epochs"),
+            "max_epochs": given(self.max_epochs, "max_epochs"),
+            "batch_sizes": given(self.batch_sizes, "batch_sizes"),
+            "epochs": given(self.epochs, "epochs"),
             "weights": self.weights,
             "min_accuracy": self.min_accuracy,
             "deploy_target": defaults.deploy_target,
@@ -167,7 +167,7 @@ def run_pipeline(options: RunSettings) -> RunSummary:
     from kfp import local
 
     from invmon.pipelines import build_pipeline
-    from invmon.pipelines.compile import ClusterSettings
+    from invmon.pipelines.cluster_settings import ClusterSettings
 
     root = Path(options.out).resolve() / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)

@@ -54,27 +54,30 @@ class PipelineParameters(Settings):
     image_size: int = inherit(PreprocessSettings, "image_size")
     trials: int = inherit(TuneSettings, "trials")
     algorithm: str = inherit(TuneSettings, "algorithm")
-    max_trial_epochs: int = inherit(TuneSettings, "max_epochs")
-    search_batch_sizes: str = inherit(TuneSettings, "batch_sizes")
-    trial_early_stopping: str = inherit(TuneSettings, "early_stopping")
+    max_epochs: int = inherit(TuneSettings, "max_epochs")
+    batch_sizes: str = inherit(TuneSettings, "batch_sizes")
+    early_stopping: str = inherit(TuneSettings, "early_stopping")
     parallel_trials: int = inherit(TuneSettings, "parallel_trials")
     # 0 is "the number of epochs the search chose": train's --epochs has no such value.
-    train_epochs: int = setting(0, help="epochs of the final training (0: the search's choice)")
-    train_recipe: str = inherit(TrainSettings, "recipe")
+    epochs: int = setting(0, help="epochs of the final training (0: the search's choice)")
+    recipe: str = inherit(TrainSettings, "recipe")
     weights: str = inherit(TrainConfig, "weights")
-    train_nodes: int = inherit(TrainJobOptions, "num_nodes")
-    # Empty is "no checkpoint": a task's local output does not survive a retried pod anyway.
-    train_checkpoint: str = setting(
-        "",
+    num_nodes: int = inherit(TrainJobOptions, "num_nodes")
+    # "none" where the stage's default is a folder beside the model: a task's local folder does
+    # not survive a retried pod.
+    checkpoint: str = inherit(
+        TrainSettings,
+        "checkpoint",
+        default="none",
         help="s3:// prefix for per-epoch checkpoints, so that a retried train task resumes "
-        "(empty: no checkpoint survives the pod)",
+        "(none: no checkpoint)",
     )
     artifact_endpoint_url: str = setting(
         "",
         help="S3 endpoint of the artifact store for Katib trials and TrainJob nodes (empty: AWS "
         "S3, or KFP's object store for minio:// artifacts)",
     )
-    cluster_s3_secret: str = inherit(PodOptions, "s3_secret")
+    s3_secret: str = inherit(PodOptions, "s3_secret")
     min_accuracy: float = setting(
         MIN_ACCURACY,
         help="quality gate: deploy and audit run only when the test accuracy reaches this "
@@ -108,6 +111,7 @@ DEFAULTS = PipelineParameters()
 DIFFERENT_DEFAULTS = {
     "anonymous": "the default source, the public ABID bucket, is read with unsigned requests",
     "canary_traffic_percent": "KFP has no optional integers: -1 is the stage's None (all traffic)",
+    "checkpoint": "a train task's local folder does not survive a retried pod",
 }
 
 

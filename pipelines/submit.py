@@ -27,7 +27,8 @@ import yaml
 
 from invmon.core.command import Command
 from invmon.core.settings import Settings, setting
-from invmon.pipelines.compile import ClusterSettings, compile_pipeline
+from invmon.pipelines.cluster_settings import ClusterSettings
+from invmon.pipelines.compile import compile_pipeline
 
 DEFAULT_EXPERIMENT = "inventory-monitoring"
 INSTALL_MODES = ("auto", "single-user", "multi-user")

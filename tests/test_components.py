@@ -47,9 +47,12 @@ SAME_MEANING = [
             "objective",
             "recipe",
             "parallel_trials",
+            "endpoint_url",
+            "image",
             "namespace",
             "s3_secret",
             "gpus",
+            "tolerations",
             "shm_size",
         ),
     ),
@@ -63,8 +66,12 @@ SAME_MEANING = [
             "checkpoint",
             "launcher",
             "num_nodes",
+            "endpoint_url",
+            "image",
             "namespace",
             "s3_secret",
+            "gpus",
+            "tolerations",
             "shm_size",
         ),
     ),
@@ -96,8 +103,10 @@ def _setting_defaults(cls) -> dict:
 
 def _as_parameter(value, declared):
     """A setting's default as a KFP parameter says it: KFP has no None, so a component says
-    "not given" with the empty value of its type ("" or 0)."""
-    return type(declared)() if value is None else value
+    "not given" with the empty value of its type ("" or 0); a tuple is a list."""
+    if value is None:
+        return type(declared)()
+    return list(value) if isinstance(value, tuple) else value
 
 
 @pytest.mark.parametrize(
@@ -118,15 +127,15 @@ def test_component_defaults_are_the_stage_settings_defaults(component, settings,
         assert declared == _as_parameter(defaults[name], declared), name
 
 
-# The deploy component names some settings its own way (serving_image is the service's image)
-# and says "not given" with -1, since 0 is a canary share. {parameter: the setting it sets},
-# nested settings by their path; every parameter with a default is listed, but the pipeline's
-# workspace path, which is not a stage setting.
+# The deploy component's settings are nested in the service's, and it says "not given" with -1,
+# since 0 is a canary share. {parameter: the setting it sets}, nested settings by their path;
+# every parameter with a default is listed, but the pipeline's workspace path, which is not a
+# stage setting.
 DEPLOY_PARAMETERS = {
     "target": "target",
     "name": "service.name",
     "namespace": "service.namespace",
-    "serving_image": "service.image",
+    "image": "service.image",
     "service_account": "service.service_account",
     "deployment_mode": "service.deployment_mode",
     "min_replicas": "service.min_replicas",
@@ -232,3 +241,34 @@ def test_with_a_workspace_the_shards_stay_in_it_and_are_read_in_place(
     )
     assert 0.0 <= accuracy <= 1.0
     assert "<svg" in Path(report.path).read_text()
+
+
+def test_a_component_that_restates_a_settings_default_is_refused():
+    """The stage's setting is the one definition: a default in the component's text is an error
+    when the component is defined, not a drift found later."""
+    from invmon.components.interface import stage_interface
+
+    def arrange(classes: str = "1-5"):
+        pass
+
+    with pytest.raises(TypeError, match=r"arrange\.classes restates"):
+        stage_interface("Arrange.", ArrangeSettings, notes={})(arrange)
+
+
+def test_a_components_interface_comes_from_its_stage():
+    """Defaults and the docstring KFP turns into the UI's descriptions: the setting's default
+    (None as the empty value), its help and choices; the component's own parameters keep theirs."""
+    from invmon.components.interface import stage_interface
+
+    def audit(threshold: float, device: str, workspace: str = ""):
+        pass
+
+    stage_interface("Audit.", AuditSettings, notes={"workspace": "Where bins live."})(audit)
+    defaults = {n: p.default for n, p in inspect.signature(audit).parameters.items()}
+    assert defaults == {
+        "threshold": default_of(AuditSettings, "threshold"),
+        "device": "auto",
+        "workspace": "",
+    }
+    assert "    workspace: Where bins live." in audit.__doc__
+    assert audit.__doc__.startswith("Audit.\n\nArgs:\n    threshold: ")

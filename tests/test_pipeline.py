@@ -9,7 +9,8 @@ from kfp import components
 from invmon.cli import main
 from invmon.cluster.container_images import IMAGE_NAMES, ImageSet
 from invmon.cluster.placement import parse_toleration
-from invmon.pipelines.compile import ClusterSettings, WorkspaceSettings, compile_pipeline
+from invmon.pipelines.cluster_settings import ClusterSettings, WorkspaceSettings
+from invmon.pipelines.compile import compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "pipelines" / "inventory_pipeline.yaml"
@@ -252,15 +253,12 @@ def test_cluster_backends_create_pods_on_the_gpu_pool_without_holding_a_gpu(tmp_
         assert "nodeSelector" not in platform[f"exec-{stage}"]
         inputs = tasks[stage]["inputs"]["parameters"]
         assert inputs[constant[0]]["runtimeValue"]["constant"] == constant[1]
-        assert (
-            inputs["train_image"]["runtimeValue"]["constant"]
-            == "registry.local/ml/invmon-train:3.0"
-        )
-        assert inputs["gpu_node_selector"]["runtimeValue"]["constant"] == {"pool": "h100"}
-        assert inputs["gpu_tolerations"]["runtimeValue"]["constant"] == [
+        assert inputs["image"]["runtimeValue"]["constant"] == "registry.local/ml/invmon-train:3.0"
+        assert inputs["node_selector"]["runtimeValue"]["constant"] == {"pool": "h100"}
+        assert inputs["tolerations"]["runtimeValue"]["constant"] == [
             {"key": "gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
         ]
-    assert tasks["train"]["inputs"]["parameters"]["gpus_per_node"]["runtimeValue"]["constant"] == 8
+    assert tasks["train"]["inputs"]["parameters"]["gpus"]["runtimeValue"]["constant"] == 8
 
 
 def test_train_publishes_a_report_and_metrics(compiled):
@@ -294,9 +292,7 @@ def test_compile_registry_and_tag_reach_the_katib_trials_and_the_trainjob(tmp_pa
     tasks = spec["root"]["dag"]["tasks"]
     image = "cr.example.org/team/invmon-train:7.1"
     for stage in ("tune", "train"):
-        assert tasks[stage]["inputs"]["parameters"]["train_image"]["runtimeValue"] == {
-            "constant": image
-        }
+        assert tasks[stage]["inputs"]["parameters"]["image"]["runtimeValue"] == {"constant": image}
         executor = spec["deploymentSpec"]["executors"][f"exec-{stage}"]["container"]
         assert executor["image"].startswith("cr.example.org/team/invmon-")
         assert executor["image"].endswith(":7.1")
@@ -342,21 +338,21 @@ def test_compile_registry_and_tag_set_the_inference_service_image(tmp_path):
     out = tmp_path / "p.yaml"
     main(["compile", "--registry", "registry.local:5000/ml", "--tag", "3.1", "--output", str(out)])
     spec, _ = _documents(out)
-    image = _task_inputs(spec, "deploy")["serving_image"]["runtimeValue"]["constant"]
+    image = _task_inputs(spec, "deploy")["image"]["runtimeValue"]["constant"]
     assert image == "registry.local:5000/ml/invmon-serve:3.1"
     default, _ = _documents(COMMITTED)
-    committed = _task_inputs(default, "deploy")["serving_image"]["runtimeValue"]["constant"]
+    committed = _task_inputs(default, "deploy")["image"]["runtimeValue"]["constant"]
     assert committed == ImageSet().image("serve")
 
 
 def test_the_search_tunes_the_recipe_the_final_training_uses(compiled):
-    """The tune task takes the pipeline's train_recipe and weights, as the train task does, so
+    """The tune task takes the pipeline's recipe and weights, as the train task does, so
     that its trials train the way the final model will."""
     spec, _ = _documents(compiled)
     tasks = spec["root"]["dag"]["tasks"]
     for task, wiring in (
-        ("tune", {"recipe": "train_recipe", "weights": "weights"}),
-        ("train", {"recipe": "train_recipe", "weights": "weights"}),
+        ("tune", {"recipe": "recipe", "weights": "weights"}),
+        ("train", {"recipe": "recipe", "weights": "weights"}),
     ):
         parameters = tasks[task]["inputs"]["parameters"]
         for name, pipeline_parameter in wiring.items():

@@ -22,32 +22,28 @@ from invmon.training.search import parse_batch_sizes
 
 def test_an_embedded_run_searches_one_batch_size_and_given_options_win():
     embedded = RunSettings().pipeline_arguments()
-    assert len(parse_batch_sizes(embedded["search_batch_sizes"])) == 1
-    assert embedded["train_epochs"] == EMBEDDED.train_epochs > 0, "not the one-epoch trial's"
-    for name in ("trials", "max_trial_epochs", "image_size", "ingest_parts"):
+    assert len(parse_batch_sizes(embedded["batch_sizes"])) == 1
+    assert embedded["epochs"] == EMBEDDED.epochs > 0, "not the one-epoch trial's"
+    for name in ("trials", "max_epochs", "image_size", "ingest_parts"):
         assert embedded[name] == getattr(EMBEDDED, name), name
-    given = RunSettings(trials=3, search_batch_sizes="16,64", epochs=2).pipeline_arguments()
-    assert (given["trials"], given["search_batch_sizes"], given["train_epochs"]) == (3, "16,64", 2)
+    given = RunSettings(trials=3, batch_sizes="16,64", epochs=2).pipeline_arguments()
+    assert (given["trials"], given["batch_sizes"], given["epochs"]) == (3, "16,64", 2)
     # A run on a real bucket keeps the pipeline's search.
     remote = RunSettings(source="s3://bucket").pipeline_arguments()
-    assert (
-        remote["search_batch_sizes"] == DEFAULTS.search_batch_sizes == ELSEWHERE.search_batch_sizes
-    )
-    assert remote["train_epochs"] == 0, "the search's choice"
+    assert remote["batch_sizes"] == DEFAULTS.batch_sizes == ELSEWHERE.batch_sizes
+    assert remote["epochs"] == 0, "the search's choice"
 
 
 def test_the_run_options_quote_their_defaults_from_one_place():
     assert f"default {EMBEDDED.trials} embedded, {ELSEWHERE.trials} otherwise" in help_of(
         RunSettings, "trials"
     )
-    assert f"default {EMBEDDED.train_epochs} embedded, the search's" in help_of(
-        RunSettings, "epochs"
-    )
+    assert f"default {EMBEDDED.epochs} embedded, the search's" in help_of(RunSettings, "epochs")
 
 
 def test_bad_search_batch_sizes_are_named():
-    with pytest.raises(ValueError, match=r"--search-batch-sizes must be .* got '16,x'"):
-        RunSettings(search_batch_sizes="16,x")
+    with pytest.raises(ValueError, match=r"--batch-sizes must be .* got '16,x'"):
+        RunSettings(batch_sizes="16,x")
 
 
 @pytest.mark.slow
@@ -57,7 +53,7 @@ def test_local_run_completes_every_stage(tmp_path):
         synth_bins=150,
         epochs=1,
         trials=1,
-        max_trial_epochs=1,
+        max_epochs=1,
         image_size=32,
         min_accuracy=0.0,
         out=str(tmp_path),
@@ -136,7 +132,7 @@ def test_a_cached_second_run_with_another_image_size_succeeds(s3_url, public_buc
         ingest_parts=2,
         epochs=1,
         trials=1,
-        max_trial_epochs=1,
+        max_epochs=1,
         image_size=32,
         min_accuracy=0.0,  # deploy and audit (which reads the raw bins) must run
         out=str(tmp_path),

@@ -200,8 +200,8 @@ def test_a_seeded_hyperband_search_repeats(shards_dir, tmp_path):
 
 def test_the_tune_component_trains_its_trials_with_the_pipelines_recipe(shards_dir, tmp_path):
     """The search tunes the recipe the final training will use: its trials train with the
-    pipeline's train_recipe and weights (they once trained with the default recipe, whatever
-    train_recipe said), and best.json records what they trained with."""
+    pipeline's recipe and weights (they once trained with the default recipe, whatever
+    recipe said), and best.json records what they trained with."""
     from kfp import dsl
 
     from invmon.components import tune

@@ -1,38 +1,39 @@
 """KFP component: score every ingested bin and flag likely inventory mismatches."""
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
-from invmon.cluster.container_images import DEFAULT_IMAGES
+from invmon.components.interface import stage_component
+from invmon.stages.audit import AuditSettings
+
+NOTES = {
+    "model": "The trained model folder.",
+    "raw": "The ingested bins (bin-images/ and metadata/).",
+    "results": "audit.csv (every bin), flagged.csv (most suspicious first) and summary.json.",
+    "metrics": "Bins scored and flagged, and bins skipped.",
+    "flagged": "The most suspicious bins, as a table in the Kubeflow UI.",
+    "workspace": "The pipeline workspace path, when the ingested bins live in it.",
+}
 
 
-@dsl.component(base_image=DEFAULT_IMAGES.for_stage("audit"), install_kfp_package=False)
+# Every bin of the ingested data is scored; a bin is flagged when the model gives its recorded
+# count a probability below the threshold. On training data this finds label noise; pointed at
+# today's photos, it is the recount work list.
+@stage_component(
+    "audit",
+    "Flag the bins whose photo disagrees with their recorded item count.",
+    AuditSettings,
+    notes=NOTES,
+)
 def audit(
     model: Input[Model],
     raw: Input[Dataset],
     results: Output[Dataset],
     metrics: Output[Metrics],
     flagged: Output[Markdown],
-    threshold: float = 0.1,
-    device: str = "auto",
+    threshold: float,
+    device: str,
     workspace: str = "",
 ):
-    """Flag the bins whose photo disagrees with their recorded item count.
-
-    Every bin of the ingested data is scored; a bin is flagged when the model gives its recorded
-    count a probability below the threshold. On training data this finds label noise; pointed at
-    today's photos, it is the recount work list.
-
-    Args:
-        model: The trained model folder.
-        raw: The ingested bins (bin-images/ and metadata/).
-        results: audit.csv (every bin), flagged.csv (most suspicious first) and summary.json.
-        metrics: Bins scored and flagged, and bins skipped.
-        flagged: The most suspicious bins, as a table in the Kubeflow UI.
-        threshold: Flag when the recorded count's probability is below this.
-        device: auto, cpu or cuda.
-        workspace: The pipeline workspace path, when the ingested bins live in it.
-    """
     import csv
     import os
 

@@ -2,33 +2,36 @@
 
 from typing import NamedTuple
 
-from kfp import dsl
 from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
-from invmon.cluster.container_images import DEFAULT_IMAGES
+from invmon.components.interface import stage_component
+from invmon.stages.evaluate import EvaluateSettings
+
+NOTES = {
+    "model": "The trained model folder.",
+    "shards": "The preprocessed dataset (its test split is used).",
+    "metrics": "Scalar metrics with the majority-class baseline beside them.",
+    "confusion": "The confusion matrix the Kubeflow UI draws.",
+    "report": "HTML report with a confusion-matrix picture and per-class scores.",
+    "workspace": "The pipeline workspace path, when the shards live in it (read in place).",
+}
 
 
-@dsl.component(base_image=DEFAULT_IMAGES.for_stage("evaluate"), install_kfp_package=False)
+@stage_component(
+    "evaluate",
+    "Test-split accuracy, RMSE, off-by-one accuracy, per-class scores and confusion matrix.",
+    EvaluateSettings,
+    notes=NOTES,
+)
 def evaluate(
     model: Input[Model],
     shards: Input[Dataset],
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
-    device: str = "auto",
+    device: str,
     workspace: str = "",
 ) -> NamedTuple("Outputs", [("accuracy", float), ("rmse", float)]):
-    """Test-split accuracy, RMSE, off-by-one accuracy, per-class scores and confusion matrix.
-
-    Args:
-        model: The trained model folder.
-        shards: The preprocessed dataset (its test split is used).
-        metrics: Scalar metrics with the majority-class baseline beside them.
-        confusion: The confusion matrix the Kubeflow UI draws.
-        report: HTML report with a confusion-matrix picture and per-class scores.
-        device: auto, cpu or cuda.
-        workspace: The pipeline workspace path, when the shards live in it (read in place).
-    """
     import os
     import shutil
     import tempfile

@@ -4,117 +4,94 @@
 task per range under ``dsl.ParallelFor``), and ``merge_ingest`` joins the parts into one dataset.
 """
 
-from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 
-from invmon.cluster.container_images import DEFAULT_IMAGES
+from invmon.components.interface import stage_component
+from invmon.stages.ingest import IngestSettings, PlanSettings
 
 
-@dsl.component(base_image=DEFAULT_IMAGES.for_stage("ingest"), install_kfp_package=False)
+@stage_component(
+    "ingest",
+    "Cut the bins under the source into contiguous key ranges of about equal size.",
+    PlanSettings,
+    notes={},
+)
 def plan_ingest(
     source: str,
-    parts: int = 8,
-    endpoint_url: str = "",
-    anonymous: bool = False,
-    file_list: str = "",
-    limit: int = 0,
+    parts: int,
+    endpoint_url: str,
+    anonymous: bool,
+    file_list: str,
+    limit: int,
 ) -> list[dict]:
-    """Cut the bins under the source into contiguous key ranges of about equal size.
-
-    Args:
-        source: s3://BUCKET[/PREFIX] holding bin-images/ and metadata/ (ABID: s3://aft-vbi-pds).
-        parts: How many parts (parallel ingest tasks) to make.
-        endpoint_url: S3-compatible endpoint (MinIO, Ceph, ...); empty for AWS S3.
-        anonymous: Send unsigned requests (public buckets such as aft-vbi-pds).
-        file_list: Path or s3:// URI of the original project's file_list.json; empty for all bins.
-        limit: Copy at most this many bins (0 = no limit).
-
-    Returns:
-        One description per part, for ``ingest``'s ``part`` input.
-    """
-    from invmon.data.s3 import S3Options
+    # Returns one description per part, for ingest's part input.
     from invmon.stages import ingest as stage
 
-    plan = stage.plan_parts(
-        stage.PlanSettings(
-            source=source,
-            s3=S3Options(endpoint_url=endpoint_url or None, anonymous=anonymous),
-            file_list=file_list or None,
-            limit=limit or None,
-            parts=parts,
-        )
-    )
+    selected = stage.selection(source, endpoint_url, anonymous, file_list, limit)
+    plan = stage.plan_parts(stage.PlanSettings(**selected, parts=parts))
     for part in plan:
         print(part.describe(), f"~{part.objects} objects")
     return [part.to_dict() for part in plan]
 
 
-@dsl.component(base_image=DEFAULT_IMAGES.for_stage("ingest"), install_kfp_package=False)
+@stage_component(
+    "ingest",
+    "Copy one part of bin-images/ and metadata/ from an S3 bucket, in the bucket's layout.",
+    IngestSettings,
+    notes={
+        "part": "The part to copy, as plan_ingest describes it.",
+        "raw": "The copied bins (or, with a workspace, a pointer to them) and the part's report.",
+        "workspace": "The pipeline workspace path; when set, the bins are copied into it (where "
+        "a retried task finds what an earlier attempt copied) instead of into the artifact.",
+    },
+    own=("part",),
+)
 def ingest(
     source: str,
     part: dict,
     raw: Output[Dataset],
-    endpoint_url: str = "",
-    anonymous: bool = False,
-    file_list: str = "",
-    limit: int = 0,
-    workers: int = 32,
+    endpoint_url: str,
+    anonymous: bool,
+    file_list: str,
+    limit: int,
+    workers: int,
     workspace: str = "",
 ):
-    """Copy one part of bin-images/ and metadata/ from an S3 bucket, in the bucket's layout.
-
-    Args:
-        source: s3://BUCKET[/PREFIX] holding bin-images/ and metadata/ (ABID: s3://aft-vbi-pds).
-        part: The part to copy, as plan_ingest describes it.
-        raw: The copied bins (or, with a workspace, a pointer to them) and the part's report.
-        endpoint_url: S3-compatible endpoint (MinIO, Ceph, ...); empty for AWS S3.
-        anonymous: Send unsigned requests (public buckets such as aft-vbi-pds).
-        file_list: Path or s3:// URI of the original project's file_list.json; empty for all bins.
-        limit: Copy at most this many bins (0 = no limit).
-        workers: Requests in flight at once.
-        workspace: The pipeline workspace path; when set, the bins are copied into it (where a
-            retried task finds what an earlier attempt copied) instead of into the artifact.
-    """
     import json
 
     from invmon.data import workspace as shared
-    from invmon.data.s3 import S3Options
     from invmon.stages import ingest as stage
 
-    folder = shared.data_folder(workspace, "raw", raw.path)
-    report = stage.run(
-        stage.IngestSettings(
-            source=source,
-            s3=S3Options(endpoint_url=endpoint_url or None, anonymous=anonymous),
-            file_list=file_list or None,
-            limit=limit or None,
-            out=str(folder),
-            workers=workers,
-            part=json.dumps(part),
-            report_to=raw.path,
+    with shared.output_folder(workspace, "raw", raw.path) as folder:
+        report = stage.run(
+            stage.IngestSettings(
+                **stage.selection(source, endpoint_url, anonymous, file_list, limit),
+                out=str(folder),
+                workers=workers,
+                part=json.dumps(part),
+                report_to=raw.path,
+            )
         )
-    )
-    if workspace:
-        shared.write_pointer(raw.path, folder)
     print(report.summary())
     raw.metadata.update(
         {"objects": report.objects, "copied": report.copied, "failed": len(report.failed)}
     )
 
 
-@dsl.component(base_image=DEFAULT_IMAGES.for_stage("ingest"), install_kfp_package=False)
+@stage_component(
+    "ingest",
+    "Join the parts of an ingest into one dataset with one report.",
+    notes={
+        "parts": "The outputs of the ingest tasks.",
+        "raw": "All copied bins (or a pointer to them in the workspace) and ingest_report.json.",
+        "workspace": "The pipeline workspace path, when the parts copied into it.",
+    },
+)
 def merge_ingest(
     parts: Input[list[Dataset]],
     raw: Output[Dataset],
     workspace: str = "",
 ):
-    """Join the parts of an ingest into one dataset with one report.
-
-    Args:
-        parts: The outputs of the ingest tasks.
-        raw: All copied bins (or a pointer to them in the workspace) and ingest_report.json.
-        workspace: The pipeline workspace path, when the parts copied into it.
-    """
     from invmon.stages import ingest as stage
 
     report = stage.merge_parts(

@@ -392,19 +392,3 @@ def experiment_manifest(
     where = (data, volumes.workspace_claim) if volumes.workspace_claim else (data,)
     name = name or cluster.object_name("invmon-tune", str(out), *where)
     return render_experiment(name, spec, base, settings, seed=base.seed)
-
-
-def tune_on_cluster(
-    data_uri: str,
-    out: str | Path,
-    spec: SearchSpec,
-    base: TrainConfig,
-    api=None,
-    timeout: float = 24 * 3600,
-    poll: float = 30.0,
-    **where,
-) -> TuneResult:
-    """Run the search as a Katib Experiment (:func:`experiment_manifest`, which ``where`` is
-    passed to) and write best.json, trials.csv and search_space.json to ``out``."""
-    manifest = experiment_manifest(data_uri, out, spec, base, **where)
-    return run_experiment(manifest, out, spec, base, api=api, timeout=timeout, poll=poll)

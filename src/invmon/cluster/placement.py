@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from invmon.cluster.quantity import quantity
-from invmon.cluster.volumes import WORKSPACE_PATH, PodVolumes
+from invmon.cluster.volumes import WORKSPACE_PATH, PodVolumes, pod_storage
 from invmon.core.settings import Settings, setting
+from invmon.data import workspace as shared
 
 EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 NO_SECRET = "none"
@@ -310,3 +311,33 @@ class PodOptions(Settings):
             s3_secret=s3_secret_for(self.s3_secret, uri),
             **chosen,
         )
+
+
+@dataclass(frozen=True)
+class TaskPods:
+    """What a tune or train task hands its stage about the data and the pods it may create."""
+
+    data: str  # where this task reads the shards
+    data_uri: str  # where pods outside the task read them: the workspace path, or the artifact
+    pods: PodOptions
+
+
+def task_pods(shards_path: str, shards_uri: str, parameters: dict, *, remote: bool) -> TaskPods:
+    """The one adapter from a KFP task's parameters to the pods it creates on the cluster
+    (Katib trials, TrainJob nodes), for the tune and train components alike.
+
+    ``shards_path``/``shards_uri``: the shards artifact as the task sees it (a folder, or a
+    pointer into the run's workspace) and its URI. ``parameters``: the task's parameters by name
+    (its ``locals()``); those named like a :class:`PodOptions` field set it (tolerations come as
+    the dicts KFP passes), and ``workspace`` and ``run_name`` say which workspace PVC the pods
+    mount. ``remote``: pods outside the task read the data (katib, trainjob); they mount the
+    run's workspace when the shards are in it.
+    """
+    data = str(shared.resolve(shards_path))
+    storage = {}
+    if remote:
+        storage = pod_storage(data, parameters["workspace"], parameters["run_name"])
+    options = {f.name: parameters[f.name] for f in fields(PodOptions) if f.name in parameters}
+    options["tolerations"] = tuple(Toleration(**t) for t in options.get("tolerations", ()))
+    pods = PodOptions(**options, **storage)
+    return TaskPods(data, data if shared.is_pointer(shards_path) else shards_uri, pods)

@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, fields
 
 _KEY = "invmon.setting"
@@ -128,11 +128,6 @@ def kind_of(cls, field: dataclasses.Field) -> _Kind:
     if dataclasses.is_dataclass(hint):
         return _Kind(hint, optional, nested=True)
     return _Kind(hint, optional)
-
-
-def settings_fields(cls) -> Iterator[dataclasses.Field]:
-    """The fields of a settings class, in order."""
-    return iter(fields(cls))
 
 
 def default_of(cls, name: str):

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from invmon.core.settings import Settings, setting
+
 if TYPE_CHECKING:  # torch is imported where batches are normalised, not by decoding workers
     import torch
 
@@ -38,16 +40,15 @@ class InvalidImage(ValueError):
 
 
 @dataclass(frozen=True)
-class Preprocessing:
-    """Settings of the shared preprocessing; saved with every model."""
+class Preprocessing(Settings):
+    """Settings of the shared preprocessing; saved with every model. The image size is the one
+    definition that preprocess, the pipeline and its component inherit."""
 
-    image_size: int = 96
+    image_size: int = setting(
+        224, help="side of the square model input in pixels", minimum=16, maximum=1024
+    )
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-
-    def __post_init__(self):
-        if not 16 <= self.image_size <= 1024:
-            raise ValueError(f"image size must be between 16 and 1024, got {self.image_size}")
 
     def to_dict(self) -> dict:
         """Return a JSON-serialisable form."""

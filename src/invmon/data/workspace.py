@@ -11,7 +11,9 @@ the pointer. See ``docs/data.md`` for which data goes where and why.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 POINTER_FILE = "workspace-pointer.json"
@@ -50,3 +52,14 @@ def resolve(artifact: str | Path) -> Path:
 def data_folder(workspace: str, name: str, artifact: str | Path) -> Path:
     """Where a stage writes its bulk data: ``<workspace>/<name>``, or the artifact without one."""
     return Path(workspace) / name if workspace else Path(artifact)
+
+
+@contextlib.contextmanager
+def output_folder(workspace: str, name: str, artifact: str | Path) -> Iterator[Path]:
+    """Yield where a task writes its bulk data (:func:`data_folder`); once it is written, make
+    the artifact point at it when it is in the workspace. No pointer is left after a failure, so
+    a downstream task never follows one to a half-written folder."""
+    folder = data_folder(workspace, name, artifact)
+    yield folder
+    if workspace:
+        write_pointer(artifact, folder)

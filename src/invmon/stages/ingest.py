@@ -52,6 +52,17 @@ class BinSelection(Settings):
         S3Uri.parse(self.source)  # a source that is not s3://BUCKET[/PREFIX] is named now
 
 
+def selection(source: str, endpoint_url: str, anonymous: bool, file_list: str, limit: int) -> dict:
+    """:class:`BinSelection`'s fields from a KFP task's parameters, whose empty values ("" and
+    0) stand for "not given"."""
+    return {
+        "source": source,
+        "s3": S3Options(endpoint_url=endpoint_url or None, anonymous=anonymous),
+        "file_list": file_list or None,
+        "limit": limit or None,
+    }
+
+
 @dataclass(frozen=True, kw_only=True)
 class IngestSettings(BinSelection):
     """Settings of ingest."""

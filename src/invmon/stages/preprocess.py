@@ -38,7 +38,7 @@ import numpy as np
 
 from invmon.core.command import Command
 from invmon.core.progress import Progress
-from invmon.core.settings import Settings, setting
+from invmon.core.settings import Settings, inherit, setting
 from invmon.data.layout import INDEX_FILE, SPLITS, image_locator, read_classes, read_manifest
 from invmon.data.transforms import InvalidImage, Preprocessing, prepare
 
@@ -51,13 +51,9 @@ class PreprocessSettings(Settings):
 
     data: str = setting(help="arranged folder (from arrange)")
     out: str = setting(help="output folder")
-    image_size: int = setting(224, help="side of the square model input in pixels", minimum=1)
+    image_size: int = inherit(Preprocessing, "image_size")
     shard_size: int = setting(4096, help="images per shard", minimum=1)
     workers: int | None = setting(None, help="decoding processes (default: all cores)", minimum=1)
-
-    def __post_init__(self):
-        super().__post_init__()
-        self.preprocessing()  # an image size the transform refuses is named now
 
     def preprocessing(self) -> Preprocessing:
         """The shared preprocessing these shards are made with (saved in their index)."""

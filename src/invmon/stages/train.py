@@ -14,10 +14,10 @@ from pathlib import Path
 
 from invmon.cluster.placement import PodOptions
 from invmon.core.command import Command
-from invmon.core.settings import Settings, setting
+from invmon.core.settings import Settings, inherit, setting
 from invmon.training.config import (
-    RECIPES,
     TUNABLE,
+    RecipeChoice,
     TrainConfig,
     TrainOverrides,
     read_params,
@@ -43,12 +43,7 @@ class TrainSettings(Settings):
     data: str = setting(help="preprocessed folder or s3:// prefix (from preprocess)")
     out: str = setting(help="model folder or s3:// prefix to write")
     params: str | None = setting(None, help="best.json from tune; explicit options override it")
-    recipe: str = setting(
-        "default",
-        help="default: warmup + cosine decay; original: the original project's Adam at a "
-        "constant rate",
-        choices=RECIPES,
-    )
+    recipe: str = inherit(RecipeChoice, "recipe")
     training: TrainOverrides = setting(
         default_factory=TrainOverrides,
         help="training recipe (explicit options override --params and --recipe)",
@@ -121,6 +116,29 @@ def run(settings: TrainSettings):
         resume=settings.resume,
         endpoint_url=settings.endpoint_url,
     )
+
+
+@dataclass(frozen=True)
+class TrainOutputs:
+    """What a finished training hands a pipeline: its headline metrics, its HTML report and the
+    model's metadata."""
+
+    metrics: dict[str, float]
+    report: Path
+    metadata: dict
+
+
+def outputs(settings: TrainSettings) -> TrainOutputs:
+    """Read back what the run wrote to ``settings.out`` (a local folder): history and report."""
+    import json
+
+    from invmon.training.loop import HISTORY_FILE
+    from invmon.training.report import REPORT_FILE, summary_metrics
+
+    out = Path(settings.out)
+    training = json.loads((out / HISTORY_FILE).read_text())
+    metadata = {"framework": "pytorch", "architecture": "resnet50", **settings.hyperparameters()}
+    return TrainOutputs(summary_metrics(training), out / REPORT_FILE, metadata)
 
 
 def nodes_store(settings: TrainSettings) -> str:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from invmon.cluster.placement import PodOptions
 from invmon.core.command import Command
-from invmon.core.settings import Settings, setting
-from invmon.training.config import RECIPES, TrainConfig, TrainOverrides, recipe_config
+from invmon.core.settings import Settings, inherit, setting
+from invmon.training.config import RecipeChoice, TrainConfig, TrainOverrides, recipe_config
 from invmon.training.search import (
     ALGORITHMS,
     BACKENDS,
@@ -73,11 +73,11 @@ class TuneSettings(Settings):
     )
     parallel_trials: int = setting(2, help="trials at once (katib)", minimum=1)
     max_failed_trials: int = setting(1, help="failed trials before the search fails", minimum=0)
-    recipe: str = setting(
-        "default",
-        help="the trials' recipe: default (warmup + cosine decay) or original (the original "
-        "project's Adam at a constant rate)",
-        choices=RECIPES,
+    recipe: str = inherit(
+        RecipeChoice,
+        "recipe",
+        help="the trials' recipe, and so the final training's: default (warmup + cosine decay) "
+        "or original (the original project's Adam at a constant rate)",
     )
     training: TrainOverrides = setting(
         default_factory=TrainOverrides,
@@ -142,6 +142,16 @@ def run(settings: TuneSettings):
     if options.dry_run:
         return manifest
     return katib.run_experiment(manifest, settings.out, spec, base, timeout=options.timeout)
+
+
+def result_metadata(result) -> dict:
+    """The search's result as the metadata of a pipeline's search artifact."""
+    return {
+        "best": result.best_parameters,
+        "best_value": result.best_value,
+        "trial_epochs": result.trial_epochs,
+        "pruned_trials": result.pruned,
+    }
 
 
 def _show(result, settings: TuneSettings) -> str:

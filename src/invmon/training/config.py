@@ -107,6 +107,19 @@ class TrainConfig(Settings):
 TrainOverrides = overrides_of(TrainConfig)
 
 
+@dataclass(frozen=True)
+class RecipeChoice(Settings):
+    """Which recipe sets a run's defaults: train's, and every tune trial's (so that the search
+    tunes the recipe the final training uses). The one definition both stages inherit."""
+
+    recipe: str = setting(
+        "default",
+        help="default: warmup + cosine decay; original: the original project's Adam at a "
+        "constant rate",
+        choices=RECIPES,
+    )
+
+
 def original_recipe(config: TrainConfig | None = None) -> TrainConfig:
     """The original project's recipe: Adam at a constant learning rate, no other technique."""
     return (config or TrainConfig()).replace(
