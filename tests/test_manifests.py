@@ -256,6 +256,7 @@ def test_each_install_modes_role_grants_exactly_what_the_pods_and_the_code_need(
         ("serving.kserve.io", "inferenceservices", "get", None),
         ("serving.kserve.io", "inferenceservices", "patch", None),
     }
+    assert called == permissions.code_calls()  # the preflight checks the same list
     pod_needs = permissions.grants(permissions.POD_NEEDS)
     assert permissions.grants(_role("single-user")["rules"]) == pod_needs | called
     assert permissions.grants(_role("multi-user")["rules"]) == called
