@@ -460,7 +460,7 @@ def test_the_predictor_has_a_startup_probe_and_readiness_settings():
 
 def test_the_example_manifest_probes_as_the_deploy_step_renders():
     rendered = render_inference_service(ServiceSpec(model_uri="s3://m/x"))
-    example = yaml.safe_load((ROOT / "manifests/base/inferenceservice.yaml").read_text())
+    example = yaml.safe_load((ROOT / "manifests/templates/inferenceservice.yaml").read_text())
     for probe in ("startupProbe", "readinessProbe"):
         ours = rendered["spec"]["predictor"]["containers"][0][probe]
         assert example["spec"]["predictor"]["containers"][0][probe] == ours, probe
