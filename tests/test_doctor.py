@@ -256,7 +256,7 @@ def test_missing_secrets_and_keys_fail_naming_them(tmp_path):
     assert check.status == "fail"
     assert "invmon-s3 is missing" in check.detail
     assert "mlpipeline-minio-artifact has no key token" in check.detail
-    assert "kubectl -n kubeflow create secret generic" in check.fix
+    assert "kubectl -n kubeflow create secret generic invmon-s3" in check.fix
 
 
 def test_present_secrets_pass():
@@ -273,7 +273,7 @@ def test_present_secrets_pass():
             _node("gpu-1"),
             "no label pool=a100",
         ),
-        (SETTINGS.replace(gpu_tolerations=()), _node("gpu-1"), "taint nvidia.com/gpu=:NoSchedule"),
+        (SETTINGS.replace(gpu_tolerations=()), _node("gpu-1"), "taint nvidia.com/gpu:NoSchedule"),
         (SETTINGS.replace(gpus=16), _node("gpu-1"), "no node has 16 allocatable"),
         (SETTINGS, _node("gpu-1", gpus="0"), "no node has 1 allocatable"),
     ],
@@ -387,3 +387,15 @@ def test_doctor_defaults_are_the_compile_defaults():
     assert DoctorSettings().gpus == cluster.gpus
     assert doctor.SERVICE_ACCOUNTS == SERVICE_ACCOUNTS
     assert DOCTOR.settings is DoctorSettings
+
+
+def test_an_unreachable_api_server_is_a_clear_failure(tmp_path):
+    """No server at all behind the kubeconfig (a closed loopback port): one line, no traceback."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = _kubeconfig(tmp_path, f"http://127.0.0.1:{port}")
+    with pytest.raises(RuntimeError, match="cannot reach the Kubernetes API"):
+        run(SETTINGS.replace(kubeconfig=config))

@@ -126,9 +126,12 @@ class _Forbidden(Exception):
 def _read(call, *args, **kwargs) -> dict | None:
     """JSON of a client call (None on 404); _Forbidden on 403."""
     from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
 
     try:
         return json.loads(call(*args, _preload_content=False, **kwargs).data)
+    except HTTPError as err:
+        raise RuntimeError(f"cannot reach the Kubernetes API: {err}") from None
     except ApiException as err:
         if err.status == 404:
             return None
@@ -183,7 +186,11 @@ def _review(auth, needs: Needs, grant: permissions.Grant) -> dict:
         "kind": "SubjectAccessReview",
         "spec": {
             "user": account,
-            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{needs.namespace}"],
+            "groups": [
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{needs.namespace}",
+                "system:authenticated",
+            ],
             "resourceAttributes": attributes,
         },
     }
@@ -278,6 +285,7 @@ def check_secrets(api_client, needs: Needs) -> Check:
     from kubernetes import client
 
     core, name, problems = client.CoreV1Api(api_client), "secrets", []
+    first = None  # the first Secret to fix, for the example command
     for secret, keys in sorted(needs.secrets.items()):
         try:
             found = _read(core.read_namespaced_secret, secret, needs.namespace)
@@ -290,12 +298,14 @@ def check_secrets(api_client, needs: Needs) -> Check:
             )
         if found is None:
             problems.append(f"{secret} is missing")
+            first = first or (secret, keys)
             continue
         present = set(found.get("data") or {}) | set(found.get("stringData") or {})
         if missing := [k for k in keys if k not in present]:
             problems.append(f"{secret} has no key {', '.join(missing)}")
+            first = first or (secret, keys)
     if problems:
-        example = next(iter(sorted(needs.secrets.items())))
+        example = first
         return Check(
             name,
             FAIL,
@@ -329,10 +339,13 @@ def _gpu_node_problem(node: dict, needs: Needs) -> str | None:
     ]
     untolerated = [t for t in taints if not any(tolerates(x, t) for x in needs.gpu_tolerations)]
     if untolerated:
-        return "taint " + ", ".join(
-            f"{t['key']}={t.get('value', '')}:{t['effect']}" for t in untolerated
-        )
+        return "taint " + ", ".join(map(_taint, untolerated))
     return None
+
+
+def _taint(taint: dict) -> str:
+    value = f"={taint['value']}" if taint.get("value") else ""
+    return f"{taint['key']}{value}:{taint['effect']}"
 
 
 def check_gpu_nodes(api_client, needs: Needs) -> Check:
@@ -396,7 +409,7 @@ def check_namespace(api_client, needs: Needs) -> Check:
             "it, so the storage initializer is not injected and the predictor finds no model"
         )
         fixes.append(
-            "deploy to a namespace without it (invmon deploy --namespace), or "
+            "deploy to a namespace without it (the pipeline's namespace parameter), or "
             f"kubectl label ns {ns} {KSERVE_SKIP_LABEL}-"
         )
     key, value = KATIB_INJECTION_LABEL
