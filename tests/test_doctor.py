@@ -399,3 +399,22 @@ def test_an_unreachable_api_server_is_a_clear_failure(tmp_path):
     config = _kubeconfig(tmp_path, f"http://127.0.0.1:{port}")
     with pytest.raises(RuntimeError, match="cannot reach the Kubernetes API"):
         run(SETTINGS.replace(kubeconfig=config))
+
+
+def test_the_version_is_the_controllers_not_a_sidecars():
+    """FAKE cluster (FakeKubernetesApi) whose KServe Deployment runs kube-rbac-proxy first, as
+    KServe before 0.15 did; an image without a version tag is a skip, not a pass."""
+    fake = healthy()
+    deployment = fake.objects[("deployments", "kserve", "kserve-controller-manager")]
+    deployment["spec"]["template"]["spec"]["containers"] = [
+        {"name": "kube-rbac-proxy", "image": "quay.io/brancz/kube-rbac-proxy:v0.18.0"},
+        {"name": "manager", "image": "kserve/kserve-controller:v0.14.1"},
+    ]
+    check = _check(fake, "KServe version")
+    assert check.status == "fail" and check.detail.startswith("0.14.1")
+    fake = healthy()
+    deployment = fake.objects[("deployments", "kserve", "kserve-controller-manager")]
+    deployment["spec"]["template"]["spec"]["containers"][0]["image"] = (
+        "kserve/kserve-controller:latest"
+    )
+    assert _check(fake, "KServe version").status == "skip"

@@ -24,7 +24,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from invmon.cluster import permissions
-from invmon.cluster.versions import COMPONENTS, parse_version
+from invmon.cluster.versions import COMPONENTS
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -164,10 +164,9 @@ def check_version(api_client, key: str) -> Check:
             name, FAIL, f"no Deployment {where}", f"install {part.name} >= {_dotted(part.floor)}"
         )
     images = [c["image"] for c in found["spec"]["template"]["spec"]["containers"]]
-    versions = [v for v in map(parse_version, images) if v]
-    if not versions:
-        return Check(name, SKIP, f"no version in the image tags {images}", hand)
-    version = versions[0]
+    version = part.version(images)
+    if version is None:
+        return Check(name, SKIP, f"no {part.image} version in the image tags {images}", hand)
     text = f"{_dotted(version)} ({namespace}/{part.deployment}); needs >= {_dotted(part.floor)}"
     if version < part.floor:
         return Check(

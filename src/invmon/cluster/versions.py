@@ -21,6 +21,14 @@ class Component:
     floor: tuple[int, ...]
     why: str
     source: str
+    # The controller's image repository ends so; the Deployment may run other containers (KServe
+    # before 0.15 ran kube-rbac-proxy beside its manager), whose tags are not the version.
+    image: str = ""
+
+    def version(self, images: list[str]) -> tuple[int, ...] | None:
+        """The version of the controller among a Deployment's container ``images``."""
+        ours = [i for i in images if i.split("@")[0].rsplit(":", 1)[0].endswith(self.image)]
+        return next((v for v in map(parse_version, ours) if v), None)
 
 
 # Deployments and namespaces as the upstream manifests install them (read December 2026).
@@ -34,6 +42,7 @@ COMPONENTS = {
         "workspace needs 2.15",
         "kubeflow/pipelines manifests/kustomize/base/pipeline/ml-pipeline-apiserver-deployment"
         ".yaml (image ghcr.io/kubeflow/kfp-api-server:TAG)",
+        image="kfp-api-server",
     ),
     "argo": Component(
         "Argo Workflows",
@@ -43,6 +52,7 @@ COMPONENTS = {
         "task outputs are reported as WorkflowTaskResults (permissions.py)",
         "kubeflow/pipelines manifests/kustomize/third-party/argo/base/workflow-controller-"
         "deployment-patch.yaml (quay.io/argoproj/workflow-controller:vX.Y.Z)",
+        image="workflow-controller",
     ),
     "katib": Component(
         "Katib",
@@ -52,6 +62,7 @@ COMPONENTS = {
         "the search's Experiment and trial template (docs/cluster.md)",
         "kubeflow/katib manifests/v1beta1/installs/katib-standalone/kustomization.yaml "
         "(ghcr.io/kubeflow/katib/katib-controller:vX.Y.Z)",
+        image="katib-controller",
     ),
     "trainer": Component(
         "Kubeflow Trainer",
@@ -61,6 +72,7 @@ COMPONENTS = {
         "the TrainJob's runtimePatches (volumes, placement) need Trainer 2.2",
         "kubeflow/trainer manifests/base/manager/manager.yaml and manifests/overlays/manager "
         "(ghcr.io/kubeflow/trainer/trainer-controller-manager:vX.Y.Z, namespace kubeflow-system)",
+        image="trainer-controller-manager",
     ),
     "kserve": Component(
         "KServe",
@@ -70,6 +82,7 @@ COMPONENTS = {
         "the Standard deployment mode needs KServe 0.16",
         "kserve/kserve config/manager/manager.yaml and charts/kserve-resources "
         "(kserve/kserve-controller:vX.Y.Z, namespace kserve; kubeflow on the Kubeflow platform)",
+        image="kserve-controller",
     ),
 }
 
