@@ -18,6 +18,7 @@ server's healthz reports (``multi_user``; ``--install`` overrides it):
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from dataclasses import dataclass
@@ -135,13 +136,15 @@ def submit(
     token_env: str | None = None,
     client=None,
     install: str = "auto",
+    preflight=None,
 ) -> Submitted:
     """Compile the pipeline for ``settings`` and start a run of it on the server at ``host``.
 
     ``install`` (``auto``: the server's healthz says) picks the namespace and the default
     ``service_account`` (:func:`run_place`). ``enable_caching=None`` keeps the compiled default
     (caching on); False reruns every task. ``client`` replaces the ``kfp.Client`` built for
-    ``host`` (tests pass one).
+    ``host`` (tests pass one). ``preflight(place, package)``, when given, checks the cluster
+    before the run is created and raises to stop it (:func:`check_cluster`).
     """
     token = None
     if token_env:
@@ -158,6 +161,8 @@ def submit(
             # name theirs below.
             client = kfp.Client(host=host, existing_token=token)
         place = run_place(install, namespace, service_account, client)
+        if preflight is not None:
+            preflight(place, package)
         result = client.create_run_from_pipeline_package(
             str(package),
             arguments=arguments,
@@ -206,11 +211,52 @@ class SubmitSettings(Settings):
     token_env: str | None = setting(
         None, help="environment variable holding a bearer token", metavar="VAR"
     )
+    preflight: bool = setting(
+        True,
+        help="start the run without checking the cluster first (invmon doctor's checks)",
+        flag="--no-preflight",
+    )
+    kubeconfig: str = setting("", help="kubeconfig of the cluster the preflight checks")
+    context: str = setting("", help="kubeconfig context of that cluster (empty: its current)")
     cluster: ClusterSettings = setting(default_factory=ClusterSettings, help="cluster")
 
 
-def run(settings: SubmitSettings) -> Submitted:
-    """Compile for ``settings.cluster`` and start the run (caching off when compiled off)."""
+def check_cluster(settings: SubmitSettings, place: RunPlace, package: Path, api_client=None):
+    """The preflight of invmon doctor for this compile and run place; RuntimeError with the
+    table when a check fails."""
+    from invmon.cluster import preflight
+    from invmon.stages.doctor import KFP_NAMESPACE, DoctorSettings
+
+    cluster = settings.cluster
+    doctor = DoctorSettings(
+        install=place.install,
+        namespace=place.namespace or KFP_NAMESPACE,
+        service_account=place.service_account,
+        tune_backend=cluster.tune_backend,
+        train_launcher=cluster.train_launcher,
+        gpus=cluster.gpus,
+        gpu_node_selector=dict(cluster.gpu_node_selector),
+        gpu_tolerations=cluster.gpu_tolerations,
+        workspace=cluster.workspace.enabled,
+        workspace_storage_class=cluster.workspace.storage_class,
+        workspace_access_modes=cluster.workspace.access_modes,
+        package=str(package),
+    )
+    client = api_client or preflight.api_client(settings.kubeconfig, settings.context)
+    report = preflight.run_checks(client, doctor.needs())
+    if not report.ok:
+        raise RuntimeError(
+            "the cluster is not ready for this run (--no-preflight starts it anyway):\n"
+            + report.table()
+        )
+
+
+def run(settings: SubmitSettings, api_client=None) -> Submitted:
+    """Compile for ``settings.cluster``, check the cluster (unless ``--no-preflight``) and start
+    the run (caching off when compiled off). ``api_client`` replaces the preflight's client."""
+    check = None
+    if settings.preflight:
+        check = functools.partial(check_cluster, settings, api_client=api_client)
     return submit(
         settings.host,
         params=settings.param,
@@ -222,6 +268,7 @@ def run(settings: SubmitSettings) -> Submitted:
         settings=settings.cluster,
         token_env=settings.token_env,
         install=settings.install,
+        preflight=check,
     )
 
 

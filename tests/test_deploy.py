@@ -395,23 +395,43 @@ def test_other_refusals_still_fail_the_deploy(smoke_image):
         deploy_to_cluster(_spec(), smoke_image, api=fake.client(), poll=0.01)
 
 
-def test_the_authorization_policy_admits_only_the_predictors_inference_paths():
-    policy = render_authorization_policy("counter-v2", "team")
+def test_the_authorization_policy_admits_only_the_calling_namespaces_on_inference_paths():
+    """Issue 22, item 12: the policy admitted any source; now only the service's own namespace
+    and the namespaces named as callers, on the predictor's inference and health paths."""
+    policy = render_authorization_policy("counter-v2", "team", callers=("shop-floor",))
     assert policy["metadata"]["namespace"] == "team"
     assert policy["spec"]["selector"] == {
         "matchLabels": {"serving.kserve.io/inferenceservice": "counter-v2"}
     }
     assert policy["spec"]["action"] == "ALLOW"
     (rule,) = policy["spec"]["rules"]
-    assert set(rule) == {"to"}  # no source: pipeline pods have no identity to name
+    assert rule["from"] == [{"source": {"namespaces": ["team", "shop-floor"]}}]
     assert rule["to"][0]["operation"]["paths"] == ["/v1/models/*", "/v2/models/*", "/v2/health/*"]
+    (rule,) = render_authorization_policy("counter-v2", "team")["spec"]["rules"]
+    assert rule["from"] == [{"source": {"namespaces": ["team"]}}]
+
+
+def test_an_authorization_policy_without_a_namespace_to_scope_to_is_refused():
+    with pytest.raises(ValueError, match="namespace"):
+        render_authorization_policy("counter-v2", "")
 
 
 def test_the_shipped_authorization_policy_is_the_rendered_one():
+    """The shipped file names the example Profile namespace, which kustomize replaces (the
+    kustomize build test checks it follows the install's namespace)."""
     shipped = yaml.safe_load(
         (ROOT / "manifests" / "multi-user" / "predictor-authorizationpolicy.yaml").read_text()
     )
-    assert shipped == render_authorization_policy("bin-counter")
+    rendered = render_authorization_policy("bin-counter", "kubeflow-user-example-com")
+    del rendered["metadata"]["namespace"]
+    assert shipped == rendered
+
+
+def test_the_service_spec_takes_the_calling_namespaces():
+    spec = ServiceSpec(namespace="team", model_uri="s3://m/x", callers=("shop-floor",))
+    assert spec.callers == ("shop-floor",)
+    with pytest.raises(ValueError, match="--caller-namespace 'Bad_NS'"):
+        ServiceSpec(namespace="team", callers=("Bad_NS",))
 
 
 def test_the_predictor_has_a_startup_probe_and_readiness_settings():
@@ -440,7 +460,7 @@ def test_the_predictor_has_a_startup_probe_and_readiness_settings():
 
 def test_the_example_manifest_probes_as_the_deploy_step_renders():
     rendered = render_inference_service(ServiceSpec(model_uri="s3://m/x"))
-    example = yaml.safe_load((ROOT / "manifests/base/inferenceservice.yaml").read_text())
+    example = yaml.safe_load((ROOT / "manifests/templates/inferenceservice.yaml").read_text())
     for probe in ("startupProbe", "readinessProbe"):
         ours = rendered["spec"]["predictor"]["containers"][0][probe]
         assert example["spec"]["predictor"]["containers"][0][probe] == ours, probe

@@ -44,3 +44,12 @@ def test_base_images_are_pinned_and_multi_stage(dockerfile):
     assert len(re.findall(r"^FROM ", text, flags=re.M)) >= 2
     final = text[text.rindex("\nFROM ") :]
     assert "pip install" not in final and "apt-get" not in final  # no build tools or caches
+
+
+def test_the_train_image_does_not_expose_every_gpu():
+    """Issue 22, item 12: NVIDIA_VISIBLE_DEVICES=all in the image makes the NVIDIA runtime hand
+    every GPU of the node to a pod that requested none (evaluate, the CPU tasks); the device
+    plugin sets the variable for pods that request nvidia.com/gpu."""
+    lines = (ROOT / "images" / "train" / "Dockerfile").read_text().splitlines()
+    instructions = [line for line in lines if not line.lstrip().startswith("#")]
+    assert not [line for line in instructions if "NVIDIA_VISIBLE_DEVICES" in line]

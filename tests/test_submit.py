@@ -228,3 +228,65 @@ def test_the_command_line_takes_the_install_mode(kfp_api):
     assert settings.install == "single-user" and settings.service_account == ""
     with pytest.raises(SystemExit):
         build_parser().parse_args(["submit", "--host", kfp_api.url, "--install", "both"])
+
+
+def _submit_settings(*options: str):
+    from invmon.cli import build_parser
+
+    return SUBMIT.settings_from(build_parser().parse_args(["submit", *options]))
+
+
+def _cluster_for_submit():
+    """The healthy FAKE cluster of tests/test_doctor.py (FakeKubernetesApi), plus the project's
+    S3 Secret in case the compile names it."""
+    from test_doctor import healthy
+
+    fake = healthy()
+    fake.add(
+        "secrets",
+        {
+            "metadata": {"name": "invmon-s3", "namespace": "kubeflow"},
+            "data": {"AWS_ACCESS_KEY_ID": "eA==", "AWS_SECRET_ACCESS_KEY": "eA=="},
+        },
+    )
+    return fake
+
+
+def test_submit_runs_the_preflight_and_refuses_a_cluster_that_fails_it(kfp_api):
+    """FAKE KFP API and FAKE cluster (FakeKubernetesApi): no workspace storage class chosen, so
+    the preflight fails with its table and no run is created."""
+    from test_doctor import _api_client
+
+    from invmon.pipelines.submit import run
+
+    settings = _submit_settings("--host", kfp_api.url)
+    with _cluster_for_submit() as fake, pytest.raises(RuntimeError) as failure:
+        run(settings, api_client=_api_client(fake.url))
+    assert "FAIL  workspace storage class" in str(failure.value)
+    assert "--no-preflight" in str(failure.value)
+    assert fake.reviews  # the run's ServiceAccount was checked
+    assert not any(path.startswith("/apis/v2beta1/runs") for _, path, _ in kfp_api.requests)
+
+
+def test_submit_starts_the_run_when_the_preflight_passes(kfp_api):
+    """FAKE KFP API and FAKE cluster (FakeKubernetesApi) on which every check passes."""
+    from test_doctor import _api_client
+
+    from invmon.pipelines.submit import run
+
+    settings = _submit_settings("--host", kfp_api.url, "--workspace-storage-class", "shared")
+    with _cluster_for_submit() as fake:
+        submitted = run(settings, api_client=_api_client(fake.url))
+    assert submitted.run_id == "run-42"
+    users = {review["user"] for review in fake.reviews}
+    assert users == {"system:serviceaccount:kubeflow:invmon-pipeline"}
+
+
+def test_no_preflight_skips_the_cluster(kfp_api, tmp_path):
+    """FAKE KFP API; --no-preflight never reads a kubeconfig (none exists here)."""
+    from invmon.pipelines.submit import run
+
+    settings = _submit_settings(
+        "--host", kfp_api.url, "--no-preflight", "--kubeconfig", str(tmp_path / "none")
+    )
+    assert run(settings).run_id == "run-42"

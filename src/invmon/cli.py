@@ -45,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "invmon.stages.audit:AUDIT",
         "flag bins whose photo disagrees with their recorded count",
     ),
+    "doctor": (
+        "invmon.stages.doctor:DOCTOR",
+        "check a cluster before a run: versions, permissions, storage, Secrets, GPU nodes",
+    ),
     "compile": ("invmon.pipelines.compile:COMPILE", "compile the pipeline to Kubeflow IR YAML"),
     "submit": (
         "invmon.pipelines.submit:SUBMIT",

@@ -1,4 +1,5 @@
-"""A FAKE Kubernetes API server for custom objects, on loopback over real HTTP.
+"""A FAKE Kubernetes API server on loopback over real HTTP: custom objects, and the core,
+apps, storage and authorization objects the preflight reads.
 
 No real API server (nor the Katib, Kubeflow Trainer or KServe controllers) can run on this
 machine, so the create/update/wait/fail logic of tune, train and deploy is tested against this
@@ -27,6 +28,16 @@ _PATH = re.compile(
     r"(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?$"
 )
 
+# Core objects in a namespace (/api/v1/namespaces/NS/secrets/NAME) and cluster-scoped ones
+# (/api/v1/nodes, /api/v1/namespaces/NAME, /apis/storage.k8s.io/v1/storageclasses): kept in the
+# same store, with namespace "" for cluster-scoped objects.
+_CORE_PATH = re.compile(
+    r"^/api/v1/namespaces/(?P<namespace>[^/]+)/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?$"
+)
+_CLUSTER_PATH = re.compile(r"^/(?:api/v1|apis/[^/]+/[^/]+)/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?$")
+# A SubjectAccessReview's answer: access(spec.resourceAttributes, spec.user) -> allowed.
+AccessFn = Callable[[dict, str], bool]
+
 # controller(obj, reads): called on every GET of an object with the number of reads since it was
 # created or its spec last changed; it may change ``obj`` (its status) in place.
 ControllerFn = Callable[[dict, int], None]
@@ -43,9 +54,16 @@ class FakeKubernetesApi:
         self,
         controller: ControllerFn | None = None,
         forbidden_namespaces: tuple[str, ...] = (),
+        access: AccessFn | None = None,
+        forbidden_plurals: tuple[str, ...] = (),
     ):
         self.controller = controller
         self.forbidden_namespaces = forbidden_namespaces
+        # SubjectAccessReviews are answered by ``access`` (None: every review is allowed);
+        # ``forbidden_plurals`` are refused with 403 everywhere, as RBAC refuses a reader.
+        self.access = access
+        self.forbidden_plurals = forbidden_plurals
+        self.reviews: list[dict] = []
         self.objects: dict[tuple[str, str, str], dict] = {}
         self.reads: dict[tuple[str, str, str], int] = {}
         self.requests: list[tuple[str, str]] = []
@@ -58,11 +76,12 @@ class FakeKubernetesApi:
     # -- test helpers -------------------------------------------------------------------------
 
     def add(self, plural: str, obj: dict) -> None:
-        """Store an object as if a controller had created it (for example a Katib Trial)."""
+        """Store an object as if a controller had created it (for example a Katib Trial).
+        Cluster-scoped objects (nodes, namespaces, storageclasses) have no namespace."""
         meta = obj["metadata"]
         with self._lock:
             self._stamp(obj, generation=1)
-            self.objects[(plural, meta["namespace"], meta["name"])] = obj
+            self.objects[(plural, meta.get("namespace", ""), meta["name"])] = obj
 
     def client(self):
         """The real kubernetes client's ``CustomObjectsApi``, talking to this fake."""
@@ -83,12 +102,17 @@ class FakeKubernetesApi:
         """Answer one request: (HTTP status, JSON body)."""
         with self._lock:
             self.requests.append((method, path))
-            match = _PATH.match(path)
-            if not match:
+            match = _PATH.match(path) or _CORE_PATH.match(path)
+            if not match and (match := _CLUSTER_PATH.match(path)):
+                plural, namespace, name = match["plural"], "", match["name"]
+            elif match:
+                plural, namespace, name = match["plural"], match["namespace"], match["name"]
+            else:
                 return 404, _status(404, "NotFound", f"no route {path}")
-            plural, namespace, name = match["plural"], match["namespace"], match["name"]
-            if namespace in self.forbidden_namespaces:  # as when RBAC does not allow it
+            if namespace in self.forbidden_namespaces or plural in self.forbidden_plurals:
                 return 403, _status(403, "Forbidden", f"{plural} is forbidden in {namespace}")
+            if plural == "subjectaccessreviews" and method == "POST":
+                return self._review(body)
             if method == "POST" and name is None:
                 return self._create((plural, namespace, body["metadata"]["name"]), body)
             if method == "GET" and name is not None:
@@ -98,6 +122,15 @@ class FakeKubernetesApi:
             if method == "PATCH" and name is not None:
                 return self._patch((plural, namespace, name), body, content_type)
             return 405, _status(405, "MethodNotAllowed", method)
+
+    def _review(self, body: dict) -> tuple[int, dict]:
+        """Answer a SubjectAccessReview as the API server's authorizer would."""
+        spec = body["spec"]
+        self.reviews.append(spec)
+        allowed = (
+            True if self.access is None else self.access(spec["resourceAttributes"], spec["user"])
+        )
+        return 201, {**body, "status": {"allowed": bool(allowed)}}
 
     def _stamp(self, obj: dict, generation: int) -> None:
         self._version += 1

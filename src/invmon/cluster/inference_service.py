@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 # KServe gives up on a model that cannot load; waiting longer would not help.
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 # Probes of the predictor, from its measured start-up (docs/benchmarks.md, "Predictor cold
 # start"; docs/cluster.md, "Predictor start-up and probes"). It reports ready once its float
@@ -98,8 +100,23 @@ class ServiceSpec(Settings):
     canary_traffic_percent: int | None = setting(
         None, help="on update in Knative mode: share of traffic for the new revision"
     )
+    # Istio admits callers by the namespace of their mTLS identity: the service's own namespace
+    # always, these besides (an application's namespace; istio-system for the ingress gateway).
+    callers: tuple[str, ...] = setting(
+        (),
+        help="namespace besides the service's own whose pods may call the predictor (repeatable; "
+        "its Istio AuthorizationPolicy admits only these)",
+        flag="--caller-namespace",
+        metavar="NAMESPACE",
+    )
 
     def __post_init__(self):
+        for caller in self.callers:
+            if not _NAMESPACE.fullmatch(caller):
+                raise ValueError(
+                    f"--caller-namespace {caller!r} is not a namespace name (lowercase letters, "
+                    "digits and '-', at most 63)"
+                )
         if not self.name or not set(self.name) <= _NAME_CHARS or not self.name[0].isalpha():
             raise ValueError(
                 f"--name {self.name!r} is not a valid service name (lowercase letters, digits and "
@@ -425,26 +442,39 @@ PREDICTOR_POD_LABEL = "serving.kserve.io/inferenceservice"
 PREDICTOR_PATHS = ("/v1/models/*", "/v2/models/*", "/v2/health/*")
 
 
-def render_authorization_policy(name: str, namespace: str = "") -> dict:
-    """The Istio AuthorizationPolicy that lets pipeline pods reach the predictor ``name``.
+def render_authorization_policy(name: str, namespace: str, callers: tuple[str, ...] = ()) -> dict:
+    """The Istio AuthorizationPolicy that admits the predictor ``name``'s callers.
 
-    In a Kubeflow Profile namespace only callers with an Istio identity from the namespace are
-    allowed, and KFP starts its task pods without a sidecar, so the deploy step's smoke request
-    is refused (HTTP 403 ``RBAC: access denied``). Such callers have no identity to name, so
-    the policy admits any caller, only to the predictor's pods and only on its inference and
-    health paths (the pattern kubeflow/manifests tests KServe's Standard mode with).
+    Only pods of ``namespace`` (the service's own) and of the ``callers`` namespaces are
+    admitted, only to the predictor's pods and only on its inference and health paths. Istio
+    knows a caller's namespace from its mTLS identity, so a caller needs a sidecar: KFP starts
+    its task pods without one, so the deploy step's smoke request is refused (HTTP 403 ``RBAC:
+    access denied``) and reported as skipped. Admitting callers without an identity would admit
+    any pod of the cluster, which is what this policy must not do (issue 22, item 12).
     """
-    metadata = {"name": f"{name}-predictor", "labels": dict(cluster.PART_OF)}
-    if namespace:
-        metadata["namespace"] = namespace
+    if not namespace:
+        raise ValueError(
+            f"AuthorizationPolicy {name}-predictor: a namespace is required (it is the first "
+            "namespace the policy admits)"
+        )
+    namespaces = [namespace, *(n for n in callers if n != namespace)]
     return {
         "apiVersion": "security.istio.io/v1beta1",
         "kind": "AuthorizationPolicy",
-        "metadata": metadata,
+        "metadata": {
+            "name": f"{name}-predictor",
+            "namespace": namespace,
+            "labels": dict(cluster.PART_OF),
+        },
         "spec": {
             "action": "ALLOW",
             "selector": {"matchLabels": {PREDICTOR_POD_LABEL: name}},
-            "rules": [{"to": [{"operation": {"paths": list(PREDICTOR_PATHS)}}]}],
+            "rules": [
+                {
+                    "from": [{"source": {"namespaces": namespaces}}],
+                    "to": [{"operation": {"paths": list(PREDICTOR_PATHS)}}],
+                }
+            ],
         },
     }
 

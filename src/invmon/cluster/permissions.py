@@ -6,8 +6,10 @@ The Roles under ``manifests/`` grant exactly two things:
   task's code does (KFP's driver and launcher, Argo's wait container). Each rule names the
   upstream code that makes the call.
 - the verbs the project's own code calls (Katib Experiments, Trainer TrainJobs, KServe
-  InferenceServices). These are not listed here: ``tests/test_manifests.py`` collects them from
-  the requests the code sends to a fake API server, so they cannot drift from the code.
+  InferenceServices): :data:`CODE_CALLS`, per backend, for the preflight
+  (:mod:`invmon.cluster.preflight`). ``tests/test_manifests.py`` collects the same verbs from
+  the requests the code sends to a fake API server and holds the two equal, so they cannot
+  drift from the code.
 
 :data:`NOT_GRANTED` records what a KFP task pod is sometimes thought to need and does not, and
 :data:`KUBEFLOW_EDIT` what a Profile's ``default-editor`` already holds on the Kubeflow platform
@@ -172,3 +174,34 @@ def covered(grant: Grant, held: set[Grant]) -> bool:
     """True when ``held`` allows ``grant`` (by name, for every name, or by the ``*`` verb)."""
     group, resource, verb, name = grant
     return any((group, resource, v, n) in held for v in (verb, "*") for n in {name, None})
+
+
+# What the project's code calls, by which part of the pipeline calls it (see the module docstring).
+CODE_CALLS: dict[str, frozenset[Grant]] = {
+    "katib": frozenset(
+        {
+            ("kubeflow.org", "experiments", "create", None),
+            ("kubeflow.org", "experiments", "get", None),
+            ("kubeflow.org", "trials", "list", None),
+        }
+    ),
+    "trainjob": frozenset(
+        {
+            ("trainer.kubeflow.org", "trainjobs", "create", None),
+            ("trainer.kubeflow.org", "trainjobs", "get", None),
+        }
+    ),
+    "kserve": frozenset(
+        {
+            ("serving.kserve.io", "inferenceservices", "create", None),
+            ("serving.kserve.io", "inferenceservices", "get", None),
+            ("serving.kserve.io", "inferenceservices", "patch", None),
+        }
+    ),
+}
+
+
+def code_calls(katib: bool = True, trainjob: bool = True, kserve: bool = True) -> set[Grant]:
+    """The grants the project's code calls for, for the backends a compile uses."""
+    used = {"katib": katib, "trainjob": trainjob, "kserve": kserve}
+    return {grant for part, calls in CODE_CALLS.items() if used[part] for grant in calls}

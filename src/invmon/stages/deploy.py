@@ -289,13 +289,16 @@ def mesh_refused_message(spec: ServiceSpec, refusal: str) -> str:
 
     from invmon.cluster.inference_service import render_authorization_policy
 
-    policy = render_authorization_policy(spec.name, spec.namespace)
+    policy = render_authorization_policy(spec.name, spec.namespace, spec.callers)
     return (
         f"smoke check skipped: {refusal}. The InferenceService {spec.namespace}/{spec.name} is "
         "Ready, but Istio refuses this pod: pipeline pods run without an Istio sidecar, and a "
-        "Kubeflow Profile namespace admits only callers with one. Apply the AuthorizationPolicy "
-        f"{policy['metadata']['name']} (manifests/multi-user/predictor-authorizationpolicy.yaml "
-        "for bin-counter) to run the check next time:\n" + yaml.safe_dump(policy, sort_keys=False)
+        "Kubeflow Profile namespace admits only callers with one, by the namespace of their "
+        "identity. Check it from a pod with a sidecar (or through the ingress gateway) once "
+        f"the AuthorizationPolicy {policy['metadata']['name']} "
+        "(manifests/multi-user/predictor-authorizationpolicy.yaml for bin-counter) admits its "
+        "namespace; the policy for this service, to apply before the check next time:\n"
+        + yaml.safe_dump(policy, sort_keys=False)
     )
 
 
