@@ -33,10 +33,29 @@ class CompileSettings(Settings):
     cluster: ClusterSettings = setting(default_factory=ClusterSettings, help="cluster")
 
 
+def storage_class_note(cluster: ClusterSettings) -> str | None:
+    """What to say when the workspace PVC gets the cluster's default storage class: that class
+    is ReadWriteOnce on EKS, GKE and AKS, where a ReadWriteMany claim stays Pending for good."""
+    workspace = cluster.workspace
+    if not workspace.enabled or workspace.storage_class:
+        return None
+    return (
+        "note: no --workspace-storage-class: the run's workspace PVC asks the cluster's default "
+        f"class for {', '.join(workspace.access_modes)}, which the defaults of EKS, GKE and AKS "
+        "cannot give (the PVC stays Pending). Name a class that can: `invmon doctor` lists the "
+        "cluster's classes, and `invmon submit` refuses to start without one."
+    )
+
+
+def _show(path: Path, settings: CompileSettings) -> str:
+    note = storage_class_note(settings.cluster)
+    return f"wrote {path}" + (f"\n{note}" if note else "")
+
+
 COMPILE = Command(
     CompileSettings,
     lambda s: compile_pipeline(s.output, s.cluster),
     description="Compile the pipeline for a Kubeflow cluster (upload the YAML in the UI or submit "
     "it with kfp run create).",
-    show=lambda path, _: f"wrote {path}",
+    show=_show,
 )

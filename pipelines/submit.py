@@ -29,7 +29,7 @@ import yaml
 from invmon.core.command import Command
 from invmon.core.settings import Settings, setting
 from invmon.pipelines.cluster_settings import ClusterSettings
-from invmon.pipelines.compile import compile_pipeline
+from invmon.pipelines.compile import compile_pipeline, storage_class_note
 
 DEFAULT_EXPERIMENT = "inventory-monitoring"
 INSTALL_MODES = ("auto", "single-user", "multi-user")
@@ -256,7 +256,15 @@ def run(settings: SubmitSettings, api_client=None) -> Submitted:
     the run (caching off when compiled off). ``api_client`` replaces the preflight's client."""
     check = None
     if settings.preflight:
+        # The preflight fails a run without a workspace storage class and lists the classes.
         check = functools.partial(check_cluster, settings, api_client=api_client)
+    elif storage_class_note(settings.cluster):
+        raise ValueError(
+            "refusing to start a run whose workspace has no --workspace-storage-class: "
+            + storage_class_note(settings.cluster).removeprefix(
+                "note: no --workspace-storage-class: "
+            )
+        )
     return submit(
         settings.host,
         params=settings.param,

@@ -287,6 +287,33 @@ def test_no_preflight_skips_the_cluster(kfp_api, tmp_path):
     from invmon.pipelines.submit import run
 
     settings = _submit_settings(
-        "--host", kfp_api.url, "--no-preflight", "--kubeconfig", str(tmp_path / "none")
+        "--host",
+        kfp_api.url,
+        "--no-preflight",
+        "--kubeconfig",
+        str(tmp_path / "none"),
+        "--workspace-storage-class",
+        "shared",
     )
     assert run(settings).run_id == "run-42"
+
+
+def test_without_a_preflight_submit_still_refuses_a_workspace_without_a_storage_class(kfp_api):
+    """FAKE KFP API. The cluster's default class is ReadWriteOnce on EKS, GKE and AKS: a
+    ReadWriteMany workspace there stays Pending, and the run with it, so the choice is explicit."""
+    from invmon.pipelines.submit import run
+
+    settings = _submit_settings("--host", kfp_api.url, "--no-preflight")
+    with pytest.raises(ValueError, match="--workspace-storage-class") as refused:
+        run(settings)
+    assert "invmon doctor" in str(refused.value)
+    assert not [r for r in kfp_api.requests if r[0] == "POST"]
+
+
+def test_compile_without_a_storage_class_says_which_option_sets_it(tmp_path, capsys):
+    from invmon.cli import main
+
+    main(["compile", "--output", str(tmp_path / "p.yaml")])
+    assert "--workspace-storage-class" in capsys.readouterr().out
+    main(["compile", "--output", str(tmp_path / "q.yaml"), "--workspace-storage-class", "nfs"])
+    assert "--workspace-storage-class" not in capsys.readouterr().out
