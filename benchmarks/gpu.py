@@ -9,20 +9,19 @@ each part in its own share of it (a part out of time is skipped and says so)::
 
 It measures, in one run: the bf16 matrix-product peak; ``train_one_epoch`` on shards against a
 bare loop on tensors already on the GPU (bf16 autocast + channels_last, ResNet50 + head, batch
-sizes 64/128/256, peak GPU memory), with torch.compile off and on; the shard loader against the
-training rate; a few DDP steps under torchrun against one process; the predictor's batched path
-against a bare forward at batch 1/8/32. It writes ``gpu.json`` (every figure) and ``gpu.txt``
-(the summary, also printed last) under ``--out``.
+sizes 64/128/256, peak GPU memory); the shard loader against the training rate; a few DDP steps
+under torchrun against one process; the predictor's batched path against a bare forward at batch
+1/8/32; and last, training again with torch.compile. It writes ``gpu.json`` (every figure) and
+``gpu.txt`` (the summary, also printed last) under ``--out``.
 
-``--device cpu --smoke`` runs the same code paths on a CPU in seconds (tiny images and batches,
-two gloo processes for DDP, torch.compile's graph capture without Inductor's C++ build), so that
-a test keeps this script working between GPU runs.
+``--device cpu --smoke`` runs the same code paths on a CPU with tiny sizes (32 px images, batches
+of a few, two gloo processes for DDP, torch.compile's graph capture without Inductor's C++
+build), so that a test keeps this script working between GPU runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -30,14 +29,13 @@ import signal
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import gpu_ddp  # benchmarks/gpu_ddp.py
 import gpu_parts  # benchmarks/gpu_parts.py
 import torch
+from gpu_report import Report, finish, summary  # benchmarks/gpu_report.py
 
-TARGETS = {"loop_vs_bare": 0.9, "loader_vs_training": 1.5}
 DDP_TOLERANCE = 0.02  # relative, per step: bf16 autocast, and other kernels for other shapes
 # Each part's share of --budget; a part starts only with its share left in the whole budget.
 SHARES = {
@@ -134,48 +132,6 @@ def _with_defaults(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-class Report:
-    """The figures so far, written after every part, so that a run stopped early leaves them."""
-
-    def __init__(self, out: Path, budget: float):
-        self.out, self.budget = out, budget
-        self.start = time.perf_counter()
-        self.data: dict = {"skipped": {}, "errors": {}}
-        out.mkdir(parents=True, exist_ok=True)
-
-    def left(self) -> float:
-        """Seconds left in the whole budget."""
-        return self.budget - (time.perf_counter() - self.start)
-
-    def part(self, name: str, measure, *args) -> dict | None:
-        """Run ``measure(seconds, *args)`` if its share of the budget is left; record it."""
-        share = SHARES[name] * self.budget
-        if self.left() < share:
-            self.data["skipped"][name] = f"{self.left():.0f} s left, its share is {share:.0f} s"
-            print(f"[gpu] {name}: skipped ({self.data['skipped'][name]})", flush=True)
-            return None
-        started = time.perf_counter()
-        print(f"[gpu] {name} ...", flush=True)
-        try:
-            result = measure(share, *args)
-        except Exception as error:  # one part failing must not cost the others' figures
-            self.data["errors"][name] = "".join(traceback.format_exception_only(error)).strip()
-            traceback.print_exc()
-            result = None
-        else:
-            self.data[name] = result
-        self.data.setdefault("seconds", {})[name] = time.perf_counter() - started
-        self.write()
-        return result
-
-    def write(self) -> None:
-        """Write gpu.json (whole or not at all: a temporary file renamed over it)."""
-        self.data["total_seconds"] = time.perf_counter() - self.start
-        tmp = self.out / ".gpu.json.tmp"
-        tmp.write_text(json.dumps(self.data, indent=2, default=float) + "\n")
-        os.replace(tmp, self.out / "gpu.json")
-
-
 def environment(device: torch.device) -> dict:
     """What ran: versions, the card, the cores."""
     import torchvision
@@ -269,108 +225,6 @@ def serving_part(seconds: float, args, device, shards: Path, folder: Path) -> di
     )
 
 
-# -- the summary -----------------------------------------------------------------------------
-
-
-def training_rates(data: dict) -> list[float]:
-    """Every training rate measured: loop and bare, compiled or not, at every batch size."""
-    return [
-        run["images_per_second"]
-        for part in ("training", "compiled")
-        for batch in ((data.get(part) or {}).get("batches") or {}).values()
-        for run in (batch.get("loop"), batch.get("bare"))
-        if run
-    ]
-
-
-def finish(data: dict, image_size: int) -> None:
-    """Set the loader against the fastest training rate; list every ratio with its target."""
-    loader, rates = data.get("loader"), training_rates(data)
-    if loader and rates:
-        loader["training_images_per_second"] = max(rates)
-        loader["loader_vs_training"] = loader["images_per_second"] / max(rates)
-    data["targets"] = targets(data, image_size)
-
-
-def targets(data: dict, image_size: int) -> list[dict]:
-    """Each ratio measured, with its target where the issue sets one."""
-    rows = []
-    for part in ("training", "compiled"):
-        for size, batch in ((data.get(part) or {}).get("batches") or {}).items():
-            if "loop_vs_bare" in batch:
-                rows.append(
-                    _row(f"{part} loop/bare @{size}", batch["loop_vs_bare"], "loop_vs_bare")
-                )
-    loader = data.get("loader") or {}
-    if loader.get("loader_vs_training") is not None:
-        rows.append(_row("loader/training", loader["loader_vs_training"], "loader_vs_training"))
-    ddp = data.get("ddp") or {}
-    if "max_relative_difference" in ddp:
-        rows.append(
-            {
-                "name": "ddp loss rel. difference",
-                "value": ddp["max_relative_difference"],
-                "target": f"<= {ddp['tolerance']}",
-                "met": ddp["within_tolerance"],
-            }
-        )
-    for size, batch in ((data.get("serving") or {}).get("batches") or {}).items():
-        ratio = batch["counter_images_per_second"] / batch["bare_images_per_second"]
-        rows.append({"name": f"predictor/bare @{size}", "value": ratio, "target": None})
-    rows += _compute_share(data, image_size)
-    return rows
-
-
-def _row(name: str, value: float, target: str) -> dict:
-    goal = TARGETS[target]
-    return {"name": name, "value": value, "target": f">= {goal}", "met": value >= goal}
-
-
-def _compute_share(data: dict, image_size: int) -> list[dict]:
-    """The fastest training rate as model FLOP/s, a share of the measured matmul peak."""
-    peak = (data.get("matmul") or {}).get("tflops")
-    rates = training_rates(data)
-    if not peak or not rates:
-        return []
-    flop = gpu_parts.RESNET50_TRAIN_FLOP_224 * (image_size / 224) ** 2
-    tflops = max(rates) * flop / 1e12
-    return [{"name": "training TFLOP/s / matmul peak", "value": tflops / peak, "target": None}]
-
-
-def summary(data: dict) -> str:
-    """The text summary: what ran, the headline figures, then every ratio against its target."""
-    env = data["environment"]
-    lines = [
-        f"{env.get('gpu', env['device'])}: torch {env['torch']}, torchvision "
-        f"{env['torchvision']}, Python {env['python']}, {env['cpu_cores']} cores",
-    ]
-    for part in ("training", "compiled"):
-        for size, batch in ((data.get(part) or {}).get("batches") or {}).items():
-            if "loop" in batch:
-                loop, bare = batch["loop"], batch["bare"]
-                lines.append(
-                    f"{part:<9} batch {size:>4}: loop {loop['images_per_second']:8.1f} img/s "
-                    f"({loop['peak_memory_mib']:.0f} MiB), bare {bare['images_per_second']:8.1f}"
-                    f" img/s ({bare['peak_memory_mib']:.0f} MiB)"
-                )
-    if data.get("matmul"):
-        lines.append(
-            f"bf16 matmul {data['matmul']['size']}: {data['matmul']['tflops']:.1f} TFLOP/s"
-        )
-    for size, batch in ((data.get("serving") or {}).get("batches") or {}).items():
-        lines.append(
-            f"predictor batch {size:>3}: {batch['counter_images_per_second']:8.1f} img/s "
-            f"p50 {batch['counter_p50_ms']:.2f} ms p99 {batch['counter_p99_ms']:.2f} ms; bare "
-            f"{batch['bare_images_per_second']:8.1f} img/s p50 {batch['bare_p50_ms']:.2f} ms"
-        )
-    for row in data.get("targets", []):
-        verdict = "" if row["target"] is None else ("  met" if row["met"] else "  MISSED")
-        lines.append(f"{row['name']:<32} {row['value']:8.3f}  {row['target'] or ''}{verdict}")
-    for name, why in {**data["skipped"], **data["errors"]}.items():
-        lines.append(f"{name}: not measured ({why})")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None) -> int:
     """Run every part in its budget; write gpu.json and gpu.txt; print the summary."""
     args = parse_args(argv)
@@ -384,7 +238,7 @@ def main(argv=None) -> int:
         # One thread: the smoke run checks code paths, not speed, and shared cores make
         # OpenMP's threads wait on each other.
         torch.set_num_threads(1)
-    report = Report(args.out, args.budget)
+    report = Report(args.out, args.budget, SHARES)
     report.data["environment"] = environment(device)
     report.data["settings"] = {k: v for k, v in vars(args).items() if k != "out"} | {
         "out": str(args.out)

@@ -22,9 +22,6 @@ from pathlib import Path
 
 import torch
 
-# The forward pass of ResNet50 at 224 px is about 4.1 G multiply-adds per image; a training step
-# (forward and backward) is about three forward passes. For reading img/s against the card's peak.
-RESNET50_TRAIN_FLOP_224 = 3 * 2 * 4.1e9
 TRAIN_SHARE = 0.8  # of the synthetic bins; the rest is the test split arrange asks for
 
 

@@ -166,3 +166,4 @@ def test_the_summary_ends_with_every_ratio_and_its_target(smoke):
         if row["target"] is not None:
             assert row["met"] in (True, False)
     assert "matmul" in text and "not measured" not in text
+    assert "our loop's best:" in text and "held back by:" in text
