@@ -145,6 +145,9 @@ def summary(data: dict) -> str:
                     f"({loop['peak_memory_mib']:.0f} MiB), bare {bare['images_per_second']:8.1f}"
                     f" img/s ({bare['peak_memory_mib']:.0f} MiB)"
                 )
+    backend = (data.get("compiled") or {}).get("compile_backend")
+    if backend and backend != "inductor":
+        lines.append(f"compiled with torch.compile's {backend!r} backend, not Inductor")
     if data.get("matmul"):
         lines.append(
             f"bf16 matmul {data['matmul']['size']}: {data['matmul']['tflops']:.1f} TFLOP/s"
