@@ -23,11 +23,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 from xml.etree import ElementTree
 
-import boto3
-import botocore
 import urllib3
-from botocore.config import Config
-from botocore.httpsession import get_cert_path
 
 from invmon.core.settings import Settings, setting
 
@@ -90,6 +86,12 @@ def make_client(
 
     Retries use botocore's adaptive mode, which backs off on 503 SlowDown and throttles itself.
     """
+    # boto3 is imported here, not with the module: training and serving import this module for
+    # its URI helpers, and must run where boto3 is not installed (a bare GPU machine).
+    import boto3
+    import botocore
+    from botocore.config import Config
+
     config = Config(
         max_pool_connections=max_connections,
         retries={"mode": "adaptive", "max_attempts": 10},
@@ -188,6 +190,9 @@ class ObjectReader:
         retry: RetryPolicy | None = None,
         timeout: float = 60.0,
     ):
+        import botocore
+        from botocore.httpsession import get_cert_path
+
         self.client, self.bucket = client, bucket
         self.retry = retry or RetryPolicy()
         self.retries = 0  # retried requests, for reports
