@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 from invmon.cluster.container_images import ImageSet
 from invmon.cluster.placement import (
+    KFP_OBJECT_STORE_SECRET,
     RUN_AS_USER,
     PodOptions,
     Resources,
+    S3Secret,
     Toleration,
     parse_toleration,
 )
@@ -103,7 +105,24 @@ class ClusterSettings(Settings):
 
     images: ImageSet = setting(default_factory=ImageSet, help="container images")
     accelerator: str = setting("nvidia.com/gpu", help="GPU resource name", cli=False)
-    gpus: int = setting(1, help="GPUs for train and tune (per node/trial)", minimum=1)
+    # One training process uses one GPU: a task or a Katib trial that runs the loop itself gets
+    # one, and only TrainJob nodes, which run torchrun with a process per GPU, get more.
+    gpus: int = setting(
+        1,
+        help="GPUs of each TrainJob node, one training process each (more than 1 needs "
+        "--train-launcher trainjob; tune trials and tasks that train themselves use one)",
+        minimum=1,
+    )
+    s3_secret: str = setting(
+        KFP_OBJECT_STORE_SECRET.name,
+        help="Secret whose S3 keys the tasks that read or write S3 themselves (ingest, tune, "
+        "train) get as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: NAME (KFP's "
+        "mlpipeline-minio-artifact: its accesskey/secretkey; any other: the AWS_* keys), "
+        "NAME:ACCESS_KEY_KEY:SECRET_KEY_KEY, or none (the AWS default chain, e.g. IRSA); with "
+        "the external-s3 component, invmon-s3",
+        flag="--task-s3-secret",
+        metavar="SECRET",
+    )
     gpu_node_selector: dict[str, str] = setting(
         default_factory=lambda: {"nvidia.com/gpu.present": "true"},
         help="node label of the GPU pool (repeatable)",
@@ -171,6 +190,12 @@ class ClusterSettings(Settings):
 
     def __post_init__(self):
         super().__post_init__()
+        S3Secret.parse(self.s3_secret, "--task-s3-secret")
+        if self.gpus > 1 and self.train_launcher != "trainjob":
+            raise ValueError(
+                f"--gpus {self.gpus}: a train task trains on one GPU; give more to TrainJob "
+                "nodes (--train-launcher trainjob, a training process per GPU) or leave --gpus 1"
+            )
         shm = quantity(self.shm_size, "--shm-size")
         for group in RESOURCE_GROUPS:
             resources = self.resources(group)
@@ -189,6 +214,10 @@ class ClusterSettings(Settings):
             )
         flag = flag_for(ClusterSettings, f"{group}_resources")
         return Resources.parse(getattr(self, f"{group}_resources"), flag)
+
+    def task_s3_secret(self) -> S3Secret | None:
+        """The Secret of :attr:`s3_secret` (None: no keys from a Secret)."""
+        return S3Secret.parse(self.s3_secret, "--task-s3-secret")
 
     def pool(self) -> dict:
         """The GPU pool's placement, as arguments of the tasks that create pods on it."""

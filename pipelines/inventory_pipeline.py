@@ -40,8 +40,10 @@ def _configure(task, stage: str, settings: ClusterSettings, group: str, **how):
     """Point a task at its stage's image, run it as non-root with its group's CPU and memory, and
     put GPU stages on the GPU pool.
 
-    ``how``: ``gpu`` (on the GPU pool, with ``settings.gpus`` GPUs), ``shm`` (a memory-backed
-    /dev/shm for DataLoader workers: containers get 64 MiB by default), ``name`` (display name).
+    ``how``: ``gpu`` (on the GPU pool, with one GPU: the loop in a task is one process), ``shm``
+    (a memory-backed /dev/shm for DataLoader workers: containers get 64 MiB by default), ``s3``
+    (the task reads or writes S3 itself, so it gets the keys of ``settings.s3_secret``: KFP
+    puts none in a task's pod), ``name`` (display name).
     """
     task.set_container_image(settings.images.for_stage(stage))
     task.set_display_name(how.get("name") or stage)
@@ -63,13 +65,22 @@ def _configure(task, stage: str, settings: ClusterSettings, group: str, **how):
             size_limit=settings.shm_size,
         )
     if how.get("gpu"):
-        task.set_accelerator_type(settings.accelerator).set_accelerator_limit(settings.gpus)
+        task.set_accelerator_type(settings.accelerator).set_accelerator_limit(1)
         for key, value in settings.gpu_node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
         for tol in settings.gpu_tolerations:
             kubernetes.add_toleration(
                 task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect
             )
+    if how.get("s3") and (secret := settings.task_s3_secret()):
+        kubernetes.use_secret_as_env(
+            task,
+            secret_name=secret.name,
+            secret_key_to_env={
+                secret.access_key: "AWS_ACCESS_KEY_ID",
+                secret.secret_key: "AWS_SECRET_ACCESS_KEY",
+            },
+        )
     return task
 
 
@@ -100,11 +111,11 @@ def _ingest(p, settings: ClusterSettings, shared: str):
         "limit": p.limit,
     }
     plan = plan_ingest(parts=p.ingest_parts, **source)
-    _retried(_configure(plan, "ingest", settings, "data", name="plan-ingest"), settings)
+    _retried(_configure(plan, "ingest", settings, "data", name="plan-ingest", s3=True), settings)
     with dsl.ParallelFor(plan.output) as part:
         part_task = ingest(part=part, workspace=shared, **source)
         # A retried part resumes from what its earlier attempt copied into the workspace.
-        _retried(_configure(part_task, "ingest", settings, "data"), settings)
+        _retried(_configure(part_task, "ingest", settings, "data", s3=True), settings)
     merged = merge_ingest(parts=dsl.Collected(part_task.outputs["raw"]), workspace=shared)
     return _configure(merged, "ingest", settings, "data", name="merge-ingest")
 
@@ -136,7 +147,8 @@ def _search_and_train(p, settings: ClusterSettings, shards, shared: str):
         weights=p.weights,
         backend=settings.tune_backend,
         parallel_trials=p.parallel_trials,
-        gpus=settings.gpus,
+        # A trial is one training process: one GPU (parallel_trials runs several).
+        gpus=1,
         **cluster,
         **(run_name if settings.tune_backend == "katib" else {}),
     )
@@ -160,10 +172,11 @@ def _search_and_train(p, settings: ClusterSettings, shards, shared: str):
 
 def _on_gpu_here(task, stage: str, settings: ClusterSettings, here: bool):
     """Tune or train: on the GPU pool when the loop runs in the task, else a task that waits."""
+    # Either way the task reads S3 itself: the weights, a checkpoint, the TrainJob's model.
     if here:
-        return _configure(task, stage, settings, "gpu", gpu=True, shm=True)
+        return _configure(task, stage, settings, "gpu", gpu=True, shm=True, s3=True)
     # The task waits on Katib or a TrainJob, which are followed again by name when it is retried.
-    return _retried(_configure(task, stage, settings, "control"), settings)
+    return _retried(_configure(task, stage, settings, "control", s3=True), settings)
 
 
 def _release(settings: ClusterSettings, shared: str):

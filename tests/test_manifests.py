@@ -377,3 +377,20 @@ def test_kustomize_builds_each_install_mode_into_its_namespace(mode, components,
     if components:
         (quota,) = [obj for obj in objects if obj["kind"] == "ResourceQuota"]
         assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "8"}
+
+
+def test_the_workspace_write_check_runs_as_the_pipelines_user_on_a_shared_volume():
+    """docs/cluster.md's first-run check of the workspace's storage class: a ReadWriteMany claim
+    written by uid 1000, which KFP's task pods run as without an fsGroup."""
+    documents = list(
+        yaml.safe_load_all((MANIFESTS / "templates" / "workspace-write-check.yaml").read_text())
+    )
+    for obj in documents:
+        validate(obj)
+    claim, pod = documents
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert pod["spec"]["securityContext"]["runAsUser"] == 1000
+    assert "fsGroup" not in pod["spec"]["securityContext"]
+    assert (
+        pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    )

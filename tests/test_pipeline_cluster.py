@@ -190,3 +190,64 @@ def test_shards_stay_in_the_workspace_and_pods_find_its_claim(compiled, tmp_path
         assert parameters["run_name"]["runtimeValue"]["constant"] == (
             "{{$.pipeline_job_resource_name}}"
         )
+
+
+S3_READERS = ("plan-ingest", "ingest", "tune", "train")
+
+
+def _secret_env(platform: dict) -> list[tuple[str, dict[str, str]]]:
+    return [
+        (s["secretName"], {k["secretKey"]: k["envVar"] for k in s["keyToEnv"]})
+        for s in platform.get("secretAsEnv", [])
+    ]
+
+
+def test_tasks_that_read_s3_themselves_get_the_object_stores_keys(compiled):
+    """KFP puts no AWS variables in a task's pod: without these, the train task's boto3 (the
+    TrainJob's model, an s3:// checkpoint or weights) and a private source fail with
+    NoCredentialsError, after the whole search and training."""
+    kfp_keys = {"accesskey": "AWS_ACCESS_KEY_ID", "secretkey": "AWS_SECRET_ACCESS_KEY"}
+    for name, (_, _, platform) in _tasks(compiled).items():
+        expected = [("mlpipeline-minio-artifact", kfp_keys)] if name in S3_READERS else []
+        assert _secret_env(platform) == expected, name
+
+
+@pytest.mark.parametrize(
+    ("option", "expected"),
+    [
+        (
+            "invmon-s3",
+            [
+                (
+                    "invmon-s3",
+                    {
+                        "AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
+                        "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY",
+                    },
+                )
+            ],
+        ),
+        ("store:id:key", [("store", {"id": "AWS_ACCESS_KEY_ID", "key": "AWS_SECRET_ACCESS_KEY"})]),
+        ("none", []),
+    ],
+)
+def test_the_task_s3_secret_is_a_compile_option(tmp_path, option, expected):
+    path = compile_pipeline(tmp_path / "p.yaml", ClusterSettings(s3_secret=option))
+    assert _secret_env(_tasks(path)["train"][2]) == expected
+
+
+def test_a_local_train_task_is_not_given_gpus_it_cannot_use():
+    """One training process uses one GPU: --gpus N asked N of a task that used one."""
+    with pytest.raises(ValueError, match=r"--gpus 4.*--train-launcher trainjob"):
+        ClusterSettings(gpus=4)
+
+
+def test_trials_and_tasks_get_one_gpu_and_trainjob_nodes_get_gpus(tmp_path):
+    path = compile_pipeline(tmp_path / "p.yaml", ClusterSettings(gpus=4, train_launcher="trainjob"))
+    tasks = _tasks(path)
+    tune_task, tune_container, _ = tasks["tune"]
+    assert tune_container["resources"]["accelerator"]["resourceCount"] == "1"
+    assert tune_task["inputs"]["parameters"]["gpus"]["runtimeValue"]["constant"] == 1
+    train_task, train_container, _ = tasks["train"]
+    assert "accelerator" not in train_container.get("resources", {})
+    assert train_task["inputs"]["parameters"]["gpus"]["runtimeValue"]["constant"] == 4
