@@ -1,7 +1,7 @@
 """KFP component: score every ingested bin and flag likely inventory mismatches."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
 from invmon.cluster.container_images import DEFAULT_IMAGES
 
@@ -13,6 +13,7 @@ def audit(
     results: Output[Dataset],
     metrics: Output[Metrics],
     flagged: Output[Markdown],
+    review: Output[HTML],
     threshold: float = 0.1,
     device: str = "auto",
     workspace: str = "",
@@ -29,12 +30,14 @@ def audit(
         results: audit.csv (every bin), flagged.csv (most suspicious first) and summary.json.
         metrics: Bins scored and flagged, and bins skipped.
         flagged: The most suspicious bins, as a table in the Kubeflow UI.
+        review: The review page: the summary and every flagged bin, ranked, with photos.
         threshold: Flag when the recorded count's probability is below this.
         device: auto, cpu or cuda.
         workspace: The pipeline workspace path, when the ingested bins live in it.
     """
     import csv
     import os
+    import shutil
 
     from invmon.data import workspace as shared
     from invmon.stages import audit as stage
@@ -48,6 +51,7 @@ def audit(
             device=device,
         )
     )
+    shutil.copyfile(os.path.join(results.path, stage.REVIEW_FILE), review.path)
     metrics.log_metric("bins", summary.bins)
     metrics.log_metric("scored", summary.scored)
     metrics.log_metric("flagged", summary.flagged)
