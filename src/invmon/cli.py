@@ -45,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "invmon.stages.audit:AUDIT",
         "flag bins whose photo disagrees with their recorded count",
     ),
+    "recount": (
+        "invmon.stages.recount:RECOUNT",
+        "send flagged bins to be recounted (export) and read the counts back (import)",
+    ),
     "compile": ("invmon.pipelines.compile:COMPILE", "compile the pipeline to Kubeflow IR YAML"),
     "submit": (
         "invmon.pipelines.submit:SUBMIT",
