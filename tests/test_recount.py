@@ -280,3 +280,22 @@ def test_a_failed_write_leaves_no_half_written_file(tmp_path, monkeypatch):
         recounts._write_atomic(target, "half")
     assert target.read_text().endswith("00001,2,cycle-count,\n"), "the old file stands"
     assert [p.name for p in tmp_path.iterdir()] == ["recounts-x.csv"], "no temporary file left"
+
+
+@pytest.mark.parametrize("verb", ["export", "import"])
+def test_each_verb_has_help(verb, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recount", verb, "--help"])
+    assert exit_info.value.code == 0
+    assert f"usage: invmon recount {verb}" in capsys.readouterr().out
+
+
+def test_a_missing_or_unknown_verb_is_named(capsys):
+    for args, message in [
+        (["recount"], "the following arguments are required: VERB"),
+        (["recount", "send"], "invalid choice: 'send'"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
