@@ -39,7 +39,11 @@ def label_studio_env() -> Path:
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
     pip = [str(VENV / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, "--disable-pip-version-check", "-r", str(LOCK)], check=True)
+    done = subprocess.run(
+        [*pip, "--disable-pip-version-check", "-r", str(LOCK)], capture_output=True, text=True
+    )
+    if done.returncode:  # pip's own words, not the whole install log
+        raise RuntimeError(f"installing {LOCK.name} failed: {(done.stdout + done.stderr)[-3000:]}")
     stamp.write_text(digest + "\n")
     print(f"made {VENV} from {LOCK.name} in {time.monotonic() - started:.0f}s", file=sys.stderr)
     return executable
