@@ -148,10 +148,11 @@ h1{font-size:1.4em;margin:0 0 12px}
 table{border-collapse:collapse}
 td,th{border-bottom:1px solid #ddd;padding:4px 10px;text-align:right;vertical-align:middle}
 th{background:#f3f3f3;cursor:pointer;user-select:none;position:sticky;top:0}
-td.id{text-align:left;font-family:monospace}
+td.id{text-align:left;font-family:monospace;font-size:1.1em}
 img{display:block;max-height:96px;border-radius:3px}
-.bars{display:flex;align-items:flex-end;gap:2px;height:40px}
-.bar{width:14px;background:#8aa9d6;position:relative;font-size:9px}
+.bars{display:flex;align-items:flex-end;gap:2px;height:48px}
+.r{color:#d9534f}.b{color:#2c6fbb}
+.bar{width:18px;background:#8aa9d6;position:relative;font-size:9px}
 .bar.rec{background:#d9534f}.bar.pred{background:#2c6fbb}
 .bars span{position:absolute;bottom:-12px;left:0;right:0;text-align:center;color:#444}
 .probs td{padding-bottom:14px}
@@ -164,7 +165,7 @@ const cols=['rank','bin_id','recorded','predicted','confidence','p_recorded'];
 let key=0,dir=1;
 function bars(ps,rec,pred){return '<div class="bars">'+ps.map((p,i)=>{const c=D.classes[i];
  const k=c===rec?' rec':(c===pred?' pred':'');return '<div class="bar'+k+'" title="'+c+': '+p+
- '" style="height:'+Math.max(1,Math.round(p*40))+'px"><span>'+c+'</span></div>'}).join('')+
+ '" style="height:'+Math.max(1,Math.round(p*48))+'px"><span>'+c+'</span></div>'}).join('')+
  '</div>'}
 function draw(){const q=document.getElementById('q').value.trim();
  const r=document.getElementById('rec').value,p=document.getElementById('pred').value;
@@ -191,7 +192,9 @@ _PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>{title}</titl
 <label><input type="checkbox" id="photos"> with photo only</label> <span id="shown"></span></div>
 <table><thead><tr><th data-col="0">rank</th><th>photo</th><th data-col="1">bin</th>
 <th data-col="2">recorded</th><th data-col="3">predicted</th><th data-col="4">confidence</th>
-<th data-col="5">p(recorded)</th><th>probabilities over counts</th></tr></thead>
+<th data-col="5">p(recorded)</th><th>probabilities over counts<br>
+<small><b class="r">&#9632;</b> recorded <b class="b">&#9632;</b> predicted</small>
+</th></tr></thead>
 <tbody id="body"></tbody></table>
 <script type="application/json" id="data">{payload}</script>
 <script>{script}</script></body></html>
