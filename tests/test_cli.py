@@ -23,6 +23,7 @@ COMMANDS = [
     "evaluate",
     "deploy",
     "serve",
+    "recount",
     "compile",
     "run",
 ]

@@ -1,6 +1,6 @@
 """KFP component: score every ingested bin and flag likely inventory mismatches."""
 
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
 from invmon.components.interface import stage_component
 from invmon.stages.audit import AuditSettings
@@ -11,6 +11,7 @@ NOTES = {
     "results": "audit.csv (every bin), flagged.csv (most suspicious first) and summary.json.",
     "metrics": "Bins scored and flagged, and bins skipped.",
     "flagged": "The most suspicious bins, as a table in the Kubeflow UI.",
+    "review": "The review page: every flagged bin ranked, with its photo and the model's counts.",
     "workspace": "The pipeline workspace path, when the ingested bins live in it.",
 }
 
@@ -30,12 +31,15 @@ def audit(
     results: Output[Dataset],
     metrics: Output[Metrics],
     flagged: Output[Markdown],
+    review: Output[HTML],
     threshold: float,
     device: str,
+    thumbnails: int,
     workspace: str = "",
 ):
     import csv
     import os
+    import shutil
 
     from invmon.data import workspace as shared
     from invmon.stages import audit as stage
@@ -47,8 +51,10 @@ def audit(
             model=model.path,
             threshold=threshold,
             device=device,
+            thumbnails=thumbnails,
         )
     )
+    shutil.copyfile(os.path.join(results.path, stage.REVIEW_FILE), review.path)
     metrics.log_metric("bins", summary.bins)
     metrics.log_metric("scored", summary.scored)
     metrics.log_metric("flagged", summary.flagged)

@@ -49,6 +49,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "invmon.stages.doctor:DOCTOR",
         "check a cluster before a run: versions, permissions, storage, Secrets, GPU nodes",
     ),
+    "recount": (
+        "invmon.stages.recount:RECOUNT",
+        "send flagged bins to be recounted (export) and read the counts back (import)",
+    ),
     "compile": ("invmon.pipelines.compile:COMPILE", "compile the pipeline to Kubeflow IR YAML"),
     "submit": (
         "invmon.pipelines.submit:SUBMIT",

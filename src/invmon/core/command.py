@@ -68,3 +68,29 @@ def as_json(data) -> str:
     if hasattr(data, "to_dict"):
         data = data.to_dict()
     return json.dumps(data, indent=2, default=str)
+
+
+@dataclass(frozen=True)
+class Verbs:
+    """A subcommand made of verbs (``invmon recount export``, ``invmon recount import``).
+
+    Each verb is a :class:`Command` with its own options; the ``invmon`` registry sees one
+    command. ``verbs`` maps a verb to its (command, one-line help).
+    """
+
+    verbs: dict[str, tuple[Command, str]]
+    description: str
+
+    def add_options(self, parser: argparse.ArgumentParser) -> None:
+        """One sub-parser per verb, each with its command's options."""
+        sub = parser.add_subparsers(
+            dest="verb", required=True, metavar="VERB", parser_class=type(parser)
+        )
+        for name, (command, help_line) in self.verbs.items():
+            command.add_options(
+                sub.add_parser(name, help=help_line, description=command.description)
+            )
+
+    def execute(self, args: argparse.Namespace) -> str | None:
+        """Run the verb that ``args`` names."""
+        return self.verbs[args.verb][0].execute(args)

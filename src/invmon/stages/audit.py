@@ -12,8 +12,10 @@ Outputs in ``out``:
   recorded count, expected count, flag), written as bins are scored, so an interrupted audit keeps
   what it did;
 - ``flagged.csv``: the flagged bins, most suspicious first (the work list for a recount);
-- ``summary.json``: counts, skipped bins by reason, and, when true counts are given (``labels``,
-  for example from a physical recount), the precision and recall of the flag.
+- ``summary.json``: counts, the model's classes, skipped bins by reason, and, when true counts
+  are given (``labels``, for example from a physical recount), the precision and recall of the flag;
+- ``review.html``: the review page (:mod:`invmon.data.review`): the summary and the flagged bins,
+  ranked, with photos for the first ``thumbnails`` of them.
 
 A bin that cannot be scored (no image, invalid metadata, an undecodable image, a count outside the
 model's classes) is reported with its reason and skipped; it never stops the audit.
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 AUDIT_FILE, FLAGGED_FILE, SUMMARY_FILE = "audit.csv", "flagged.csv", "summary.json"
+REVIEW_FILE = "review.html"
 COLUMNS = (
     "bin_id",
     "recorded_count",
@@ -79,6 +82,11 @@ class AuditSettings(Settings):
     batch_size: int = setting(32, help="bins scored per batch", minimum=1)
     workers: int = setting(16, help="reading threads", minimum=1)
     limit: int = setting(0, help="most bins (0 = all)", minimum=0)
+    thumbnails: int = setting(
+        200,
+        help="flagged bins shown with their photo on review.html (the rest are listed)",
+        minimum=0,
+    )
     device: str = setting("auto", help="auto, cpu or cuda")
 
     def __post_init__(self):
@@ -98,6 +106,7 @@ class BinScore:
     recorded_probability: float
     expected_count: float
     flagged: bool
+    probabilities: tuple[float, ...] = ()  # over the model's classes; not in the CSV files
 
 
 @dataclass
@@ -118,6 +127,7 @@ class AuditSummary:
     source: str
     scorer: str
     threshold: float
+    classes: list[int] = field(default_factory=list)
     bins: int = 0
     scored: int = 0
     flagged: int = 0
@@ -282,6 +292,7 @@ def score_bin(b: _Bin, probabilities: np.ndarray, classes: list[int], threshold:
         recorded_probability=round(recorded_probability, 4),
         expected_count=round(float(probabilities @ np.asarray(classes, dtype=np.float64)), 3),
         flagged=recorded_probability < threshold,
+        probabilities=tuple(round(float(p), 4) for p in probabilities),
     )
 
 
@@ -310,6 +321,7 @@ def run(settings: AuditSettings) -> AuditSummary:
             source=settings.source, scorer=scorer.name, threshold=settings.threshold
         )
         scores = _run(reader, scorer, pool, settings, summary, out / AUDIT_FILE)
+        summary.classes = list(scorer.classes or [])
     summary.seconds = round(time.monotonic() - start, 1)
     if summary.bins == 0:
         raise ValueError(
@@ -318,6 +330,7 @@ def run(settings: AuditSettings) -> AuditSummary:
     if truth is not None:
         summary.quality = flag_quality(scores, truth)
     _write_flagged(scores, out / FLAGGED_FILE)
+    _write_review(scores, summary, reader, settings.thumbnails, out / REVIEW_FILE)
     (out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary
 
@@ -389,6 +402,18 @@ def _write_flagged(scores: list[BinScore], path: Path) -> None:
             writer.writerow([getattr(score, c) for c in COLUMNS])
 
 
+def _write_review(scores, summary: AuditSummary, reader, thumbnails: int, path: Path) -> None:
+    from invmon.data import review
+
+    skipped = {reason: len(ids) for reason, ids in summary.skipped.items()}
+    totals = review.ReviewSummary(
+        summary.source, summary.scorer, summary.scored, summary.flagged, summary.threshold, skipped
+    )
+    flagged = [s for s in scores if s.flagged]  # a BinScore has every field of a FlaggedRow
+    read = lambda bin_id: reader.read(abid.image_key(bin_id))  # noqa: E731
+    path.write_text(review.build_page(totals, flagged, summary.classes, read, thumbnails), "utf-8")
+
+
 def read_labels(path: str | Path) -> dict[str, int]:
     """True counts from a CSV with ``bin_id`` and ``true_count`` columns."""
     with open(path, newline="") as handle:
@@ -456,7 +481,8 @@ AUDIT = Command(
     run,
     description="Score every bin of a source in ABID's layout with the model (in process, or "
     "through a running predictor) and flag the bins whose recorded count the model finds "
-    "unlikely. Writes audit.csv, flagged.csv and summary.json.",
+    "unlikely. Writes audit.csv, flagged.csv, summary.json and review.html (the flagged bins "
+    "with their photos, for people to review).",
     show=show,
     extend=_scorer_options,
     build=lambda args: from_args(AuditSettings, args, model=args.model, url=args.url),
