@@ -77,7 +77,7 @@ SAME_MEANING = [
     ),
     (components.train, TrainConfig, ("device", "seed", "weights")),
     (components.evaluate, EvaluateSettings, ("device",)),
-    (components.audit, AuditSettings, ("threshold", "device")),
+    (components.audit, AuditSettings, ("threshold", "device", "thumbnails")),
 ]
 
 
