@@ -10,6 +10,7 @@ API token the test chooses, waits until it answers, and stops it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -30,7 +31,18 @@ _STAMP = "invmon-lock.sha256"
 
 
 def label_studio_env() -> Path:
-    """The ``label-studio`` executable of the test environment, made from the lock if needed."""
+    """The ``label-studio`` executable of the test environment, made from the lock if needed.
+
+    One maker at a time (a file lock): ``scripts/test.sh`` starts making it in the background
+    while the other tests run, and a test that needs it first waits for that instead of racing.
+    """
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{VENV}.lock", "w") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        return _made_env()
+
+
+def _made_env() -> Path:
     digest = hashlib.sha256(LOCK.read_bytes()).hexdigest()
     executable = VENV / "bin" / "label-studio"
     stamp = VENV / _STAMP
