@@ -113,6 +113,12 @@ class ClusterSettings(Settings):
         "--train-launcher trainjob; tune trials and tasks that train themselves use one)",
         minimum=1,
     )
+    serving_gpus: int = setting(
+        0,
+        help="GPUs of each predictor replica; above 0 the predictor runs on the GPU pool (its "
+        "node selector and tolerations)",
+        minimum=0,
+    )
     s3_secret: str = setting(
         KFP_OBJECT_STORE_SECRET.name,
         help="Secret whose S3 keys the tasks that read or write S3 themselves (ingest, tune, "
@@ -218,6 +224,17 @@ class ClusterSettings(Settings):
     def task_s3_secret(self) -> S3Secret | None:
         """The Secret of :attr:`s3_secret` (None: no keys from a Secret)."""
         return S3Secret.parse(self.s3_secret, "--task-s3-secret")
+
+    def serving(self) -> dict:
+        """Where the predictor runs, as arguments of the deploy task: on the GPU pool with
+        :attr:`serving_gpus` GPUs, else on any node without GPUs."""
+        if not self.serving_gpus:
+            return {"gpus": 0, "node_selector": {}, "tolerations": []}
+        return {
+            "gpus": self.serving_gpus,
+            "node_selector": dict(self.gpu_node_selector),
+            "tolerations": [t.to_dict() for t in self.gpu_tolerations],
+        }
 
     def pool(self) -> dict:
         """The GPU pool's placement, as arguments of the tasks that create pods on it."""

@@ -223,6 +223,7 @@ def _release(settings: ClusterSettings, shared: str):
                 name=model_name,
                 namespace=namespace,
                 image=settings.images.image("serve"),
+                **settings.serving(),
                 deployment_mode=deployment_mode,
                 canary_traffic_percent=canary_traffic_percent,
                 workspace=shared,

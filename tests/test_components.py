@@ -143,6 +143,8 @@ DEPLOY_PARAMETERS = {
     "cpu": "service.cpu",
     "memory": "service.memory",
     "gpus": "service.gpus",
+    "node_selector": "service.node_selector",
+    "tolerations": "service.tolerations",
     "canary_traffic_percent": "service.canary_traffic_percent",
     "timeout": "timeout",
 }
@@ -169,7 +171,7 @@ def test_deploy_component_defaults_are_the_deploy_settings_defaults():
         declared = defaults[parameter]
         if DEPLOY_NOT_GIVEN.get(parameter) == declared:
             declared = None
-        assert declared == _default(DeploySettings, path), parameter
+        assert declared == _as_parameter(_default(DeploySettings, path), declared), parameter
 
 
 class _Artifact:

@@ -251,3 +251,20 @@ def test_trials_and_tasks_get_one_gpu_and_trainjob_nodes_get_gpus(tmp_path):
     train_task, train_container, _ = tasks["train"]
     assert "accelerator" not in train_container.get("resources", {})
     assert train_task["inputs"]["parameters"]["gpus"]["runtimeValue"]["constant"] == 4
+
+
+def test_a_gpu_predictor_is_carried_through_the_pipeline_to_the_gpu_pool(tmp_path):
+    """Every deploy task rendered a CPU predictor, undoing a GPU patch applied by hand: the GPU,
+    node selector and tolerations of the predictor are compile options now."""
+    path = compile_pipeline(
+        tmp_path / "p.yaml",
+        ClusterSettings(serving_gpus=1, gpu_node_selector={"pool": "l4"}),
+    )
+    inputs = _tasks(path)["deploy"][0]["inputs"]["parameters"]
+    assert inputs["gpus"]["runtimeValue"]["constant"] == 1
+    assert inputs["node_selector"]["runtimeValue"]["constant"] == {"pool": "l4"}
+    assert inputs["tolerations"]["runtimeValue"]["constant"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+    cpu = _tasks(compile_pipeline(tmp_path / "q.yaml"))["deploy"][0]["inputs"]["parameters"]
+    assert cpu["gpus"]["runtimeValue"]["constant"] == 0

@@ -35,6 +35,8 @@ def deploy(
     cpu: str,
     memory: str,
     gpus: int,
+    node_selector: dict,
+    tolerations: list,
     timeout: float,
     canary_traffic_percent: int = -1,
     workspace: str = "",
@@ -53,6 +55,8 @@ def deploy(
         cpu=cpu,
         memory=memory,
         gpus=gpus,
+        node_selector=node_selector,
+        tolerations=tuple(tolerations),
         canary_traffic_percent=None if canary_traffic_percent < 0 else canary_traffic_percent,
     )
     settings = stage.DeploySettings(
