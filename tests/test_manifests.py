@@ -317,3 +317,15 @@ def test_kustomize_builds_each_install_mode_into_its_namespace(mode, components,
     if components:
         (service,) = [obj for obj in objects if obj["kind"] == "InferenceService"]
         assert service["spec"]["predictor"]["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert service["spec"]["predictor"]["logger"] == {
+            "url": "http://invmon-monitor",
+            "mode": "all",
+        }, "the predictor logs to the monitor's Service"
+        (monitor,) = [obj for obj in objects if obj["kind"] == "Deployment"]
+        pod = monitor["spec"]["template"]
+        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert (
+            pod["spec"]["containers"][0]["image"]
+            == (service["spec"]["predictor"]["containers"][0]["image"])
+        ), "the monitor runs in the serving image"
