@@ -87,13 +87,14 @@ class MonitorMetrics:
         self.pending = Gauge(
             "invmon_monitor_pending_events", "Events waiting for their partner", registry=r
         )
-        # Every label exists from the start, so a dashboard shows 0 rather than no data.
-        for c in classes:
-            self.predictions.labels(count=str(c))
-        for reason in payloads.DROP_REASONS:
-            self.dropped.labels(reason=reason)
-        for kind in ("request", "response"):
-            self.events.labels(type=kind)
+        # Every label exists from the start, so a dashboard shows 0 rather than no data; the
+        # children are kept, as looking one up per prediction costs a lock and a dict.
+        self.by_count = {c: self.predictions.labels(count=str(c)) for c in classes}
+        self.by_reason = {r: self.dropped.labels(reason=r) for r in payloads.DROP_REASONS}
+        self.by_type = {
+            payloads.REQUEST_TYPE: self.events.labels(type="request"),
+            payloads.RESPONSE_TYPE: self.events.labels(type="response"),
+        }
 
 
 @dataclass
@@ -138,7 +139,7 @@ class Monitor:
         self.expire()
         try:
             event = payloads.read_event(headers, body)
-            self.metrics.events.labels(type=event.type.rsplit(".", 1)[-1]).inc()
+            self.metrics.by_type[event.type].inc()
             return self._take(event)
         except BadEvent as bad:
             self.drop(bad.reason, str(bad))
@@ -204,7 +205,7 @@ class Monitor:
     def drop(self, reason: str, message: str) -> None:
         """Count a dropped event under ``reason``."""
         self.dropped[reason] += 1
-        self.metrics.dropped.labels(reason=reason).inc()
+        self.metrics.by_reason[reason].inc()
         log.debug("dropped (%s): %s", reason, message)
 
     # -- windows -----------------------------------------------------------------------------
@@ -217,7 +218,7 @@ class Monitor:
             if confidence is not None:
                 window.confidence_sum += confidence[i]
                 window.confidence_n += 1
-            self.metrics.predictions.labels(count=str(count)).inc()
+            self.metrics.by_count[count].inc()
             if window.predictions >= self.thresholds.window:
                 self._close()
 
@@ -300,7 +301,7 @@ class Monitor:
         self.next_window, self.alerts = int(last["window"]) + 1, int(last["alerts"])
         self.totals = [int(t) for t in last["totals"]]
         for c, total in zip(self.reference.classes, self.totals, strict=True):
-            self.metrics.predictions.labels(count=str(c)).inc(total)
+            self.metrics.by_count[c].inc(total)
         self.metrics.windows.inc(self.next_window)
         self.metrics.alerts.inc(self.alerts)
         self._publish_restored(last)

@@ -100,6 +100,7 @@ async def _read_body(receive, limit: int) -> bytes | None:
 
 async def _respond(send, status: int, body: bytes, content_type: bytes | None = None):
     headers = [(b"content-type", content_type)] if content_type else list(_TEXT)
+    headers.append((b"content-length", str(len(body)).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
