@@ -23,6 +23,7 @@ COMMANDS = [
     "evaluate",
     "deploy",
     "serve",
+    "monitor",
     "compile",
     "run",
 ]
@@ -84,6 +85,7 @@ def test_help(command, capsys):
         (["ingest", "--source", "s3://b", "--out", "o", "--workers", "0"], "--workers"),
         (["tune", "--data", "d", "--out", "o", "--algorithm", "magic"], "--algorithm"),
         (["synth", "--out", "o"], "--count"),
+        (["monitor", "--reference", "r", "--p-value", "2"], "--p-value"),
         (["frobnicate"], "frobnicate"),
     ],
 )

@@ -43,6 +43,8 @@ class MonitorApp:
         if scope["method"] != "POST":
             return await _respond(send, 405, b"POST CloudEvents; GET /metrics or /report\n")
         body = await _read_body(receive, self.max_bytes)
+        if body is _GONE:
+            return None
         if body is None:
             return await _respond(send, 413, f"over {self.max_bytes} bytes\n".encode())
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
@@ -81,12 +83,16 @@ class MonitorApp:
             self.monitor.expire()
 
 
-async def _read_body(receive, limit: int) -> bytes | None:
+_GONE = object()  # the client hung up before its body was read
+
+
+async def _read_body(receive, limit: int):
+    """The body; None when it is over ``limit`` (drained, not kept); _GONE on a disconnect."""
     chunks, size, more = [], 0, True
     while more:
         message = await receive()
         if message["type"] != "http.request":
-            return b""
+            return _GONE
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
