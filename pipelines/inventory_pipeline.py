@@ -30,6 +30,17 @@ from invmon.pipelines.parameters import DEFAULTS as D
 from invmon.pipelines.parameters import docstring
 
 PIPELINE_NAME = "inventory-monitoring"
+# The pipeline parameters the release (the gate, deploy and audit) takes, under the same names.
+RELEASE_PARAMETERS = (
+    "min_accuracy",
+    "deploy_target",
+    "model_name",
+    "namespace",
+    "deployment_mode",
+    "canary_traffic_percent",
+    "monitor",
+    "audit_threshold",
+)
 DESCRIPTION = (
     "Count the items in Amazon Bin Image Dataset photos: ingest from S3, arrange, preprocess, "
     "tune, train a ResNet50, evaluate and deploy to KServe."
@@ -198,6 +209,7 @@ def _release(settings: ClusterSettings, shared: str):
         namespace: str,
         deployment_mode: str,
         canary_traffic_percent: int,
+        monitor: str,
         audit_threshold: float,
     ):
         """The quality gate: deploy and audit run only when accuracy >= min_accuracy.
@@ -213,6 +225,8 @@ def _release(settings: ClusterSettings, shared: str):
             namespace: Namespace of the InferenceService.
             deployment_mode: Standard or Knative.
             canary_traffic_percent: Knative updates: traffic share of the new model (-1: all).
+            monitor: URL of invmon monitor, which KServe's payload logger sends every request
+                and response (empty: no logger).
             audit_threshold: Flag a bin when its recorded count's probability is below this.
         """
         with dsl.If(accuracy >= min_accuracy, name="quality-gate"):
@@ -226,6 +240,7 @@ def _release(settings: ClusterSettings, shared: str):
                 **settings.serving(),
                 deployment_mode=deployment_mode,
                 canary_traffic_percent=canary_traffic_percent,
+                monitor=monitor,
                 workspace=shared,
             )
             # Deploy creates or updates the service and waits: a retry follows the same object.
@@ -285,6 +300,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         namespace: str = D.namespace,
         deployment_mode: str = D.deployment_mode,
         canary_traffic_percent: int = D.canary_traffic_percent,
+        monitor: str = D.monitor,
         audit_threshold: float = D.audit_threshold,
     ):
         p = SimpleNamespace(**locals())
@@ -311,13 +327,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
             arranged=arranged.outputs["arranged"],
             raw=merged.outputs["raw"],
             accuracy=evaluated.outputs["accuracy"],
-            min_accuracy=min_accuracy,
-            deploy_target=deploy_target,
-            model_name=model_name,
-            namespace=namespace,
-            deployment_mode=deployment_mode,
-            canary_traffic_percent=canary_traffic_percent,
-            audit_threshold=audit_threshold,
+            **{name: getattr(p, name) for name in RELEASE_PARAMETERS},
         ).set_display_name("release").set_caching_options(settings.caching and not shared)
 
     inventory_monitoring.__doc__ = docstring("Train and deploy a bin item counter.")

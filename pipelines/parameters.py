@@ -101,6 +101,7 @@ class PipelineParameters(Settings):
         default=-1,
         help="Knative updates: traffic share of the new model (-1: all)",
     )
+    monitor: str = inherit(ServiceSpec, "monitor")
     audit_threshold: float = inherit(AuditSettings, "threshold")
 
 

@@ -24,6 +24,7 @@ COMMANDS = [
     "deploy",
     "serve",
     "recount",
+    "monitor",
     "compile",
     "run",
 ]
@@ -85,6 +86,7 @@ def test_help(command, capsys):
         (["ingest", "--source", "s3://b", "--out", "o", "--workers", "0"], "--workers"),
         (["tune", "--data", "d", "--out", "o", "--algorithm", "magic"], "--algorithm"),
         (["synth", "--out", "o"], "--count"),
+        (["monitor", "--reference", "r", "--p-value", "2"], "--p-value"),
         (["frobnicate"], "frobnicate"),
     ],
 )

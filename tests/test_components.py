@@ -145,6 +145,7 @@ DEPLOY_PARAMETERS = {
     "gpus": "service.gpus",
     "node_selector": "service.node_selector",
     "tolerations": "service.tolerations",
+    "monitor": "service.monitor",
     "canary_traffic_percent": "service.canary_traffic_percent",
     "timeout": "timeout",
 }

@@ -155,6 +155,41 @@ def test_local_is_a_target_on_the_command_line_too():
         DeploySettings(model_uri="m", target="cloud")
 
 
+def test_deploy_monitor_renders_kserves_payload_logger_checked_by_the_typed_schema():
+    from invmon.cli import build_parser
+
+    args = build_parser(only="deploy").parse_args(
+        [
+            "deploy",
+            "--model-uri",
+            "s3://m/x",
+            "--dry-run",
+            "--monitor",
+            "http://invmon-monitor.team.svc.cluster.local",
+        ]
+    )
+    manifest = args.command_object.run(args.command_object.settings_from(args))
+    logger = _typed(manifest).spec.predictor.logger
+    assert logger.url == "http://invmon-monitor.team.svc.cluster.local"
+    assert logger.mode == "all", "requests and responses: the monitor joins them by ce-id"
+    plain = render_inference_service(ServiceSpec(model_uri="s3://m/x"))
+    assert "logger" not in plain["spec"]["predictor"], "off unless --monitor is given"
+
+
+def test_dropping_monitor_removes_the_logger_on_update():
+    from invmon.cluster.inference_service import update_patch
+
+    with_logger = render_inference_service(ServiceSpec(model_uri="s3://m/x", monitor="http://m"))
+    without = render_inference_service(ServiceSpec(model_uri="s3://m/x"))
+    patch = update_patch(without, with_logger, None)
+    assert patch["spec"]["predictor"]["logger"] is None
+
+
+def test_a_monitor_that_is_not_a_url_is_named():
+    with pytest.raises(ValueError, match="--monitor 'invmon-monitor:8080' is not a URL"):
+        ServiceSpec(model_uri="s3://m/x", monitor="invmon-monitor:8080")
+
+
 def test_a_bad_toleration_names_deploys_own_option():
     with pytest.raises(ValueError, match="--toleration 'gpu:Sometimes': effect must be one of"):
         toleration("gpu:Sometimes")

@@ -41,6 +41,29 @@ def test_evaluate_writes_metrics_predictions_and_report(model_dir, shards_dir, t
     assert "<svg" in html and "Confusion matrix" in html and "majority baseline" in html
 
 
+def test_evaluate_stores_the_reference_distribution_with_the_model(model_dir, shards_dir, tmp_path):
+    import shutil
+
+    from invmon.serving.drift import REFERENCE_FILE, Reference
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    evaluate(model, shards_dir, tmp_path / "out", device="cpu")
+    saved = Reference.from_dict(json.loads((model / REFERENCE_FILE).read_text()))
+    predicted = np.loadtxt(
+        tmp_path / "out" / "predictions.csv", delimiter=",", skiprows=1, usecols=2, dtype=int
+    )
+    assert saved.images == len(predicted) and saved.classes == list(range(6))
+    assert saved.counts == [int((predicted == c).sum()) for c in range(6)]
+    assert 1 / 6 <= saved.mean_confidence <= 1, "the top probability of six classes"
+    assert (tmp_path / "out" / REFERENCE_FILE).read_text() == (model / REFERENCE_FILE).read_text()
+    left = tmp_path / "untouched"
+    shutil.copytree(model_dir, left)
+    (left / REFERENCE_FILE).unlink(missing_ok=True)  # other tests evaluate the session's model
+    evaluate(left, shards_dir, tmp_path / "out2", device="cpu", reference_in_model=False)
+    assert not (left / REFERENCE_FILE).exists() and (tmp_path / "out2" / REFERENCE_FILE).exists()
+
+
 def test_model_and_data_must_agree_on_image_size(model_dir, arranged_dir, tmp_path):
     from invmon.stages import preprocess
     from invmon.stages.preprocess import PreprocessSettings

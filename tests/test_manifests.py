@@ -377,6 +377,10 @@ def test_kustomize_builds_each_install_mode_into_its_namespace(mode, components,
     if components:
         (quota,) = [obj for obj in objects if obj["kind"] == "ResourceQuota"]
         assert quota["spec"]["hard"] == {"requests.nvidia.com/gpu": "8"}
+        (monitor,) = [obj for obj in objects if obj["kind"] == "Deployment"]
+        pod = monitor["spec"]["template"]
+        assert pod["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
 def test_the_workspace_write_check_runs_as_the_pipelines_user_on_a_shared_volume():

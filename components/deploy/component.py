@@ -37,6 +37,7 @@ def deploy(
     gpus: int,
     node_selector: dict,
     tolerations: list,
+    monitor: str,
     timeout: float,
     canary_traffic_percent: int = -1,
     workspace: str = "",
@@ -57,6 +58,7 @@ def deploy(
         gpus=gpus,
         node_selector=node_selector,
         tolerations=tuple(tolerations),
+        monitor=monitor,
         canary_traffic_percent=None if canary_traffic_percent < 0 else canary_traffic_percent,
     )
     settings = stage.DeploySettings(

@@ -2,7 +2,7 @@
 
 from typing import NamedTuple
 
-from kfp.dsl import HTML, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Metrics, Model, Output
 
 from invmon.components.interface import stage_component
 from invmon.stages.evaluate import EvaluateSettings
@@ -13,6 +13,8 @@ NOTES = {
     "metrics": "Scalar metrics with the majority-class baseline beside them.",
     "confusion": "The confusion matrix the Kubeflow UI draws.",
     "report": "HTML report with a confusion-matrix picture and per-class scores.",
+    "reference": "reference.json: the predicted-count distribution on the test split, which "
+    "invmon monitor --reference compares live predictions with.",
     "workspace": "The pipeline workspace path, when the shards live in it (read in place).",
 }
 
@@ -29,6 +31,7 @@ def evaluate(
     metrics: Output[Metrics],
     confusion: Output[ClassificationMetrics],
     report: Output[HTML],
+    reference: Output[Artifact],
     device: str,
     workspace: str = "",
 ) -> NamedTuple("Outputs", [("accuracy", float), ("rmse", float)]):
@@ -42,7 +45,14 @@ def evaluate(
 
     out = tempfile.mkdtemp()
     data = str(shared.resolve(shards.path))
-    result = stage.run(stage.EvaluateSettings(model=model.path, data=data, out=out, device=device))
+    # The model is this task's input: its reference goes out as an artifact of its own.
+    result = stage.run(
+        stage.EvaluateSettings(
+            model=model.path, data=data, out=out, device=device, reference_in_model=False
+        )
+    )
+    os.makedirs(reference.path, exist_ok=True)
+    shutil.copy(os.path.join(out, stage.REFERENCE_FILE), reference.path)
     for name in (
         "accuracy",
         "rmse",

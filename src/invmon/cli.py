@@ -40,6 +40,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "create or update the KServe InferenceService, wait for Ready, smoke-test it",
     ),
     "serve": ("invmon.stages.serve:SERVE", "serve a model folder with KServe until stopped"),
+    "monitor": (
+        "invmon.stages.monitor:MONITOR",
+        "watch a predictor's logged predictions for drift against the model's reference",
+    ),
     "predict": ("invmon.stages.predict:PREDICT", "count items in images with a running predictor"),
     "audit": (
         "invmon.stages.audit:AUDIT",

@@ -109,6 +109,12 @@ class ServiceSpec(Settings):
         flag="--caller-namespace",
         metavar="NAMESPACE",
     )
+    monitor: str = setting(
+        "",
+        help="URL of invmon monitor: KServe's payload logger sends it every request and response "
+        "as CloudEvents (empty: no logger)",
+        metavar="URL",
+    )
 
     def __post_init__(self):
         for caller in self.callers:
@@ -145,6 +151,11 @@ class ServiceSpec(Settings):
                     f"--canary-traffic-percent must be between 0 and 100, "
                     f"got {self.canary_traffic_percent}"
                 )
+        if self.monitor and not self.monitor.startswith(("http://", "https://")):
+            raise ValueError(
+                f"--monitor {self.monitor!r} is not a URL KServe's logger can send to (allowed: "
+                "http://... or https://...)"
+            )
         super().__post_init__()
 
 
@@ -166,6 +177,9 @@ def render_inference_service(spec: ServiceSpec) -> dict:
         predictor["nodeSelector"] = dict(spec.node_selector)
     if spec.tolerations:
         predictor["tolerations"] = [dict(t) for t in spec.tolerations]
+    if spec.monitor:
+        # mode all: the monitor joins each request with its response by the CloudEvent id.
+        predictor["logger"] = {"url": spec.monitor, "mode": "all"}
     manifest = {
         "apiVersion": f"{KSERVE_GROUP}/{KSERVE_VERSION}",
         "kind": "InferenceService",

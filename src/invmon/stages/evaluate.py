@@ -19,6 +19,8 @@ from invmon.core import html as report
 from invmon.core.command import Command
 from invmon.core.progress import Progress
 from invmon.core.settings import Settings, setting
+from invmon.serving.drift import REFERENCE_FILE as REFERENCE_FILE  # the component names it
+from invmon.serving.drift import reference_from_predictions, write_reference
 
 if TYPE_CHECKING:
     from invmon.data.shards import DatasetIndex
@@ -106,10 +108,14 @@ def evaluate(
     split: str = "test",
     device: str = "auto",
     batch_size: int = 128,
+    reference_in_model: bool = True,
 ) -> Evaluation:
     """Evaluate the model folder ``model`` on ``split`` of the preprocessed dataset ``data``.
 
-    Writes metrics.json, predictions.csv and report.html (with the confusion matrix) to ``out``.
+    Writes metrics.json, predictions.csv, report.html (with the confusion matrix) and
+    reference.json (the predicted-count distribution and mean confidence, which ``invmon
+    monitor`` compares live predictions with) to ``out``; with ``reference_in_model``,
+    reference.json also goes into the model folder.
     """
     from invmon.data.shards import DatasetIndex
     from invmon.serving.counter import Counter
@@ -120,12 +126,13 @@ def evaluate(
     test = index.split(split)
     if len(test) == 0:
         raise ValueError(f"split {split!r} of {str(data)!r} has no images")
-    predicted, expected = [], []
+    predicted, expected, confidence = [], [], []
     progress = Progress("evaluate", total=len(test), unit="images")
     for images, _targets in test.batches(batch_size):
         result = counter.predict_uint8(images)
         predicted.append(result.counts)
         expected.append(result.expected)
+        confidence.append(result.confidence)
         progress.advance(len(images))
     progress.close()
     predicted_counts = np.concatenate(predicted)
@@ -147,6 +154,13 @@ def evaluate(
         precision=counter.precision,
     )
     _write_outputs(Path(out), evaluation, test.ids, true_counts, predicted_counts, expected)
+    # What invmon monitor compares live predictions with: beside the metrics, and in the model
+    # folder, which the deployed model's storage URI names.
+    reference = reference_from_predictions(
+        classes, predicted_counts, np.concatenate(confidence), split
+    )
+    for folder in (Path(out), *([Path(model)] if reference_in_model else [])):
+        write_reference(reference, folder)
     return evaluation
 
 
@@ -208,11 +222,22 @@ class EvaluateSettings(Settings):
     data: str = setting(help="preprocessed folder (from preprocess)")
     out: str = setting(help="output folder for metrics and report")
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
+    reference_in_model: bool = setting(
+        True,
+        help="also write reference.json (the predicted-count distribution on the test split) "
+        "into the model folder, where invmon monitor finds it",
+    )
 
 
 def run(settings: EvaluateSettings) -> Evaluation:
     """Evaluate as ``settings`` say (see :func:`evaluate`)."""
-    return evaluate(settings.model, settings.data, settings.out, device=settings.device)
+    return evaluate(
+        settings.model,
+        settings.data,
+        settings.out,
+        device=settings.device,
+        reference_in_model=settings.reference_in_model,
+    )
 
 
 def _show(e: Evaluation, settings: EvaluateSettings) -> str:
