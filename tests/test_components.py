@@ -239,10 +239,12 @@ def test_with_a_workspace_the_shards_stay_in_it_and_are_read_in_place(
         metrics=metrics,
         confusion=confusion,
         report=report,
+        reference=dsl.Artifact(name="reference", uri=str(tmp_path / "reference")),
         device="cpu",
         workspace=str(workspace),
     )
     assert 0.0 <= accuracy <= 1.0
+    assert (tmp_path / "reference" / "reference.json").is_file()
     assert "<svg" in Path(report.path).read_text()
 
 

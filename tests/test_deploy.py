@@ -18,11 +18,11 @@ from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.inference_service import (
     DeployError,
     ServiceSpec,
-    render_authorization_policy,
     render_inference_service,
     storage_uri,
     toleration,
 )
+from invmon.cluster.mesh import render_authorization_policy
 from invmon.cluster.typed import check
 from invmon.serving.server import LocalServer
 from invmon.stages.deploy import (

@@ -14,7 +14,7 @@ import yaml
 from kserve import V1beta1InferenceService
 
 from invmon.cluster import permissions
-from invmon.cluster.inference_service import PREDICTOR_POD_LABEL, render_authorization_policy
+from invmon.cluster.mesh import PREDICTOR_POD_LABEL, render_authorization_policy
 from invmon.cluster.typed import check
 
 ROOT = Path(__file__).resolve().parents[1]

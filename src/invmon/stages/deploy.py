@@ -166,7 +166,7 @@ def smoke_check(
         v2_client = PredictorClient(url, name, "v2", host=host, timeout=timeout, binary=False)
         v2 = v2_client.predict([image], request_id="smoke")[0]
     except PredictError as err:
-        from invmon.cluster.inference_service import ISTIO_DENIED
+        from invmon.cluster.mesh import ISTIO_DENIED
 
         if err.status == 403 and ISTIO_DENIED in str(err):
             raise MeshRefused(f"{url} answered HTTP 403 {ISTIO_DENIED!r}") from None
@@ -287,7 +287,7 @@ def mesh_refused_message(spec: ServiceSpec, refusal: str) -> str:
     """Why the smoke check was skipped, and the AuthorizationPolicy that lets it run."""
     import yaml
 
-    from invmon.cluster.inference_service import render_authorization_policy
+    from invmon.cluster.mesh import render_authorization_policy
 
     policy = render_authorization_policy(spec.name, spec.namespace, spec.callers)
     return (
