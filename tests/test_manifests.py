@@ -273,11 +273,32 @@ def test_the_single_user_role_binds_the_submitted_service_account_in_kfps_namesp
     account = yaml.safe_load(
         (MANIFESTS / "single-user" / "pipeline-serviceaccount.yaml").read_text()
     )
-    (subject,) = binding["subjects"]
+    subject = binding["subjects"][0]
     assert subject["name"] == account["metadata"]["name"] == SERVICE_ACCOUNTS["single-user"]
     assert subject["namespace"] == INSTALL_MODES["single-user"]
     binding = yaml.safe_load((MANIFESTS / "multi-user" / "pipeline-rolebinding.yaml").read_text())
     assert binding["subjects"][0]["name"] == SERVICE_ACCOUNTS["multi-user"]
+
+
+def test_the_single_user_role_binds_kfps_default_runner_for_runs_started_without_invmon():
+    """Runs created in the UI or with ``kfp run create`` (no service account given) run as KFP's
+    default runner, ``pipeline-runner`` (kubeflow/pipelines backend/src/apiserver/common/
+    const.go:59 at 2.17.0, used by backend/src/v2/compiler/argocompiler/argo.go:178): it must get
+    the Role's code verbs too, or deploy is refused after the whole training."""
+    from invmon.pipelines.submit import SERVICE_ACCOUNTS
+
+    binding = yaml.safe_load((MANIFESTS / "single-user" / "pipeline-rolebinding.yaml").read_text())
+    subjects = {(s["kind"], s["name"], s["namespace"]) for s in binding["subjects"]}
+    kfp = INSTALL_MODES["single-user"]
+    assert subjects == {
+        ("ServiceAccount", SERVICE_ACCOUNTS["single-user"], kfp),
+        ("ServiceAccount", "pipeline-runner", kfp),
+    }
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": _role("single-user")["metadata"]["name"],
+    }
 
 
 def _kustomize(folder: Path) -> list[dict]:
@@ -311,7 +332,7 @@ def test_kustomize_builds_each_install_mode_into_its_namespace(mode, components,
         validate(obj)
         assert obj["metadata"]["namespace"] == namespace, obj["metadata"]["name"]
         if obj["kind"] == "RoleBinding":
-            assert [s["namespace"] for s in obj["subjects"]] == [namespace]
+            assert {s["namespace"] for s in obj["subjects"]} == {namespace}
         if obj["kind"] == "Role":
             assert obj["rules"] == _role(mode)["rules"]
     if components:
