@@ -52,8 +52,23 @@ def test_trainjob_runs_the_train_command_under_torchrun_with_the_recipe():
     args = build_parser().parse_args(command[3:])
     assert _train_config(args) == CONFIG
     assert (args.data, args.out) == (SETTINGS.data, SETTINGS.out)
-    assert args.checkpoint == "s3://ml-data/models/run-7/checkpoint"  # a restarted node resumes
+    assert args.checkpoint == "s3://ml-data/models/checkpoint-run-7"  # a restarted node resumes
     assert args.endpoint_url == SETTINGS.endpoint_url
+
+
+def test_the_checkpoint_lives_beside_the_model_not_under_its_prefix():
+    """The model prefix is copied into the model artifact and downloaded by KServe's storage
+    initializer at every predictor start, which lists by prefix without a trailing slash
+    (kserve/kserve python/storage/kserve_storage/kserve_storage.py:694-721): the checkpoint
+    must not share the model's prefix, not even as ``run-7.checkpoint``."""
+    command = trainjob.render_trainjob(CONFIG, SETTINGS)["spec"]["trainer"]["command"]
+    args = build_parser().parse_args(command[3:])
+    model_key = SETTINGS.out.removeprefix("s3://")
+    assert not args.checkpoint.removeprefix("s3://").startswith(model_key)
+    assert args.checkpoint.rsplit("/", 1)[0] == SETTINGS.out.rsplit("/", 1)[0]
+    explicit = dataclasses.replace(SETTINGS, checkpoint="s3://ml-data/ckpt/run-7")
+    command = trainjob.render_trainjob(CONFIG, explicit)["spec"]["trainer"]["command"]
+    assert build_parser().parse_args(command[3:]).checkpoint == "s3://ml-data/ckpt/run-7"
 
 
 def test_nodes_run_non_root_on_the_gpu_pool_with_credentials_by_reference():

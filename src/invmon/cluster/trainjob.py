@@ -5,7 +5,8 @@ package's typed Trainer models: the ``torch-distributed`` runtime, ``num_nodes``
 ``gpus_per_node`` GPUs each, the train image running ``torchrun --no-python invmon train`` (the
 runtime sets torchrun's ``PET_*`` variables: node count, processes per node, rank, master), the
 dataset read in place from the pipeline run's workspace PVC (or from ``s3://``), the model written
-to an ``s3://`` location, and a checkpoint there too, so a restarted node resumes. GPU pool
+to an ``s3://`` location, and a checkpoint beside it (not under the model's prefix, which
+becomes the model artifact), so a restarted node resumes. GPU pool
 placement, the non-root security context and the volumes
 (:class:`~invmon.cluster.volumes.PodVolumes`) go into the TrainJob's ``runtimePatches``.
 
@@ -74,7 +75,9 @@ class TrainJobSettings:
 
 def train_command(config: TrainConfig, settings: TrainJobSettings) -> list[str]:
     """torchrun over ``invmon train``; torchrun reads the node layout from the runtime's env."""
-    checkpoint = settings.checkpoint or f"{settings.out.rstrip('/')}/checkpoint"
+    from invmon.training.checkpoint import beside
+
+    checkpoint = settings.checkpoint or beside(settings.out)
     command = [
         "torchrun",
         "--no-python",

@@ -10,7 +10,6 @@ multi-node Kubeflow Trainer TrainJob that this process creates and waits for.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from invmon.cluster.placement import PodOptions
 from invmon.core.command import Command
@@ -55,8 +54,8 @@ class TrainSettings(Settings):
     )
     checkpoint: str | None = setting(
         None,
-        help="folder or s3:// prefix for the per-epoch checkpoint (default OUT/checkpoint; none: "
-        "no checkpoint)",
+        help="folder or s3:// prefix for the per-epoch checkpoint (default: beside --out, "
+        "PARENT/checkpoint-NAME, so it never becomes part of the model; none: no checkpoint)",
     )
     resume: bool = setting(True, help="start over even if a checkpoint exists")
     endpoint_url: str | None = setting(None, help="S3-compatible endpoint URL (MinIO, ...)")
@@ -85,9 +84,11 @@ class TrainSettings(Settings):
 
     def checkpoint_location(self) -> str | None:
         """Where the per-epoch checkpoint goes (None: nowhere)."""
+        from invmon.training.checkpoint import beside
+
         if self.checkpoint == "none":
             return None
-        return self.checkpoint or _join(self.out, "checkpoint")
+        return self.checkpoint or beside(self.out)
 
 
 def run(settings: TrainSettings):
@@ -128,10 +129,6 @@ def nodes_store(settings: TrainSettings) -> str:
     a path in the mounted workspace, the model's (they still write it to S3)."""
     data = settings.data_uri or settings.data
     return data if "://" in data else settings.out_uri or settings.out
-
-
-def _join(location: str, name: str) -> str:
-    return f"{location.rstrip('/')}/{name}" if "://" in location else str(Path(location) / name)
 
 
 def _show(result, settings: TrainSettings) -> str | None:
