@@ -175,11 +175,11 @@ def test_no_secret_values_in_manifests():
 
 def _verbs_called(fake) -> set[permissions.Grant]:
     """(API group, resource, RBAC verb, None) of every request the fake API server received."""
-    from support.fake_kubernetes import _PATH
+    from support.fake_kubernetes import route
 
     verbs = set()
     for method, path in fake.requests:
-        match = _PATH.match(path)
+        match = route(path)
         verb = {"POST": "create", "PATCH": "patch", "GET": "get" if match["name"] else "list"}
         verbs.add((match["group"], match["plural"], verb[method], None))
     return verbs
@@ -218,6 +218,7 @@ def _code_calls(tmp_path) -> set[permissions.Grant]:
                 spec,
                 api=custom_objects_api(url),
                 sleep=lambda s: None,
+                unschedulable_timeout=600,  # the stages' default: trial pods are watched
             )
         called |= _verbs_called(fake)
     fake = FakeKubernetesApi(controller=_complete_on_second_read)
@@ -226,6 +227,7 @@ def _code_calls(tmp_path) -> set[permissions.Grant]:
             trainjob.render_trainjob(CONFIG, SETTINGS),
             api=custom_objects_api(url),
             sleep=lambda s: None,
+            unschedulable_timeout=600,
         )
     called |= _verbs_called(fake)
     with FakeKubernetesApi(Controller(ready_after=0)) as fake:
@@ -250,6 +252,7 @@ def test_each_install_modes_role_grants_exactly_what_the_pods_and_the_code_need(
         ("serving.kserve.io", "inferenceservices", "create", None),
         ("serving.kserve.io", "inferenceservices", "get", None),
         ("serving.kserve.io", "inferenceservices", "patch", None),
+        ("", "pods", "list", None),  # the waits notice trial and node pods that never start
     }
     pod_needs = permissions.grants(permissions.POD_NEEDS)
     assert permissions.grants(_role("single-user")["rules"]) == pod_needs | called

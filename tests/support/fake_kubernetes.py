@@ -83,7 +83,7 @@ class FakeKubernetesApi:
         """Answer one request: (HTTP status, JSON body)."""
         with self._lock:
             self.requests.append((method, path))
-            match = _PATH.match(path)
+            match = route(path)
             if not match:
                 return 404, _status(404, "NotFound", f"no route {path}")
             plural, namespace, name = match["plural"], match["namespace"], match["name"]
@@ -281,3 +281,43 @@ def custom_objects_api(url: str):
     configuration = client.Configuration()
     configuration.host = url
     return client.CustomObjectsApi(client.ApiClient(configuration))
+
+
+# -- core API objects (issue 22: unschedulable pods; cluster22) --------------------------------
+# Pods live under /api/v1 rather than /apis/GROUP/VERSION. They are stored like custom objects
+# (``fake.add("pods", pod)``) and listed by label selector; ``route`` gives the core group as "".
+
+_CORE_PATH = re.compile(
+    r"^/api/(?P<version>v1)/namespaces/(?P<namespace>[^/]+)/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?$"
+)
+
+
+def route(path: str) -> dict | None:
+    """The (group, version, namespace, plural, name) of an API path; group "" for the core API."""
+    if match := _PATH.match(path):
+        return match.groupdict()
+    if match := _CORE_PATH.match(path):
+        return {"group": "", **match.groupdict()}
+    return None
+
+
+def pod(name: str, namespace: str, labels: dict, unschedulable: str | None = None) -> dict:
+    """A Pod as the API server shows it: Pending and unschedulable with the scheduler's
+    ``unschedulable`` message, else Running."""
+    if unschedulable is None:
+        status = {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}]}
+    else:
+        condition = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": unschedulable,
+        }
+        status = {"phase": "Pending", "conditions": [condition]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+        "status": status,
+    }

@@ -111,6 +111,7 @@ def run(settings: TrainSettings):
             endpoint_url=settings.endpoint_url,
             timeout=job.timeout,
             volumes=job.pods.volumes(),
+            unschedulable_timeout=job.pods.unschedulable_timeout,
         )
     from invmon.training.loop import fit
 
