@@ -153,9 +153,13 @@ def test_pipeline_role_is_least_privilege(mode):
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
         assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "patch"}
-        # Secrets and ConfigMaps only by name: never another app's credentials.
+        # Secrets and ConfigMaps only by name: never another app's credentials. RBAC cannot
+        # scope create by name; creating a Secret reads none.
         if set(rule["resources"]) & {"secrets", "configmaps"}:
-            assert rule.get("resourceNames") and rule["verbs"] == ["get"]
+            if rule["verbs"] == ["create"]:
+                assert rule["resources"] == ["secrets"] and "resourceNames" not in rule
+            else:
+                assert rule.get("resourceNames") and set(rule["verbs"]) <= {"get", "patch"}
 
 
 def test_no_secret_values_in_manifests():
@@ -181,7 +185,11 @@ def _verbs_called(fake) -> set[permissions.Grant]:
     for method, path in fake.requests:
         match = route(path)
         verb = {"POST": "create", "PATCH": "patch", "GET": "get" if match["name"] else "list"}
-        verbs.add((match["group"], match["plural"], verb[method], None))
+        # Secrets and ServiceAccounts are granted by name (create cannot be, in RBAC).
+        by_name = match["plural"] in ("secrets", "serviceaccounts") and method != "POST"
+        verbs.add(
+            (match["group"], match["plural"], verb[method], match["name"] if by_name else None)
+        )
     return verbs
 
 
@@ -235,7 +243,23 @@ def _code_calls(tmp_path) -> set[permissions.Grant]:
             service = ServiceSpec(namespace="team", model_uri="s3://m/x", max_replicas=replicas)
             roll_out(service, fake.client(), poll=0.01)
         called |= _verbs_called(fake)
+    called |= _kfp_store_calls()
     return called
+
+
+def _kfp_store_calls() -> set[permissions.Grant]:
+    """Deploying a minio:// model twice: KFP's store keys copied for KServe (created, then
+    updated), against the FAKE Kubernetes API."""
+    from support.fake_kubernetes import FakeKubernetesApi
+    from test_deploy import _kfp_store_secret
+
+    from invmon.cluster.store_credentials import copy_credentials, core_api_for
+
+    with FakeKubernetesApi() as fake:
+        fake.add("secrets", _kfp_store_secret("team"))
+        for _ in range(2):
+            copy_credentials(core_api_for(fake.client()), "team", "http://seaweedfs.kubeflow:9000")
+        return _verbs_called(fake)
 
 
 def test_each_install_modes_role_grants_exactly_what_the_pods_and_the_code_need(tmp_path):
@@ -253,6 +277,12 @@ def test_each_install_modes_role_grants_exactly_what_the_pods_and_the_code_need(
         ("serving.kserve.io", "inferenceservices", "get", None),
         ("serving.kserve.io", "inferenceservices", "patch", None),
         ("", "pods", "list", None),  # the waits notice trial and node pods that never start
+        # deploy of a minio:// model: KFP's store keys copied into KServe's Secret and account
+        ("", "secrets", "get", "mlpipeline-minio-artifact"),
+        ("", "secrets", "create", None),
+        ("", "secrets", "patch", "invmon-kfp-store"),
+        ("", "serviceaccounts", "create", None),
+        ("", "serviceaccounts", "patch", "invmon-kfp-store"),
     }
     pod_needs = permissions.grants(permissions.POD_NEEDS)
     assert permissions.grants(_role("single-user")["rules"]) == pod_needs | called
