@@ -240,6 +240,8 @@ class ClusterSettings(Settings):
         """The GPU pool's placement, as arguments of the tasks that create pods on it."""
         return {
             "image": self.images.image("train"),
+            # Trial and TrainJob pods run the loop on a GPU node, as a local GPU task would.
+            "resources": self.gpu_resources,
             "node_selector": dict(self.gpu_node_selector),
             "tolerations": [t.to_dict() for t in self.gpu_tolerations],
             "shm_size": self.shm_size,

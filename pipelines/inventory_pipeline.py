@@ -39,6 +39,7 @@ RELEASE_PARAMETERS = (
     "deployment_mode",
     "canary_traffic_percent",
     "monitor",
+    "artifact_endpoint_url",
     "audit_threshold",
 )
 DESCRIPTION = (
@@ -210,6 +211,7 @@ def _release(settings: ClusterSettings, shared: str):
         deployment_mode: str,
         canary_traffic_percent: int,
         monitor: str,
+        artifact_endpoint_url: str,
         audit_threshold: float,
     ):
         """The quality gate: deploy and audit run only when accuracy >= min_accuracy.
@@ -227,6 +229,8 @@ def _release(settings: ClusterSettings, shared: str):
             canary_traffic_percent: Knative updates: traffic share of the new model (-1: all).
             monitor: URL of invmon monitor, which KServe's payload logger sends every request
                 and response (empty: no logger).
+            artifact_endpoint_url: The artifact store's S3 endpoint, where KServe fetches a
+                minio:// model (empty: KFP's own object store).
             audit_threshold: Flag a bin when its recorded count's probability is below this.
         """
         with dsl.If(accuracy >= min_accuracy, name="quality-gate"):
@@ -241,6 +245,7 @@ def _release(settings: ClusterSettings, shared: str):
                 deployment_mode=deployment_mode,
                 canary_traffic_percent=canary_traffic_percent,
                 monitor=monitor,
+                store_endpoint=artifact_endpoint_url,
                 workspace=shared,
             )
             # Deploy creates or updates the service and waits: a retry follows the same object.

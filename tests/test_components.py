@@ -54,6 +54,8 @@ SAME_MEANING = [
             "gpus",
             "tolerations",
             "shm_size",
+            "resources",
+            "unschedulable_timeout",
         ),
     ),
     # The trials' and the final training's recipe settings are TrainConfig's.
@@ -73,6 +75,8 @@ SAME_MEANING = [
             "gpus",
             "tolerations",
             "shm_size",
+            "resources",
+            "unschedulable_timeout",
         ),
     ),
     (components.train, TrainConfig, ("device", "seed", "weights")),
@@ -146,6 +150,7 @@ DEPLOY_PARAMETERS = {
     "node_selector": "service.node_selector",
     "tolerations": "service.tolerations",
     "monitor": "service.monitor",
+    "store_endpoint": "store_endpoint",
     "canary_traffic_percent": "service.canary_traffic_percent",
     "timeout": "timeout",
 }

@@ -508,3 +508,101 @@ def test_the_serving_image_checks_readiness_with_the_start_up_budget_of_the_prob
     healthcheck = dockerfile.split("\nHEALTHCHECK", 1)[1].split("\n#", 1)[0]
     assert "/v2/health/ready" in healthcheck
     assert f"--start-period={STARTUP_BUDGET_S}s" in healthcheck
+
+
+# -- a model in KFP's own object store (issue 22) -----------------------------------------------
+
+ACCESS, SECRET = (
+    "c2Vhd2VlZC1hY2Nlc3M=",
+    "c2Vhd2VlZC1zZWNyZXQta2V5LTQy",
+)  # base64, as the API has them
+
+
+def _kfp_store_secret(namespace: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "mlpipeline-minio-artifact", "namespace": namespace},
+        "type": "Opaque",
+        "data": {"accesskey": ACCESS, "secretkey": SECRET},
+    }
+
+
+def test_a_dry_run_for_a_kfp_store_model_runs_as_the_stores_account():
+    """A minio:// model is in KFP's store: the service must not run as invmon-s3, whose Secret
+    points at AWS S3, but as the account that carries the store's keys."""
+    from invmon.cluster.store_credentials import STORE_ACCOUNT
+
+    manifest = run(DeploySettings(model_uri="minio://mlpipeline/model", dry_run=True))
+    assert manifest["spec"]["predictor"]["serviceAccountName"] == STORE_ACCOUNT
+    s3 = run(DeploySettings(model_uri="s3://bucket/model", dry_run=True))
+    assert s3["spec"]["predictor"]["serviceAccountName"] == "invmon-s3"
+    chosen = ServiceSpec(service_account="mine")
+    given = run(DeploySettings(model_uri="minio://b/m", service=chosen, dry_run=True))
+    assert given["spec"]["predictor"]["serviceAccountName"] == "mine"
+
+
+@pytest.mark.parametrize("namespace", ["kubeflow-user-example-com", "kubeflow"])
+def test_deploying_a_kfp_store_model_gives_kserve_the_namespaces_store_keys(namespace, caplog):
+    """Against the FAKE Kubernetes API (multi-user: the Profile namespace; single-user:
+    kubeflow): deploy copies the namespace's own mlpipeline-minio-artifact keys, as the API holds
+    them, into a Secret annotated for KFP's store (SeaweedFS, plain HTTP) under the key names
+    KServe reads, and a ServiceAccount carrying it that the InferenceService runs as. A second
+    deploy updates both. The values appear in no log and no report."""
+    import logging
+
+    from invmon.cluster.store_credentials import STORE_ACCOUNT, STORE_SECRET
+
+    # The project's own logs at every level. (The kubernetes client's DEBUG log prints whole
+    # response bodies, Secrets included: never run it at DEBUG on a cluster.)
+    caplog.set_level(logging.DEBUG, logger="invmon")
+    spec = ServiceSpec(
+        namespace=namespace, model_uri="s3://mlpipeline/v2/artifacts/p/r/train/model"
+    )
+    spec = spec.replace(service_account=STORE_ACCOUNT)
+    reports = []
+    with (
+        _Refusing(b"RBAC: access denied") as mesh,
+        FakeKubernetesApi(Controller(url=mesh.url, ready_after=0)) as fake,
+    ):
+        fake.add("secrets", _kfp_store_secret(namespace))
+        for _ in range(2):
+            reports.append(
+                deploy_to_cluster(
+                    spec,
+                    b"not an image",
+                    api=fake.client(),
+                    poll=0.01,
+                    kfp_store="http://seaweedfs.kubeflow:9000",
+                )
+            )
+        secret = fake.objects[("secrets", namespace, STORE_SECRET)]
+        account = fake.objects[("serviceaccounts", namespace, STORE_ACCOUNT)]
+        service = fake.objects[("inferenceservices", namespace, "bin-counter")]
+        patched = [p for m, p in fake.requests if m == "PATCH" and "/api/v1/" in p]
+    assert secret["metadata"]["annotations"] == {
+        "serving.kserve.io/s3-endpoint": "seaweedfs.kubeflow:9000",
+        "serving.kserve.io/s3-usehttps": "0",
+        "serving.kserve.io/s3-region": "us-east-1",
+    }
+    assert secret["data"] == {"AWS_ACCESS_KEY_ID": ACCESS, "AWS_SECRET_ACCESS_KEY": SECRET}
+    assert account["secrets"] == [{"name": STORE_SECRET}]
+    assert service["spec"]["predictor"]["serviceAccountName"] == STORE_ACCOUNT
+    assert len(patched) == 2  # the second deploy updated the Secret and the ServiceAccount
+    for text in [caplog.text, *(str(r.to_dict()) for r in reports)]:
+        for value in (ACCESS, SECRET, "seaweed-access", "seaweed-secret-key-42"):
+            assert value not in text
+
+
+def test_a_namespace_without_kfps_store_secret_fails_before_the_rollout():
+    from invmon.cluster.store_credentials import STORE_ACCOUNT
+
+    spec = ServiceSpec(
+        namespace="team", model_uri="s3://mlpipeline/m", service_account=STORE_ACCOUNT
+    )
+    with (
+        FakeKubernetesApi(Controller(ready_after=0)) as fake,
+        pytest.raises(DeployError, match=r"team/mlpipeline-minio-artifact.*HTTP 404"),
+    ):
+        deploy_to_cluster(spec, b"x", api=fake.client(), poll=0.01, kfp_store="http://s:9000")
+    assert SERVICE_KEY not in fake.objects

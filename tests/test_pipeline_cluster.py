@@ -268,3 +268,65 @@ def test_a_gpu_predictor_is_carried_through_the_pipeline_to_the_gpu_pool(tmp_pat
     ]
     cpu = _tasks(compile_pipeline(tmp_path / "q.yaml"))["deploy"][0]["inputs"]["parameters"]
     assert cpu["gpus"]["runtimeValue"]["constant"] == 0
+
+
+def _retries_section() -> str:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cluster.md").read_text()
+    start = text.index("**Retries.**")
+    return text[start : text.index("**What only a cluster shows.**", start)]
+
+
+def test_compiled_retries_and_the_argo_setting_they_need_are_documented(tmp_path):
+    """``invmon compile`` (the real command, in a temporary folder) writes KFP retry policies that
+    carry a count and a backoff but no Argo retryPolicy: the pipeline spec has no such field, and
+    KFP's compiler sets none (kubeflow/pipelines backend/src/v2/compiler/argocompiler/
+    container.go:667-684 at 2.17.0), so KFP's Argo default ``OnError`` applies and a failing
+    main container is not retried. docs/cluster.md must name each retried task with its count,
+    and show the cluster-side setting that makes the retries happen, with its upstream source."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "p.yaml"
+    args = ["compile", "--output", str(out), "--tune-backend", "katib"]
+    args += ["--train-launcher", "trainjob", "--retries", "3"]
+    subprocess.run([sys.executable, "-m", "invmon.cli", *args], check=True, cwd=tmp_path)
+    retried = {
+        n: task["retryPolicy"] for n, (task, _, _) in _tasks(out).items() if "retryPolicy" in task
+    }
+    assert set(retried) == {"plan-ingest", "ingest", "deploy", "tune", "train"}
+    for policy in retried.values():
+        assert set(policy) <= {
+            "maxRetryCount",
+            "backoffDuration",
+            "backoffFactor",
+            "backoffMaxDuration",
+        }
+        assert policy["maxRetryCount"] == 3
+    section = _retries_section()
+    for name in retried:
+        assert f"`{name}`" in section, name
+    assert "retryPolicy: Always" in section and "templateDefaults:" in section
+    assert "workflow-controller-configmap-patch.yaml:56-59" in section
+    assert "workflow/controller/operator.go:1100-1124" in section
+
+
+def test_the_workspace_lifetime_after_a_failure_is_documented_where_retry_is(compiled):
+    """The compiled pipeline sets no Workflow TTL (its pipelineConfig holds only the workspace),
+    so KFP's Argo default applies: a finished Workflow, and the workspace PVC it owns, is deleted
+    3600 s after it ends (kubeflow/pipelines manifests/kustomize/third-party/argo/base/
+    workflow-controller-configmap-patch.yaml:50-55 at 2.17.0). Every place the docs offer Retry
+    on a failed run must say so and name the setting that changes it."""
+    _, platform = yaml.safe_load_all(compiled.read_text())
+    config = platform["platforms"]["kubernetes"]["pipelineConfig"]
+    assert set(config) == {"workspace"}  # no resourceTtlOn*: the cluster's default holds
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    offers = 0
+    for path in (docs / "cluster.md", docs / "data.md"):
+        for paragraph in path.read_text().split("\n\n"):
+            if (
+                "Retry** on the failed run" in paragraph
+                or "Retry on the failed run: it keeps" in paragraph
+            ):
+                offers += 1
+                assert "secondsAfterFailure" in paragraph, (path.name, paragraph[:80])
+    assert offers == 2

@@ -5,6 +5,7 @@ import datetime
 import io
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -314,3 +315,26 @@ def test_data_model_and_checkpoints_on_s3(shards_dir, s3_url, tmp_path, monkeypa
     }  # the checkpoint is removed once the model is saved
     client.download_file("training", f"runs/1/model/{WEIGHTS_FILE}", str(tmp_path / "w.pt"))
     assert "fc.3.weight" in torch.load(tmp_path / "w.pt", weights_only=True)
+
+
+@pytest.mark.parametrize(
+    ("out", "checkpoint"),
+    [
+        (
+            "s3://bucket/v2/artifacts/run/train/7/model",
+            "s3://bucket/v2/artifacts/run/train/7/checkpoint-model",
+        ),
+        ("runs/1/model", str(Path("runs/1/checkpoint-model"))),
+    ],
+)
+def test_the_default_checkpoint_lives_beside_the_model(out, checkpoint):
+    """Not under the model folder: that folder is the model artifact, and KServe downloads all of
+    it at every predictor start (by prefix, so not ``model.checkpoint`` either)."""
+    from invmon.stages.train import TrainSettings
+
+    settings = TrainSettings(data="shards", out=out)
+    assert settings.checkpoint_location() == checkpoint
+    assert not settings.checkpoint_location().startswith(out)
+    assert TrainSettings(data="shards", out=out, checkpoint="none").checkpoint_location() is None
+    given = TrainSettings(data="shards", out=out, checkpoint="s3://b/c")
+    assert given.checkpoint_location() == "s3://b/c"

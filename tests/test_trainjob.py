@@ -52,8 +52,23 @@ def test_trainjob_runs_the_train_command_under_torchrun_with_the_recipe():
     args = build_parser().parse_args(command[3:])
     assert _train_config(args) == CONFIG
     assert (args.data, args.out) == (SETTINGS.data, SETTINGS.out)
-    assert args.checkpoint == "s3://ml-data/models/run-7/checkpoint"  # a restarted node resumes
+    assert args.checkpoint == "s3://ml-data/models/checkpoint-run-7"  # a restarted node resumes
     assert args.endpoint_url == SETTINGS.endpoint_url
+
+
+def test_the_checkpoint_lives_beside_the_model_not_under_its_prefix():
+    """The model prefix is copied into the model artifact and downloaded by KServe's storage
+    initializer at every predictor start, which lists by prefix without a trailing slash
+    (kserve/kserve python/storage/kserve_storage/kserve_storage.py:694-721): the checkpoint
+    must not share the model's prefix, not even as ``run-7.checkpoint``."""
+    command = trainjob.render_trainjob(CONFIG, SETTINGS)["spec"]["trainer"]["command"]
+    args = build_parser().parse_args(command[3:])
+    model_key = SETTINGS.out.removeprefix("s3://")
+    assert not args.checkpoint.removeprefix("s3://").startswith(model_key)
+    assert args.checkpoint.rsplit("/", 1)[0] == SETTINGS.out.rsplit("/", 1)[0]
+    explicit = dataclasses.replace(SETTINGS, checkpoint="s3://ml-data/ckpt/run-7")
+    command = trainjob.render_trainjob(CONFIG, explicit)["spec"]["trainer"]["command"]
+    assert build_parser().parse_args(command[3:]).checkpoint == "s3://ml-data/ckpt/run-7"
 
 
 def test_nodes_run_non_root_on_the_gpu_pool_with_credentials_by_reference():
@@ -272,3 +287,51 @@ def test_nodes_reading_the_workspace_get_the_secret_of_the_models_store():
     assert secret.name == "mlpipeline-minio-artifact"
     s3 = train.TrainSettings(data="s3://b/shards", out="s3://b/model", launcher="trainjob")
     assert train.nodes_store(s3) == "s3://b/shards"
+
+
+# -- CPU and memory of the nodes, and nodes that never start (issue 22) -------------------------
+
+
+def test_nodes_request_cpu_and_memory_from_the_pod_options():
+    """Trainer applies resourcesPerNode to the ``node`` container (kubeflow/trainer
+    pkg/runtime/core/trainingruntime.go:207-235 at 8c0f5059): the requests go there."""
+    options = PodOptions(gpus=4, resources="cpu=8/16,memory=32Gi/64Gi")
+    settings = dataclasses.replace(SETTINGS, placement=options.placement(SETTINGS.data))
+    manifest = trainjob.render_trainjob(CONFIG, settings)
+    assert manifest["spec"]["trainer"]["resourcesPerNode"] == {
+        "requests": {"cpu": "8", "memory": "32Gi", "ephemeral-storage": "8Gi"},
+        "limits": {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "4"},
+    }
+
+
+def test_a_node_that_stays_unschedulable_fails_the_wait_naming_the_scheduler():
+    """Against the FAKE Kubernetes API: the TrainJob shows nothing while its node pod cannot be
+    placed; the wait fails after the set time (not after a week), naming the scheduler."""
+    from support.fake_kubernetes import pod
+
+    from invmon.cluster.scheduling import POD_GROUP_LABEL, PodsUnschedulable
+
+    manifest = trainjob.render_trainjob(CONFIG, SETTINGS)
+    patch = manifest["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]
+    template = patch["replicatedJobs"][0]["template"]["spec"]["template"]
+    assert template["metadata"]["labels"] == {POD_GROUP_LABEL: "train-run-7"}
+    message = "0/4 nodes are available: 4 Insufficient memory. exceeded quota: kf-resource-quota"
+    fake = FakeKubernetesApi(controller=lambda obj, reads: None)
+    fake.add("pods", pod("train-run-7-node-0-0-abc", "team-a", template["metadata"]["labels"]))
+    fake.add(
+        "pods",
+        pod("train-run-7-node-0-1-def", "team-a", template["metadata"]["labels"], message),
+    )
+    now = [0.0]
+    with fake_kubernetes_server(fake) as url, pytest.raises(PodsUnschedulable) as err:
+        trainjob.run_trainjob(
+            manifest,
+            api=custom_objects_api(url),
+            poll=60,
+            sleep=lambda s: now.__setitem__(0, now[0] + s),
+            clock=lambda: now[0],
+            unschedulable_timeout=300,
+        )
+    assert now[0] == 300
+    assert "TrainJob team-a/train-run-7" in str(err.value)
+    assert "train-run-7-node-0-1-def" in str(err.value) and message in str(err.value)

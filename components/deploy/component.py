@@ -16,6 +16,7 @@ from invmon.stages.deploy import DeploySettings
     notes={
         "model": "The trained model folder.",
         "arranged": "The arranged dataset; its first test image is the smoke request.",
+        "store_endpoint": "empty: KFP's own object store",
         "canary_traffic_percent": "On update in Knative mode, traffic share of the new "
         "revision (-1: all traffic; KFP has no optional integers and 0 is a share).",
         "workspace": "The pipeline workspace path, when the arranged images live in it.",
@@ -38,6 +39,7 @@ def deploy(
     node_selector: dict,
     tolerations: list,
     monitor: str,
+    store_endpoint: str,
     timeout: float,
     canary_traffic_percent: int = -1,
     workspace: str = "",
@@ -68,5 +70,7 @@ def deploy(
         target=target,
         timeout=timeout,
         arranged=arranged.path,
+        # The pipeline passes its artifact endpoint, empty where it is KFP's own store.
+        **({"store_endpoint": store_endpoint} if store_endpoint else {}),
     )
     print(stage.run(settings).to_dict())

@@ -50,6 +50,8 @@ def train(
     node_selector: dict,
     tolerations: list,
     shm_size: str,
+    resources: str,
+    unschedulable_timeout: float,
     epochs: int = 0,
     workspace: str = "",
     run_name: str = "",

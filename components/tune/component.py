@@ -48,6 +48,8 @@ def tune(
     node_selector: dict,
     tolerations: list,
     shm_size: str,
+    resources: str,
+    unschedulable_timeout: float,
     workspace: str = "",
     run_name: str = "",
 ):

@@ -34,7 +34,9 @@ _PATH = re.compile(
 _CORE_PATH = re.compile(
     r"^/api/v1/namespaces/(?P<namespace>[^/]+)/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?$"
 )
-_CLUSTER_PATH = re.compile(r"^/(?:api/v1|apis/[^/]+/[^/]+)/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?$")
+_CLUSTER_PATH = re.compile(
+    r"^/(?:api/v1|apis/(?P<group>[^/]+)/[^/]+)/(?P<plural>[^/]+)(?:/(?P<name>[^/]+))?$"
+)
 # A SubjectAccessReview's answer: access(spec.resourceAttributes, spec.user) -> allowed.
 AccessFn = Callable[[dict, str], bool]
 
@@ -102,13 +104,10 @@ class FakeKubernetesApi:
         """Answer one request: (HTTP status, JSON body)."""
         with self._lock:
             self.requests.append((method, path))
-            match = _PATH.match(path) or _CORE_PATH.match(path)
-            if not match and (match := _CLUSTER_PATH.match(path)):
-                plural, namespace, name = match["plural"], "", match["name"]
-            elif match:
-                plural, namespace, name = match["plural"], match["namespace"], match["name"]
-            else:
+            match = route(path)
+            if not match:
                 return 404, _status(404, "NotFound", f"no route {path}")
+            plural, namespace, name = match["plural"], match["namespace"], match["name"]
             if namespace in self.forbidden_namespaces or plural in self.forbidden_plurals:
                 return 403, _status(403, "Forbidden", f"{plural} is forbidden in {namespace}")
             if plural == "subjectaccessreviews" and method == "POST":
@@ -314,3 +313,42 @@ def custom_objects_api(url: str):
     configuration = client.Configuration()
     configuration.host = url
     return client.CustomObjectsApi(client.ApiClient(configuration))
+
+
+# -- core API objects (issue 22: unschedulable pods; cluster22) --------------------------------
+# Pods live under /api/v1 rather than /apis/GROUP/VERSION. They are stored like custom objects
+# (``fake.add("pods", pod)``) and listed by label selector; ``route`` gives the core group as "".
+
+
+def route(path: str) -> dict | None:
+    """The group, namespace, plural and name of an API path: group "" for the core API,
+    namespace "" for cluster-scoped objects; None for a path the fake does not serve."""
+    if match := _PATH.match(path):
+        return match.groupdict()
+    if match := _CORE_PATH.match(path):
+        return {"group": "", **match.groupdict()}
+    if match := _CLUSTER_PATH.match(path):
+        return {"group": match["group"] or "", "namespace": "", **match.groupdict()}
+    return None
+
+
+def pod(name: str, namespace: str, labels: dict, unschedulable: str | None = None) -> dict:
+    """A Pod as the API server shows it: Pending and unschedulable with the scheduler's
+    ``unschedulable`` message, else Running."""
+    if unschedulable is None:
+        status = {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}]}
+    else:
+        condition = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": unschedulable,
+        }
+        status = {"phase": "Pending", "conditions": [condition]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels)},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+        "status": status,
+    }

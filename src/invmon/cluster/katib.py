@@ -28,6 +28,7 @@ from invmon.cluster import objects as cluster
 from invmon.cluster import typed
 from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.placement import PodPlacement
+from invmon.cluster.scheduling import POD_GROUP_LABEL, watch_pods
 from invmon.cluster.volumes import PodVolumes
 from invmon.core.settings import flag_for, to_flags
 from invmon.training.config import TrainConfig
@@ -195,13 +196,20 @@ def render_experiment(
                     )
                     for p in spec.parameters
                 ],
-                trialSpec=trial_job(spec, base, settings),
+                trialSpec=_labelled(trial_job(spec, base, settings), name),
             ),
         ),
     )
     manifest = experiment.to_dict()
     check_experiment(manifest)
     return manifest
+
+
+def _labelled(job: dict, experiment: str) -> dict:
+    """The trial Job with its pods labelled as the Experiment's (the unschedulable watch)."""
+    metadata = job["spec"]["template"]["metadata"]
+    metadata["labels"] = {**metadata.get("labels", {}), POD_GROUP_LABEL: experiment}
+    return job
 
 
 def _early_stopping(spec: SearchSpec):
@@ -252,25 +260,37 @@ def run_experiment(
     timeout: float = 24 * 3600,
     poll: float = 30.0,
     sleep=None,
+    unschedulable_timeout: float | None = None,
+    clock=None,
 ) -> TuneResult:
     """Create the Experiment (or follow an existing one of the same name), wait until it succeeds,
     and write best.json (recording ``base``, the trials' training config), trials.csv and
     search_space.json to ``out``.
 
-    Raises RuntimeError naming Katib's reason when the Experiment fails, TimeoutError after
-    ``timeout`` seconds.
+    Raises RuntimeError naming Katib's reason when the Experiment fails,
+    :class:`~invmon.cluster.scheduling.PodsUnschedulable` when a trial pod stays unschedulable for
+    ``unschedulable_timeout`` seconds, TimeoutError after ``timeout`` seconds.
     """
     api = api or cluster.custom_objects_api()
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     cluster.create_or_reuse(api, EXPERIMENT, manifest)
-    waiting = {"poll": poll, "timeout": timeout, "on_poll": _log_progress}
+    what = f"Katib Experiment {namespace}/{name}"
+    clocked = {} if clock is None else {"clock": clock}
+    watch = watch_pods(api, namespace, name, what, unschedulable_timeout, **clocked)
+
+    def on_poll(experiment: dict) -> None:
+        _log_progress(experiment)
+        if watch is not None:
+            watch(experiment)
+
+    waiting = {"poll": poll, "timeout": timeout, "on_poll": on_poll, **clocked}
     if sleep is not None:
         waiting["sleep"] = sleep
     finished = cluster.wait_for(
         lambda: cluster.get(api, EXPERIMENT, namespace, name),
         "Succeeded",
         "Failed",
-        f"Katib Experiment {namespace}/{name}",
+        what,
         **waiting,
     )
     trials = api.list_namespaced_custom_object(

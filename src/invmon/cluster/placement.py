@@ -194,18 +194,32 @@ class PodPlacement:
     s3_secret: S3Secret | None = None
     run_as_user: int = RUN_AS_USER
     fs_group: int | None = FS_GROUP
+    compute: Resources | None = None
 
     def __post_init__(self):
         if isinstance(self.s3_secret, str):
             object.__setattr__(self, "s3_secret", S3Secret.parse(self.s3_secret))
+        if isinstance(self.compute, str):
+            object.__setattr__(self, "compute", Resources.parse(self.compute))
 
     def env(self) -> list[dict]:
         """Environment variables: S3 credentials from the Secret, by reference."""
         return self.s3_secret.env() if self.s3_secret else []
 
     def resources(self) -> dict:
-        """GPU limits (nothing on CPU-only runs)."""
-        return {"limits": {"nvidia.com/gpu": str(self.gpus)}} if self.gpus else {}
+        """CPU and memory requests and limits (when ``compute`` is given) and GPU limits.
+
+        Without requests a Profile's ResourceQuota on requests.cpu/memory rejects the pods, and
+        the scheduler packs them blindly.
+        """
+        resources: dict = {}
+        if self.compute is not None:
+            c = self.compute
+            resources["requests"] = {"cpu": c.cpu, "memory": c.memory}
+            resources["limits"] = {"cpu": c.cpu_limit, "memory": c.memory_limit}
+        if self.gpus:
+            resources.setdefault("limits", {})["nvidia.com/gpu"] = str(self.gpus)
+        return resources
 
     def security_context(self) -> dict:
         """Run as a non-root user; volumes that support it are made writable by ``fs_group``.
@@ -281,6 +295,18 @@ class PodOptions(Settings):
         help="local disk (/tmp) of each pod, requested as ephemeral-storage; without a workspace "
         "it holds the pod's copy of the dataset",
     )
+    resources: str = setting(
+        "cpu=4/8,memory=16Gi/32Gi",
+        help="CPU and memory of each pod, cpu=REQUEST[/LIMIT],memory=REQUEST[/LIMIT] (a Profile's "
+        "ResourceQuota refuses pods without requests; the memory limit covers --shm-size)",
+        metavar="cpu=REQ[/LIM],memory=REQ[/LIM]",
+    )
+    unschedulable_timeout: float = setting(
+        600.0,
+        help="seconds a pod may stay unschedulable (a full quota, no node that fits) before the "
+        "wait fails, naming the scheduler's message",
+        above=0,
+    )
 
     def volumes(self) -> PodVolumes:
         """The pods' volumes: the workspace (if given) read-only, /dev/shm and /tmp."""
@@ -294,6 +320,12 @@ class PodOptions(Settings):
     def __post_init__(self):
         if self.s3_secret:
             S3Secret.parse(self.s3_secret)
+        compute = Resources.parse(self.resources)
+        if compute.memory_bytes() <= quantity(self.shm_size, "--shm-size"):
+            raise ValueError(
+                f"--resources {self.resources!r}: the memory limit must be above --shm-size "
+                f"{self.shm_size} (the memory-backed /dev/shm counts against it)"
+            )
         super().__post_init__()
 
     def placement(self, uri: str = "") -> PodPlacement:
@@ -309,6 +341,7 @@ class PodOptions(Settings):
             gpus=self.gpus,
             service_account=self.service_account or None,
             s3_secret=s3_secret_for(self.s3_secret, uri),
+            compute=Resources.parse(self.resources),
             **chosen,
         )
 

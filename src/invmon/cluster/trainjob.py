@@ -5,7 +5,8 @@ package's typed Trainer models: the ``torch-distributed`` runtime, ``num_nodes``
 ``gpus_per_node`` GPUs each, the train image running ``torchrun --no-python invmon train`` (the
 runtime sets torchrun's ``PET_*`` variables: node count, processes per node, rank, master), the
 dataset read in place from the pipeline run's workspace PVC (or from ``s3://``), the model written
-to an ``s3://`` location, and a checkpoint there too, so a restarted node resumes. GPU pool
+to an ``s3://`` location, and a checkpoint beside it (not under the model's prefix, which
+becomes the model artifact), so a restarted node resumes. GPU pool
 placement, the non-root security context and the volumes
 (:class:`~invmon.cluster.volumes.PodVolumes`) go into the TrainJob's ``runtimePatches``.
 
@@ -24,6 +25,7 @@ from invmon.cluster import typed
 from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.katib import check_name
 from invmon.cluster.placement import PodPlacement
+from invmon.cluster.scheduling import POD_GROUP_LABEL, watch_pods
 from invmon.cluster.volumes import PodVolumes
 from invmon.core.settings import to_flags
 from invmon.training.config import TrainConfig
@@ -74,7 +76,9 @@ class TrainJobSettings:
 
 def train_command(config: TrainConfig, settings: TrainJobSettings) -> list[str]:
     """torchrun over ``invmon train``; torchrun reads the node layout from the runtime's env."""
-    checkpoint = settings.checkpoint or f"{settings.out.rstrip('/')}/checkpoint"
+    from invmon.training.checkpoint import beside
+
+    checkpoint = settings.checkpoint or beside(settings.out)
     command = [
         "torchrun",
         "--no-python",
@@ -124,7 +128,7 @@ def render_trainjob(config: TrainConfig, settings: TrainJobSettings) -> dict:
                 name=settings.runtime, kind="ClusterTrainingRuntime"
             ),
             trainer=trainer,
-            runtimePatches=[_pod_patch(placement, settings.volumes)],
+            runtimePatches=[_pod_patch(placement, settings.volumes, settings.name)],
         ),
     )
     manifest = job.to_dict()
@@ -132,7 +136,7 @@ def render_trainjob(config: TrainConfig, settings: TrainJobSettings) -> dict:
     return manifest
 
 
-def _pod_patch(placement: PodPlacement, volumes: PodVolumes):
+def _pod_patch(placement: PodPlacement, volumes: PodVolumes, name: str):
     from kubeflow_trainer_api import models
 
     node = {
@@ -161,7 +165,9 @@ def _pod_patch(placement: PodPlacement, volumes: PodVolumes):
                                     "template": {
                                         # Istio's sidecar would keep finished nodes running.
                                         "metadata": {
-                                            "annotations": {"sidecar.istio.io/inject": "false"}
+                                            "annotations": {"sidecar.istio.io/inject": "false"},
+                                            # Found by the unschedulable watch of the wait.
+                                            "labels": {POD_GROUP_LABEL: name},
                                         },
                                         "spec": pod,
                                     }
@@ -184,22 +190,31 @@ def check_trainjob(manifest: dict):
 
 
 def run_trainjob(
-    manifest: dict, api=None, timeout: float = 7 * 24 * 3600, poll: float = 30.0, sleep=None
+    manifest: dict,
+    api=None,
+    timeout: float = 7 * 24 * 3600,
+    poll: float = 30.0,
+    sleep=None,
+    unschedulable_timeout: float | None = None,
+    clock=None,
 ) -> dict:
     """Create the TrainJob (or follow an existing one of the same name) and wait until it
-    completes; raise RuntimeError with Trainer's reason if it fails."""
+    completes; raise RuntimeError with Trainer's reason if it fails, and
+    :class:`~invmon.cluster.scheduling.PodsUnschedulable` when a node pod stays unschedulable for
+    ``unschedulable_timeout`` seconds."""
     api = api or cluster.custom_objects_api()
     namespace, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     cluster.create_or_reuse(api, TRAINJOB, manifest)
-    waiting = {"poll": poll, "timeout": timeout}
+    what = f"TrainJob {namespace}/{name}"
+    clocked = {} if clock is None else {"clock": clock}
+    waiting = {"poll": poll, "timeout": timeout, **clocked}
+    watch = watch_pods(api, namespace, name, what, unschedulable_timeout, **clocked)
+    if watch is not None:
+        waiting["on_poll"] = watch
     if sleep is not None:
         waiting["sleep"] = sleep
     return cluster.wait_for(
-        lambda: cluster.get(api, TRAINJOB, namespace, name),
-        "Complete",
-        "Failed",
-        f"TrainJob {namespace}/{name}",
-        **waiting,
+        lambda: cluster.get(api, TRAINJOB, namespace, name), "Complete", "Failed", what, **waiting
     )
 
 
@@ -217,6 +232,7 @@ def train_on_cluster(
     timeout: float = 7 * 24 * 3600,
     poll: float = 30.0,
     volumes: PodVolumes | None = None,
+    unschedulable_timeout: float | None = None,
 ) -> dict:
     """Train as a TrainJob that reads ``data_uri`` and writes the model to ``out_uri``, then copy
     the model folder into ``local_out`` when given (the train component's output); return the
@@ -244,7 +260,13 @@ def train_on_cluster(
         placement=placement or PodPlacement(),
         volumes=volumes,
     )
-    finished = run_trainjob(render_trainjob(config, settings), api, timeout=timeout, poll=poll)
+    finished = run_trainjob(
+        render_trainjob(config, settings),
+        api,
+        timeout=timeout,
+        poll=poll,
+        unschedulable_timeout=unschedulable_timeout,
+    )
     if local_out is not None:
         download_prefix(S3Uri.parse(out), Path(local_out), endpoint)
     return finished

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from invmon.cluster.inference_service import DeployError, ServiceSpec
+from invmon.cluster.objects import KFP_OBJECT_STORE_ENDPOINT
 from invmon.core.command import Command, as_json
 from invmon.core.settings import Settings, setting
 from invmon.serving.client import DEFAULT_MODEL_NAME
@@ -52,6 +53,11 @@ class DeploySettings(Settings):
         choices=TARGETS,
         help="kserve: create or update the InferenceService, wait for Ready and smoke-test it; "
         "local: serve the model folder on loopback and send real requests (also --local)",
+    )
+    store_endpoint: str = setting(
+        KFP_OBJECT_STORE_ENDPOINT,
+        help="KFP's object store as the storage initializer reaches it, for minio:// models "
+        "(KFP 2.15 or older: http://minio-service.kubeflow:9000)",
     )
     dry_run: bool = setting(False, help="print the manifest, apply nothing")
     timeout: float = setting(600.0, help="seconds to wait for Ready", above=0)
@@ -84,6 +90,11 @@ def run(settings: DeploySettings):
         namespace=settings.service.namespace or service.current_namespace(),
         model_uri=service.storage_uri(settings.model_uri),
     )
+    store = kfp_store_endpoint(settings)
+    if store:
+        from invmon.cluster.store_credentials import STORE_ACCOUNT
+
+        spec = spec.replace(service_account=STORE_ACCOUNT)
     if settings.dry_run:
         return service.render_inference_service(spec)
     image, _count = _smoke_image(settings)
@@ -94,7 +105,20 @@ def run(settings: DeploySettings):
         timeout=settings.timeout,
         smoke_url=settings.smoke_url,
         smoke_host=settings.smoke_host,
+        kfp_store=store,
     )
+
+
+def kfp_store_endpoint(settings: DeploySettings) -> str | None:
+    """The endpoint of KFP's object store when the model is there (``minio://``) and no other
+    ServiceAccount was chosen: the service then runs as the store's account
+    (:mod:`invmon.cluster.store_credentials`)."""
+    default_account = ServiceSpec().service_account
+    if settings.model_uri.startswith("minio://") and (
+        settings.service.service_account == default_account
+    ):
+        return settings.store_endpoint
+    return None
 
 
 def _smoke_image(settings: DeploySettings) -> tuple[Path, int | None]:
@@ -247,15 +271,27 @@ def deploy_to_cluster(
     poll: float = 5.0,
     smoke_url: str | None = None,
     smoke_host: str | None = None,
+    kfp_store: str | None = None,
 ) -> ClusterDeployReport:
     """Create or update the InferenceService, wait until Ready, then check a smoke request.
 
     ``model_dir`` is the model folder (when at hand) whose in-process answer the served one must
     match. ``smoke_url`` overrides the URL the service reports (for example an ingress gateway,
-    with ``smoke_host`` as the Host header it routes on).
+    with ``smoke_host`` as the Host header it routes on). ``kfp_store`` (the endpoint of KFP's
+    object store, for a model there) first gives the service's ServiceAccount the store's keys.
     """
+    from invmon.cluster import objects as cluster
     from invmon.cluster.inference_service import roll_out, service_url
 
+    api = api or cluster.custom_objects_api()
+    if kfp_store:
+        from invmon.cluster import store_credentials
+
+        core = store_credentials.core_api_for(api)
+        try:
+            store_credentials.copy_credentials(core, spec.namespace, kfp_store)
+        except store_credentials.StoreCredentialsError as err:
+            raise DeployError(str(err)) from None
     rollout = roll_out(spec, api, timeout, poll)
     expected = None
     if model_dir is not None:

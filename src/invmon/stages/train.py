@@ -50,8 +50,8 @@ class TrainSettings(Settings):
     )
     checkpoint: str | None = setting(
         None,
-        help="folder or s3:// prefix for the per-epoch checkpoint (default OUT/checkpoint; none: "
-        "no checkpoint)",
+        help="folder or s3:// prefix for the per-epoch checkpoint (default: beside --out, "
+        "PARENT/checkpoint-NAME, so it never becomes part of the model; none: no checkpoint)",
     )
     resume: bool = setting(True, help="start over even if a checkpoint exists")
     endpoint_url: str | None = setting(None, help="S3-compatible endpoint URL (MinIO, ...)")
@@ -80,9 +80,11 @@ class TrainSettings(Settings):
 
     def checkpoint_location(self) -> str | None:
         """Where the per-epoch checkpoint goes (None: nowhere)."""
+        from invmon.training.checkpoint import beside
+
         if self.checkpoint == "none":
             return None
-        return self.checkpoint or _join(self.out, "checkpoint")
+        return self.checkpoint or beside(self.out)
 
 
 def run(settings: TrainSettings):
@@ -105,6 +107,7 @@ def run(settings: TrainSettings):
             endpoint_url=settings.endpoint_url,
             timeout=job.timeout,
             volumes=job.pods.volumes(),
+            unschedulable_timeout=job.pods.unschedulable_timeout,
         )
     from invmon.training.loop import fit
 
@@ -146,10 +149,6 @@ def nodes_store(settings: TrainSettings) -> str:
     a path in the mounted workspace, the model's (they still write it to S3)."""
     data = settings.data_uri or settings.data
     return data if "://" in data else settings.out_uri or settings.out
-
-
-def _join(location: str, name: str) -> str:
-    return f"{location.rstrip('/')}/{name}" if "://" in location else str(Path(location) / name)
 
 
 def _show(result, settings: TrainSettings) -> str | None:

@@ -141,7 +141,14 @@ def run(settings: TuneSettings):
     )
     if options.dry_run:
         return manifest
-    return katib.run_experiment(manifest, settings.out, spec, base, timeout=options.timeout)
+    return katib.run_experiment(
+        manifest,
+        settings.out,
+        spec,
+        base,
+        timeout=options.timeout,
+        unschedulable_timeout=options.pods.unschedulable_timeout,
+    )
 
 
 def result_metadata(result) -> dict:

@@ -32,6 +32,28 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+def beside(out: str | Path) -> str:
+    """The default checkpoint location of a model written to ``out``: beside it, not in it.
+
+    The model folder becomes the model artifact, and KServe's storage initializer downloads all
+    of it at every predictor start, listing by prefix without a trailing slash (kserve/kserve
+    python/storage/kserve_storage/kserve_storage.py:694-721): ``OUT/checkpoint`` and
+    ``OUT.checkpoint`` would both be fetched. So the checkpoint is ``PARENT/checkpoint-NAME``.
+    """
+    text = str(out).rstrip("/")
+    if "://" not in text:
+        path = Path(text)
+        return str(path.parent / f"{CHECKPOINT_PREFIX}{path.name}")
+    parent, sep, name = text.rpartition("/")
+    if not sep or parent.endswith(":/"):
+        raise ValueError(
+            f"--out {out!r} is a whole bucket: there is nothing beside it to hold the checkpoint; "
+            "pass --checkpoint (a folder or s3:// prefix) or --checkpoint none"
+        )
+    return f"{parent}/{CHECKPOINT_PREFIX}{name}"
 
 
 class CheckpointStore:
