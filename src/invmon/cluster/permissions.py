@@ -183,12 +183,15 @@ CODE_CALLS: dict[str, frozenset[Grant]] = {
             ("kubeflow.org", "experiments", "create", None),
             ("kubeflow.org", "experiments", "get", None),
             ("kubeflow.org", "trials", "list", None),
+            # The wait notices trial pods that never start (cluster/scheduling.py).
+            ("", "pods", "list", None),
         }
     ),
     "trainjob": frozenset(
         {
             ("trainer.kubeflow.org", "trainjobs", "create", None),
             ("trainer.kubeflow.org", "trainjobs", "get", None),
+            ("", "pods", "list", None),
         }
     ),
     "kserve": frozenset(
@@ -196,6 +199,13 @@ CODE_CALLS: dict[str, frozenset[Grant]] = {
             ("serving.kserve.io", "inferenceservices", "create", None),
             ("serving.kserve.io", "inferenceservices", "get", None),
             ("serving.kserve.io", "inferenceservices", "patch", None),
+            # A minio:// model: KFP's store keys copied into KServe's Secret and account
+            # (cluster/store_credentials.py).
+            ("", "secrets", "get", "mlpipeline-minio-artifact"),
+            ("", "secrets", "create", None),
+            ("", "secrets", "patch", "invmon-kfp-store"),
+            ("", "serviceaccounts", "create", None),
+            ("", "serviceaccounts", "patch", "invmon-kfp-store"),
         }
     ),
 }
