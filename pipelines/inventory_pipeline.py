@@ -30,7 +30,20 @@ from invmon.pipelines.parameters import DEFAULTS as D
 from invmon.pipelines.parameters import docstring
 
 PIPELINE_NAME = "inventory-monitoring"
-# The pipeline parameters the release (the gate, deploy and audit) takes, under the same names.
+# The pipeline parameters that tune, train and the release (the gate, deploy and audit) take,
+# under the same names.
+TUNE_PARAMETERS = (
+    "trials",
+    "algorithm",
+    "max_epochs",
+    "batch_sizes",
+    "early_stopping",
+    "seed",
+    "recipe",
+    "weights",
+    "parallel_trials",
+)
+TRAIN_PARAMETERS = ("epochs", "recipe", "weights", "seed", "checkpoint", "num_nodes")
 RELEASE_PARAMETERS = (
     "min_accuracy",
     "deploy_target",
@@ -149,16 +162,8 @@ def _search_and_train(p, settings: ClusterSettings, shards, shared: str):
     run_name = {"run_name": dsl.PIPELINE_JOB_RESOURCE_NAME_PLACEHOLDER}
     search = tune(
         shards=shards,
-        trials=p.trials,
-        algorithm=p.algorithm,
-        max_epochs=p.max_epochs,
-        batch_sizes=p.batch_sizes,
-        early_stopping=p.early_stopping,
-        seed=p.seed,
-        recipe=p.recipe,
-        weights=p.weights,
+        **{name: getattr(p, name) for name in TUNE_PARAMETERS},
         backend=settings.tune_backend,
-        parallel_trials=p.parallel_trials,
         # A trial is one training process: one GPU (parallel_trials runs several).
         gpus=1,
         **cluster,
@@ -168,13 +173,8 @@ def _search_and_train(p, settings: ClusterSettings, shards, shared: str):
     model = train(
         shards=shards,
         search=search.outputs["search"],
-        epochs=p.epochs,
-        recipe=p.recipe,
-        weights=p.weights,
-        seed=p.seed,
-        checkpoint=p.checkpoint,
+        **{name: getattr(p, name) for name in TRAIN_PARAMETERS},
         launcher=settings.train_launcher,
-        num_nodes=p.num_nodes,
         gpus=settings.gpus,
         **cluster,
         **(run_name if settings.train_launcher == "trainjob" else {}),
