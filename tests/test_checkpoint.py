@@ -5,11 +5,12 @@ import json
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from invmon.training.checkpoint import CHECKPOINT_FILE, CheckpointStore
+from invmon.training.checkpoint import CHECKPOINT_FILE, CheckpointStore, beside
 from invmon.training.config import TrainConfig
 from invmon.training.loop import fit
 
@@ -61,7 +62,10 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(shards_dir, tmp
             break
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
-    saved = torch.load(killed / "checkpoint" / CHECKPOINT_FILE, weights_only=True)
+    # The default checkpoint lives beside the model folder, not in it (checkpoint.beside).
+    checkpoint = Path(beside(killed))
+    assert checkpoint.parent == killed.parent
+    saved = torch.load(checkpoint / CHECKPOINT_FILE, weights_only=True)
     assert saved["epoch"] == 2
     assert not (killed / "weights.pt").exists()
 
@@ -86,7 +90,7 @@ def test_a_killed_run_resumes_and_ends_like_an_uninterrupted_one(shards_dir, tmp
     wa = torch.load(killed / "weights.pt", weights_only=True)
     wb = torch.load(straight / "weights.pt", weights_only=True)
     assert max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa) < 1e-4
-    assert not (killed / "checkpoint").exists()  # removed once the model was saved
+    assert not checkpoint.exists()  # removed once the model was saved
 
 
 def test_a_checkpoint_of_other_settings_is_refused(shards_dir, tmp_path):
