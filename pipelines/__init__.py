@@ -20,7 +20,7 @@ __all__ = list(_EXPORTS)
 
 _HOMES = {
     "ClusterSettings": "invmon.pipelines.cluster_settings",
-    "WorkspaceSettings": "invmon.pipelines.cluster_settings",
+    "WorkspaceSettings": "invmon.cluster.workspace",
     "Toleration": "invmon.cluster.placement",
 }
 

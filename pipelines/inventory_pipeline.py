@@ -91,9 +91,9 @@ def _configure(task, stage: str, settings: ClusterSettings, group: str, **how):
         )
     if how.get("gpu"):
         task.set_accelerator_type(settings.accelerator).set_accelerator_limit(1)
-        for key, value in settings.gpu_node_selector.items():
+        for key, value in settings.gpu.gpu_node_selector.items():
             kubernetes.add_node_selector(task, label_key=key, label_value=value)
-        for tol in settings.gpu_tolerations:
+        for tol in settings.gpu.gpu_tolerations:
             kubernetes.add_toleration(
                 task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect
             )
@@ -163,23 +163,23 @@ def _search_and_train(p, settings: ClusterSettings, shards, shared: str):
     search = tune(
         shards=shards,
         **{name: getattr(p, name) for name in TUNE_PARAMETERS},
-        backend=settings.tune_backend,
+        backend=settings.gpu.tune_backend,
         # A trial is one training process: one GPU (parallel_trials runs several).
         gpus=1,
         **cluster,
-        **(run_name if settings.tune_backend == "katib" else {}),
+        **(run_name if settings.gpu.tune_backend == "katib" else {}),
     )
-    _on_gpu_here(search, "tune", settings, settings.tune_backend == "local")
+    _on_gpu_here(search, "tune", settings, settings.gpu.tune_backend == "local")
     model = train(
         shards=shards,
         search=search.outputs["search"],
         **{name: getattr(p, name) for name in TRAIN_PARAMETERS},
-        launcher=settings.train_launcher,
-        gpus=settings.gpus,
+        launcher=settings.gpu.train_launcher,
+        gpus=settings.gpu.gpus,
         **cluster,
-        **(run_name if settings.train_launcher == "trainjob" else {}),
+        **(run_name if settings.gpu.train_launcher == "trainjob" else {}),
     )
-    return _on_gpu_here(model, "train", settings, settings.train_launcher == "local")
+    return _on_gpu_here(model, "train", settings, settings.gpu.train_launcher == "local")
 
 
 def _on_gpu_here(task, stage: str, settings: ClusterSettings, here: bool):

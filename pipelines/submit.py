@@ -232,14 +232,8 @@ def check_cluster(settings: SubmitSettings, place: RunPlace, package: Path, api_
         install=place.install,
         namespace=place.namespace or KFP_NAMESPACE,
         service_account=place.service_account,
-        tune_backend=cluster.tune_backend,
-        train_launcher=cluster.train_launcher,
-        gpus=cluster.gpus,
-        gpu_node_selector=dict(cluster.gpu_node_selector),
-        gpu_tolerations=cluster.gpu_tolerations,
-        workspace=cluster.workspace.enabled,
-        workspace_storage_class=cluster.workspace.storage_class,
-        workspace_access_modes=cluster.workspace.access_modes,
+        gpu=cluster.gpu,
+        workspace=cluster.workspace,
         package=str(package),
     )
     client = api_client or preflight.api_client(settings.kubeconfig, settings.context)

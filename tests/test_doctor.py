@@ -13,7 +13,9 @@ import yaml
 from support.fake_kubernetes import FakeKubernetesApi
 
 from invmon.cluster import permissions, preflight
+from invmon.cluster.gpu_pool import GpuPool
 from invmon.cluster.versions import COMPONENTS, parse_version
+from invmon.cluster.workspace import WorkspaceSettings
 from invmon.stages.doctor import DOCTOR, DoctorSettings, run, show
 
 NAMESPACE = "kubeflow"
@@ -89,7 +91,17 @@ def healthy(images=IMAGES, **fake_options) -> FakeKubernetesApi:
     return fake
 
 
-SETTINGS = DoctorSettings(workspace_storage_class="shared")
+SETTINGS = DoctorSettings(workspace=WorkspaceSettings(storage_class="shared"))
+
+
+def _gpu(**changes) -> DoctorSettings:
+    """SETTINGS with the GPU work compiled otherwise."""
+    return SETTINGS.replace(gpu=GpuPool(**changes))
+
+
+def _workspace(**changes) -> DoctorSettings:
+    """SETTINGS with the workspace compiled otherwise."""
+    return SETTINGS.replace(workspace=SETTINGS.workspace.replace(**changes))
 
 
 def _api_client(url: str):
@@ -108,7 +120,7 @@ def _check(fake: FakeKubernetesApi, name: str, settings=SETTINGS) -> preflight.C
 
 def test_a_healthy_cluster_passes_every_check():
     """FAKE cluster (FakeKubernetesApi): every check passes, and the table says so."""
-    settings = SETTINGS.replace(tune_backend="katib", train_launcher="trainjob")
+    settings = _gpu(tune_backend="katib", train_launcher="trainjob")
     with healthy() as fake:
         report = run(settings, api_client=_api_client(fake.url))
     assert report.ok, report.table()
@@ -121,7 +133,7 @@ def test_a_controller_below_its_floor_fails_naming_the_upgrade(key):
     """FAKE cluster (FakeKubernetesApi) whose controller runs a version under its floor."""
     old = ".".join(map(str, (*COMPONENTS[key].floor[:-1], COMPONENTS[key].floor[-1] - 1)))
     images = {**IMAGES, key: IMAGES[key].rsplit(":", 1)[0] + f":v{old}"}
-    settings = SETTINGS.replace(tune_backend="katib", train_launcher="trainjob")
+    settings = _gpu(tune_backend="katib", train_launcher="trainjob")
     check = _check(healthy(images), f"{COMPONENTS[key].name} version", settings)
     assert check.status == "fail" and old in check.detail
     assert f"upgrade {COMPONENTS[key].name}" in check.fix
@@ -133,7 +145,7 @@ def test_katib_and_the_trainer_are_checked_only_when_compiled_in():
     images = {k: v for k, v in IMAGES.items() if k not in ("katib", "trainer")}
     with healthy(images) as fake:
         assert run(SETTINGS, api_client=_api_client(fake.url)).ok
-        report = run(SETTINGS.replace(tune_backend="katib"), api_client=_api_client(fake.url))
+        report = run(_gpu(tune_backend="katib"), api_client=_api_client(fake.url))
     (failed,) = report.failures()
     assert failed.name == "Katib version" and "no Deployment kubeflow/katib-controller" in (
         failed.detail
@@ -164,7 +176,7 @@ def test_a_service_account_missing_a_verb_fails_naming_it():
 def test_the_permission_check_asks_for_every_needed_verb_as_the_run_account():
     """FAKE cluster (FakeKubernetesApi) recording the SubjectAccessReviews it answers."""
     fake = healthy()
-    settings = SETTINGS.replace(tune_backend="katib")
+    settings = _gpu(tune_backend="katib")
     assert _check(fake, "service account permissions", settings).status == "pass"
     asked = {
         (
@@ -198,7 +210,7 @@ def test_a_caller_who_may_not_review_access_gets_a_skip_and_the_command():
 )
 def test_a_missing_or_rwo_only_storage_class_fails_listing_the_classes(storage_class, message):
     """FAKE cluster (FakeKubernetesApi) with an RWX class (shared) and an EBS default (gp3)."""
-    settings = SETTINGS.replace(workspace_storage_class=storage_class)
+    settings = _workspace(storage_class=storage_class)
     check = _check(healthy(), "workspace storage class", settings)
     assert check.status == "fail" and message in check.detail
     assert "--workspace-storage-class" in check.fix
@@ -209,9 +221,7 @@ def test_an_existing_storage_class_passes_and_names_its_provisioner():
     check = _check(healthy(), "workspace storage class")
     assert check.status == "pass" and "efs.csi.aws.com" in check.detail
     assert "cannot be read from the API" in check.detail
-    settings = SETTINGS.replace(
-        workspace_storage_class="gp3", workspace_access_modes=("ReadWriteOnce",)
-    )
+    settings = _workspace(storage_class="gp3", access_modes=("ReadWriteOnce",))
     assert _check(healthy(), "workspace storage class", settings).status == "pass"
 
 
@@ -269,12 +279,12 @@ def test_present_secrets_pass():
     ("settings", "node", "message"),
     [
         (
-            SETTINGS.replace(gpu_node_selector={"pool": "a100"}),
+            _gpu(gpu_node_selector={"pool": "a100"}),
             _node("gpu-1"),
             "no label pool=a100",
         ),
-        (SETTINGS.replace(gpu_tolerations=()), _node("gpu-1"), "taint nvidia.com/gpu:NoSchedule"),
-        (SETTINGS.replace(gpus=16), _node("gpu-1"), "no node has 16 allocatable"),
+        (_gpu(gpu_tolerations=()), _node("gpu-1"), "taint nvidia.com/gpu:NoSchedule"),
+        (_gpu(gpus=16, train_launcher="trainjob"), _node("gpu-1"), "no node has 16 allocatable"),
         (SETTINGS, _node("gpu-1", gpus="0"), "no node has 1 allocatable"),
     ],
     ids=["selector", "toleration", "too-few-gpus", "no-device-plugin"],
@@ -314,7 +324,7 @@ def test_katib_needs_its_injection_label_only_when_compiled_in():
     assert check.status == "pass"
     fake = healthy()
     fake.objects[("namespaces", "", NAMESPACE)]["metadata"]["labels"] = {}
-    check = _check(fake, "namespace labels", SETTINGS.replace(tune_backend="katib"))
+    check = _check(fake, "namespace labels", _gpu(tune_backend="katib"))
     assert check.status == "fail" and "metrics-collector-injection" in check.fix
 
 
@@ -379,12 +389,8 @@ def test_doctor_defaults_are_the_compile_defaults():
     from invmon.stages import doctor
 
     cluster = ClusterSettings()
-    assert (
-        SETTINGS.replace(workspace_storage_class="").gpu_node_selector == cluster.gpu_node_selector
-    )
-    assert DoctorSettings().gpu_tolerations == cluster.gpu_tolerations
-    assert DoctorSettings().workspace_access_modes == cluster.workspace.access_modes
-    assert DoctorSettings().gpus == cluster.gpus
+    assert DoctorSettings().gpu == cluster.gpu
+    assert DoctorSettings().workspace == cluster.workspace
     assert doctor.SERVICE_ACCOUNTS == SERVICE_ACCOUNTS
     assert DOCTOR.settings is DoctorSettings
 

@@ -8,8 +8,10 @@ from kfp import components
 
 from invmon.cli import main
 from invmon.cluster.container_images import IMAGE_NAMES, ImageSet
+from invmon.cluster.gpu_pool import GpuPool
 from invmon.cluster.placement import parse_toleration
-from invmon.pipelines.cluster_settings import ClusterSettings, WorkspaceSettings
+from invmon.cluster.workspace import WorkspaceSettings
+from invmon.pipelines.cluster_settings import ClusterSettings
 from invmon.pipelines.compile import compile_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,8 +75,10 @@ def test_every_image_has_a_dockerfile(compiled):
 def test_registry_tag_and_gpu_pool_are_configurable(tmp_path):
     settings = ClusterSettings(
         images=ImageSet("registry.local:5000/ml", "2.0"),
-        gpu_node_selector={"pool": "a100"},
-        gpu_tolerations=(parse_toleration("gpu=true:NoSchedule"),),
+        gpu=GpuPool(
+            gpu_node_selector={"pool": "a100"},
+            gpu_tolerations=(parse_toleration("gpu=true:NoSchedule"),),
+        ),
     )
     spec, platform = _documents(compile_pipeline(tmp_path / "p.yaml", settings))
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
@@ -239,11 +243,13 @@ def test_cluster_backends_create_pods_on_the_gpu_pool_without_holding_a_gpu(tmp_
     for no GPU themselves, and hand the GPU pool's placement to the pods they create."""
     settings = ClusterSettings(
         images=ImageSet("registry.local/ml", "3.0"),
-        gpu_node_selector={"pool": "h100"},
-        gpu_tolerations=(parse_toleration("gpu=true:NoSchedule"),),
-        gpus=8,
-        tune_backend="katib",
-        train_launcher="trainjob",
+        gpu=GpuPool(
+            gpu_node_selector={"pool": "h100"},
+            gpu_tolerations=(parse_toleration("gpu=true:NoSchedule"),),
+            gpus=8,
+            tune_backend="katib",
+            train_launcher="trainjob",
+        ),
     )
     spec, platform = _documents(compile_pipeline(tmp_path / "p.yaml", settings))
     executors = spec["deploymentSpec"]["executors"]
@@ -270,7 +276,7 @@ def test_train_publishes_a_report_and_metrics(compiled):
 
 def test_unknown_backend_is_named():
     with pytest.raises(ValueError, match="--tune-backend must be one of local, katib"):
-        ClusterSettings(tune_backend="slurm")
+        GpuPool(tune_backend="slurm")
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from invmon.cluster.gpu_pool import GpuPool
 from invmon.cluster.placement import Resources
 from invmon.pipelines.cluster_settings import ClusterSettings
 from invmon.pipelines.compile import compile_pipeline
@@ -152,7 +153,7 @@ def test_transient_tasks_are_retried(compiled, tmp_path):
     for name in retried:
         policy = _tasks(compiled)[name][0]["retryPolicy"]
         assert policy["maxRetryCount"] == 3 and policy["backoffDuration"] == "30s"
-    cluster = ClusterSettings(tune_backend="katib", train_launcher="trainjob")
+    cluster = ClusterSettings(gpu=GpuPool(tune_backend="katib", train_launcher="trainjob"))
     tasks = _tasks(compile_pipeline(tmp_path / "p.yaml", cluster))
     retried = {n for n, (task, _, _) in tasks.items() if "retryPolicy" in task}
     assert retried == {"plan-ingest", "ingest", "deploy", "tune", "train"}
@@ -161,7 +162,7 @@ def test_transient_tasks_are_retried(compiled, tmp_path):
 
 
 def test_cluster_backends_wait_in_small_tasks_without_dev_shm(tmp_path):
-    cluster = ClusterSettings(tune_backend="katib", train_launcher="trainjob")
+    cluster = ClusterSettings(gpu=GpuPool(tune_backend="katib", train_launcher="trainjob"))
     tasks = _tasks(compile_pipeline(tmp_path / "p.yaml", cluster))
     for name in ("tune", "train"):
         _, container, platform = tasks[name]
@@ -182,7 +183,7 @@ def test_shards_stay_in_the_workspace_and_pods_find_its_claim(compiled, tmp_path
         parameters = tasks[name][0]["inputs"]["parameters"]
         assert parameters["workspace"]["runtimeValue"]["constant"] == "{{$.workspace_path}}"
         assert "run_name" not in parameters
-    cluster = ClusterSettings(tune_backend="katib", train_launcher="trainjob")
+    cluster = ClusterSettings(gpu=GpuPool(tune_backend="katib", train_launcher="trainjob"))
     tasks = _tasks(compile_pipeline(tmp_path / "p.yaml", cluster))
     for name in ("tune", "train"):
         parameters = tasks[name][0]["inputs"]["parameters"]
@@ -239,11 +240,13 @@ def test_the_task_s3_secret_is_a_compile_option(tmp_path, option, expected):
 def test_a_local_train_task_is_not_given_gpus_it_cannot_use():
     """One training process uses one GPU: --gpus N asked N of a task that used one."""
     with pytest.raises(ValueError, match=r"--gpus 4.*--train-launcher trainjob"):
-        ClusterSettings(gpus=4)
+        ClusterSettings(gpu=GpuPool(gpus=4))
 
 
 def test_trials_and_tasks_get_one_gpu_and_trainjob_nodes_get_gpus(tmp_path):
-    path = compile_pipeline(tmp_path / "p.yaml", ClusterSettings(gpus=4, train_launcher="trainjob"))
+    path = compile_pipeline(
+        tmp_path / "p.yaml", ClusterSettings(gpu=GpuPool(gpus=4, train_launcher="trainjob"))
+    )
     tasks = _tasks(path)
     tune_task, tune_container, _ = tasks["tune"]
     assert tune_container["resources"]["accelerator"]["resourceCount"] == "1"
@@ -258,7 +261,7 @@ def test_a_gpu_predictor_is_carried_through_the_pipeline_to_the_gpu_pool(tmp_pat
     node selector and tolerations of the predictor are compile options now."""
     path = compile_pipeline(
         tmp_path / "p.yaml",
-        ClusterSettings(serving_gpus=1, gpu_node_selector={"pool": "l4"}),
+        ClusterSettings(serving_gpus=1, gpu=GpuPool(gpu_node_selector={"pool": "l4"})),
     )
     inputs = _tasks(path)["deploy"][0]["inputs"]["parameters"]
     assert inputs["gpus"]["runtimeValue"]["constant"] == 1

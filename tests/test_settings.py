@@ -130,3 +130,22 @@ def test_default_of_names_a_missing_setting():
     assert default_of(Example, "batch_size") == 32
     with pytest.raises(AttributeError, match="no setting 'size'"):
         default_of(Example, "size")
+
+
+def test_an_inherited_mutable_default_stays_one_new_value_per_instance():
+    """inherit() of a dict setting made a shared (refused) default; it keeps the factory now, and
+    the origin's flag, metavar and checks, with the help the inheriting class gives."""
+    from invmon.core.settings import inherit, origin_of, spec_of
+
+    @dataclass(frozen=True)
+    class Heir(Settings):
+        labels: dict[str, str] = inherit(Example, "labels", help="labels of the heir")  # noqa: RUF009
+
+    first, second = Heir(), Heir()
+    assert first.labels == {} and first.labels is not second.labels
+    field = next(iter(Heir.__dataclass_fields__.values()))
+    assert origin_of(field) == (Example, "labels")
+    assert spec_of(field).help == "labels of the heir"
+    parser = argparse.ArgumentParser()
+    add_options(parser, Heir)
+    assert from_args(Heir, parser.parse_args(["--labels", "a=b"])).labels == {"a": "b"}

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from invmon.cluster import objects as cluster
 from invmon.cluster import typed
 from invmon.cluster.container_images import DEFAULT_IMAGES
-from invmon.cluster.placement import parse_toleration
-from invmon.core.settings import Settings, setting
+from invmon.cluster.placement import PodOptions, parse_toleration
+from invmon.core.settings import Settings, inherit, setting
 from invmon.serving.client import DEFAULT_MODEL_NAME
 
 log = logging.getLogger(__name__)
@@ -85,17 +85,16 @@ class ServiceSpec(Settings):
     cpu: str = setting("1", help="CPU request and limit per replica")
     memory: str = setting("2Gi", help="memory request and limit per replica")
     gpus: int = setting(0, help="GPUs per replica", minimum=0)
-    node_selector: dict[str, str] = setting(
-        default_factory=dict,
-        help="node label the predictor must run on (repeatable)",
-        metavar="KEY=VALUE",
+    # The pool's node label and taints as the training pods take them; the predictor keeps its
+    # tolerations as the API's dicts, which is how the deploy task receives them from KFP.
+    node_selector: dict[str, str] = inherit(  # noqa: RUF009 (a dataclasses.field, as setting's)
+        PodOptions, "node_selector", help="node label the predictor must run on (repeatable)"
     )
-    tolerations: tuple[dict, ...] = setting(
-        (),
+    tolerations: tuple[dict, ...] = inherit(
+        PodOptions,
+        "tolerations",
         help="node taint the predictor tolerates (repeatable)",
-        flag="--toleration",
         parse=toleration,
-        metavar="KEY[=VALUE]:EFFECT",
     )
     canary_traffic_percent: int | None = setting(
         None, help="on update in Knative mode: share of traffic for the new revision"

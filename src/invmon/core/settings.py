@@ -65,8 +65,12 @@ def inherit(cls, name: str, *, default=MISSING, **changes) -> typing.Any:
     where it came from (:func:`origin_of`), so that a test can hold the two together."""
     field = field_named(cls, name)
     spec = dataclasses.replace(spec_of(field), **changes)
+    metadata = {_KEY: spec, _ORIGIN: (cls, name)}
+    if default is MISSING and field.default_factory is not MISSING:
+        # a mutable default (a dict of node labels) stays a factory: one new value per instance
+        return dataclasses.field(default_factory=field.default_factory, metadata=metadata)
     value = default_of(cls, name) if default is MISSING else default
-    return dataclasses.field(default=value, metadata={_KEY: spec, _ORIGIN: (cls, name)})
+    return dataclasses.field(default=value, metadata=metadata)
 
 
 def origin_of(field: dataclasses.Field) -> tuple[type, str] | None:

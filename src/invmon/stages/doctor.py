@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from invmon.cluster import preflight
-from invmon.cluster.placement import KFP_OBJECT_STORE_SECRET, Toleration, parse_toleration
+from invmon.cluster.gpu_pool import GpuPool
+from invmon.cluster.placement import KFP_OBJECT_STORE_SECRET
+from invmon.cluster.workspace import WorkspaceSettings
 from invmon.core.command import Command, Incomplete
 from invmon.core.settings import Settings, setting
 
@@ -23,7 +25,6 @@ INSTALL_MODES = ("single-user", "multi-user")
 SERVICE_ACCOUNTS = {"single-user": "invmon-pipeline", "multi-user": "default-editor"}
 # Standalone KFP runs every pipeline in its own namespace.
 KFP_NAMESPACE = "kubeflow"
-ACCESS_MODES = ("ReadWriteOnce", "ReadWriteMany", "ReadWriteOncePod")
 _KFP = KFP_OBJECT_STORE_SECRET
 KFP_SECRET = f"{_KFP.name}:{_KFP.access_key},{_KFP.secret_key}"
 
@@ -53,31 +54,13 @@ class DoctorSettings(Settings):
     service_account: str = setting(
         "", help="the run's ServiceAccount (empty: invmon-pipeline or default-editor)"
     )
-    tune_backend: str = setting("local", choices=("local", "katib"), help="as compiled")
-    train_launcher: str = setting("local", choices=("local", "trainjob"), help="as compiled")
-    gpus: int = setting(1, help="GPUs per node or trial, as compiled", minimum=1)
-    gpu_node_selector: dict[str, str] = setting(
-        default_factory=lambda: {"nvidia.com/gpu.present": "true"},
-        help="node label of the GPU pool (repeatable), as compiled",
-        metavar="KEY=VALUE",
+    # The compile options that decide what the run needs, defined once for both commands.
+    gpu: GpuPool = setting(
+        default_factory=GpuPool,
+        help="GPU work, as compiled: search and training backends, GPU pool",
     )
-    gpu_tolerations: tuple[Toleration, ...] = setting(
-        (Toleration(),),
-        help="taint of the GPU pool to tolerate (repeatable; default nvidia.com/gpu:NoSchedule)",
-        flag="--gpu-toleration",
-        metavar="KEY[=VALUE]:EFFECT",
-        parse=parse_toleration,
-        show_default=False,
-    )
-    workspace: bool = setting(
-        True, help="the run has no workspace PVC (compiled so)", flag="--no-workspace"
-    )
-    workspace_storage_class: str = setting("", help="storage class of the workspace PVC")
-    workspace_access_modes: tuple[str, ...] = setting(
-        ("ReadWriteMany",),
-        choices=ACCESS_MODES,
-        help="access mode of the workspace PVC (repeatable)",
-        flag="--workspace-access-mode",
+    workspace: WorkspaceSettings = setting(
+        default_factory=WorkspaceSettings, help="the run's workspace, as compiled"
     )
     secrets: tuple[str, ...] = setting(
         (KFP_SECRET,),
@@ -107,14 +90,14 @@ class DoctorSettings(Settings):
         return preflight.Needs(
             namespace=namespace,
             service_account=account,
-            katib=self.tune_backend == "katib",
-            trainjob=self.train_launcher == "trainjob",
-            workspace=self.workspace,
-            storage_class=self.workspace_storage_class,
-            access_modes=self.workspace_access_modes,
-            gpu_node_selector=dict(self.gpu_node_selector),
-            gpu_tolerations=tuple(t.to_dict() for t in self.gpu_tolerations),
-            gpus=self.gpus,
+            katib=self.gpu.tune_backend == "katib",
+            trainjob=self.gpu.train_launcher == "trainjob",
+            workspace=self.workspace.enabled,
+            storage_class=self.workspace.storage_class,
+            access_modes=self.workspace.access_modes,
+            gpu_node_selector=dict(self.gpu.gpu_node_selector),
+            gpu_tolerations=tuple(t.to_dict() for t in self.gpu.gpu_tolerations),
+            gpus=self.gpu.gpus,
             secrets=secrets,
         )
 

@@ -230,14 +230,9 @@ class EvaluateSettings(Settings):
 
 
 def run(settings: EvaluateSettings) -> Evaluation:
-    """Evaluate as ``settings`` say (see :func:`evaluate`)."""
-    return evaluate(
-        settings.model,
-        settings.data,
-        settings.out,
-        device=settings.device,
-        reference_in_model=settings.reference_in_model,
-    )
+    """Evaluate as ``settings`` say (see :func:`evaluate`: every setting is one of its
+    parameters, by the same name)."""
+    return evaluate(**asdict(settings))
 
 
 def _show(e: Evaluation, settings: EvaluateSettings) -> str:

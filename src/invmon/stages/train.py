@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from invmon.cluster.gpu_pool import GpuPool
 from invmon.cluster.placement import PodOptions
 from invmon.core.command import Command
 from invmon.core.settings import Settings, inherit, setting
@@ -23,8 +24,6 @@ from invmon.training.config import (
     read_params,
     recipe_config,
 )
-
-LAUNCHERS = ("local", "trainjob")
 
 
 @dataclass(frozen=True)
@@ -55,11 +54,11 @@ class TrainSettings(Settings):
     )
     resume: bool = setting(True, help="start over even if a checkpoint exists")
     endpoint_url: str | None = setting(None, help="S3-compatible endpoint URL (MinIO, ...)")
-    launcher: str = setting(
-        "local",
+    launcher: str = inherit(
+        GpuPool,
+        "train_launcher",
         help="local: train in this process (or under torchrun); trainjob: as a multi-node "
         "Kubeflow Trainer TrainJob (--out on S3, --data too or in --workspace-claim)",
-        choices=LAUNCHERS,
     )
     trainjob: TrainJobOptions = setting(default_factory=TrainJobOptions, help="trainjob launcher")
     # Where pods outside this process find the data and put the model (a KFP artifact's URI,

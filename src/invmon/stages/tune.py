@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from invmon.cluster.gpu_pool import GpuPool
 from invmon.cluster.placement import PodOptions
 from invmon.core.command import Command
 from invmon.core.settings import Settings, inherit, setting
 from invmon.training.config import RecipeChoice, TrainConfig, TrainOverrides, recipe_config
 from invmon.training.search import (
     ALGORITHMS,
-    BACKENDS,
     EARLY_STOPPING,
     OBJECTIVES,
     SearchSpec,
@@ -50,10 +50,10 @@ class TuneSettings(Settings):
     out: str = setting(help="output folder for best.json and trials.csv")
     trials: int = setting(4, help="number of trials", minimum=1)
     algorithm: str = setting("tpe", help="search algorithm", choices=ALGORITHMS)
-    backend: str = setting(
-        "local",
+    backend: str = inherit(
+        GpuPool,
+        "tune_backend",
         help="local: Optuna in this process; katib: a Katib Experiment on the cluster",
-        choices=BACKENDS,
     )
     objective: str = setting(
         "accuracy",
