@@ -356,3 +356,33 @@ def test_the_pipeline_registers_behind_the_gate_only_with_a_registry(tmp_path):
         "http://r:8080"
     )
     assert RunSettings().pipeline_arguments()["registry_url"] == ""
+
+
+@pytest.mark.slow
+def test_invmon_run_registers_the_gated_model_in_a_fake_registry(tmp_path, monkeypatch):
+    """kfp.local runs the whole pipeline; its register task (a subprocess) uses the registry's
+    client against the fake registry server, with the token from the environment."""
+    from invmon.pipelines.local_run import RunSettings, run_pipeline
+
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    with fake_registry(token=TOKEN) as (url, state):
+        options = RunSettings(
+            synth_bins=150,
+            epochs=1,
+            trials=1,
+            max_epochs=1,
+            image_size=32,
+            min_accuracy=0.0,
+            out=str(tmp_path),
+            registry_url=url,
+        )
+        summary = run_pipeline(options)
+        (version,) = state.versions.values()
+        (artifact,) = state.artifacts.values()
+    run = Path(summary.run_dir)
+    assert "register" in summary.stage_seconds
+    assert version["name"] == run.name, "the version is named after the run"
+    assert artifact["uri"] == str(run / "train" / "model")
+    assert artifact["modelSourceKind"] == "pipelines" and artifact["modelSourceGroup"] == "local"
+    accuracy = _properties(version)["metrics.accuracy"]
+    assert accuracy == pytest.approx(summary.metrics["accuracy"], abs=1e-4)
