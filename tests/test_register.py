@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -92,8 +93,9 @@ def _properties(version: dict) -> dict:
 
 
 def test_fake_registry_records_uri_format_metrics_hyperparameters_and_lineage(
-    model_dir, evaluated, token_file
+    model_dir, evaluated, token_file, caplog
 ):
+    caplog.set_level(logging.DEBUG)
     with fake_registry(token=TOKEN) as (url, state):
         result = register.run(_settings(url, model_dir, evaluated, token_file))
         (model,) = state.models.values()
@@ -128,6 +130,7 @@ def test_fake_registry_records_uri_format_metrics_hyperparameters_and_lineage(
     assert props["hyperparameters.epochs"] == trained["epochs"]
     assert props["hyperparameters.architecture"] == "resnet50"
     assert TOKEN not in json.dumps([model, version, artifact])
+    assert TOKEN not in caplog.text, "the token is in no log line, even at DEBUG"
 
 
 def test_fake_registry_deploy_from_registry_picks_latest_or_named_version_and_labels_it(
