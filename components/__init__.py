@@ -12,6 +12,7 @@ from invmon.components.deploy.component import deploy
 from invmon.components.evaluate.component import evaluate
 from invmon.components.ingest.component import ingest, merge_ingest, plan_ingest
 from invmon.components.preprocess.component import preprocess
+from invmon.components.register.component import register
 from invmon.components.train.component import train
 from invmon.components.tune.component import tune
 
@@ -24,6 +25,7 @@ __all__ = [
     "merge_ingest",
     "plan_ingest",
     "preprocess",
+    "register",
     "train",
     "tune",
 ]

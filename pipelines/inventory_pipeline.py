@@ -1,5 +1,5 @@
 """The inventory-monitoring pipeline: ingest -> arrange -> preprocess -> tune -> train -> evaluate
--> (quality gate) -> deploy and audit.
+-> (quality gate) -> deploy, audit and (with a registry) register.
 
 :func:`build_pipeline` returns the ``@dsl.pipeline`` function for a set of cluster settings (image
 registry and tag, GPU node pool); ``invmon compile`` compiles it to the YAML a Kubeflow cluster
@@ -11,7 +11,7 @@ only wires: its parameters' defaults and descriptions are the stages' own
 from types import SimpleNamespace
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Dataset, Input, Model
+from kfp.dsl import Artifact, Dataset, Input, Model
 
 from invmon.components import (
     arrange,
@@ -22,6 +22,7 @@ from invmon.components import (
     merge_ingest,
     plan_ingest,
     preprocess,
+    register,
     train,
     tune,
 )
@@ -54,6 +55,7 @@ RELEASE_PARAMETERS = (
     "monitor",
     "artifact_endpoint_url",
     "audit_threshold",
+    "registry_url",
 )
 DESCRIPTION = (
     "Count the items in Amazon Bin Image Dataset photos: ingest from S3, arrange, preprocess, "
@@ -203,6 +205,7 @@ def _release(settings: ClusterSettings, shared: str):
         model: Input[Model],
         arranged: Input[Dataset],
         raw: Input[Dataset],
+        evaluation: Input[Artifact],
         accuracy: float,
         min_accuracy: float,
         deploy_target: str,
@@ -213,13 +216,15 @@ def _release(settings: ClusterSettings, shared: str):
         monitor: str,
         artifact_endpoint_url: str,
         audit_threshold: float,
+        registry_url: str,
     ):
-        """The quality gate: deploy and audit run only when accuracy >= min_accuracy.
+        """The quality gate: deploy, audit and register run only when accuracy >= min_accuracy.
 
         Args:
             model: The trained model folder.
             arranged: The arranged dataset (the smoke request's image).
             raw: The ingested bins to audit.
+            evaluation: Evaluate's reference artifact, with its metrics.json.
             accuracy: Test accuracy from evaluate.
             min_accuracy: The gate.
             deploy_target: kserve or local.
@@ -232,6 +237,7 @@ def _release(settings: ClusterSettings, shared: str):
             artifact_endpoint_url: The artifact store's S3 endpoint, where KServe fetches a
                 minio:// model (empty: KFP's own object store).
             audit_threshold: Flag a bin when its recorded count's probability is below this.
+            registry_url: The Kubeflow Model Registry to register the model in (empty: off).
         """
         with dsl.If(accuracy >= min_accuracy, name="quality-gate"):
             served = deploy(
@@ -252,12 +258,29 @@ def _release(settings: ClusterSettings, shared: str):
             _retried(_configure(served, "deploy", settings, "control"), settings)
             audited = audit(model=model, raw=raw, threshold=audit_threshold, workspace=shared)
             _evaluating(audited, "audit", settings)
+            with dsl.If(registry_url != "", name="model-registry"):
+                _register(model, evaluation, registry_url, model_name, settings)
 
     return dsl.pipeline(
         name="release",
         description="Deploy the model and audit the bins, when the test accuracy passes the gate.",
         pipeline_config=settings.workspace.config(),
     )(release)
+
+
+def _register(model, evaluation, registry_url: str, model_name: str, settings: ClusterSettings):
+    """Record the model in the registry, its version named after the run."""
+    registered = register(
+        model=model,
+        evaluation=evaluation,
+        registry_url=registry_url,
+        name=model_name,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+    )
+    # Not retried: a version that a failed attempt half-wrote is refused as taken, and the
+    # error of the first attempt is the one to read.
+    return _configure(registered, "register", settings, "control")
 
 
 def _evaluating(task, stage: str, settings: ClusterSettings):
@@ -307,6 +330,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         canary_traffic_percent: int = D.canary_traffic_percent,
         monitor: str = D.monitor,
         audit_threshold: float = D.audit_threshold,
+        registry_url: str = D.registry_url,
     ):
         p = SimpleNamespace(**locals())
         merged = _ingest(p, settings, shared)
@@ -331,6 +355,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
             model=model.outputs["model"],
             arranged=arranged.outputs["arranged"],
             raw=merged.outputs["raw"],
+            evaluation=evaluated.outputs["reference"],
             accuracy=evaluated.outputs["accuracy"],
             **{name: getattr(p, name) for name in RELEASE_PARAMETERS},
         ).set_display_name("release").set_caching_options(settings.caching and not shared)

@@ -27,7 +27,17 @@ log = logging.getLogger(__name__)
 
 DEMO_BUCKET = "invmon-demo"
 DEMO_BINS = 3600
-TASKS = ("ingest", "arrange", "preprocess", "tune", "train", "evaluate", "deploy", "audit")
+TASKS = (
+    "ingest",
+    "arrange",
+    "preprocess",
+    "tune",
+    "train",
+    "evaluate",
+    "deploy",
+    "audit",
+    "register",
+)
 # The kfp.local task folder that marks the end of each stage (ingest ends when its parts merge).
 _TASK_FOLDERS = {"ingest": "merge-ingest"}
 
@@ -94,6 +104,8 @@ class RunSettings(Settings):
     weights: str = inherit(PipelineParameters, "weights")
     seed: int = inherit(PipelineParameters, "seed")
     min_accuracy: float = inherit(PipelineParameters, "min_accuracy")
+    # The token comes from $INVMON_REGISTRY_TOKEN, which the tasks (subprocesses) inherit.
+    registry_url: str = inherit(PipelineParameters, "registry_url")
     synth_bins: int = setting(DEMO_BINS, help="synthetic bins in the embedded bucket", minimum=1)
     out: str = setting("runs", help="where runs are kept")
     cache: bool = setting(
@@ -133,6 +145,7 @@ class RunSettings(Settings):
             "weights": self.weights,
             "min_accuracy": self.min_accuracy,
             "deploy_target": defaults.deploy_target,
+            "registry_url": self.registry_url,
         }
 
 

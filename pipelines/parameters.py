@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 
 from invmon.cluster.inference_service import ServiceSpec
 from invmon.cluster.placement import PodOptions
+from invmon.cluster.registry import RegistryOptions
 from invmon.core.settings import Settings, inherit, setting, spec_of
 from invmon.data.s3 import S3Options
 from invmon.stages.arrange import ArrangeSettings
@@ -102,6 +103,13 @@ class PipelineParameters(Settings):
         help="Knative updates: traffic share of the new model (-1: all)",
     )
     monitor: str = inherit(ServiceSpec, "monitor")
+    # Empty is off: only a run that names a registry registers its model.
+    registry_url: str = inherit(
+        RegistryOptions,
+        "url",
+        help="Kubeflow Model Registry REST address, http(s)://HOST[:PORT]: a model that passes "
+        "the gate is registered there with its metrics and this run's lineage (empty: off)",
+    )
     audit_threshold: float = inherit(AuditSettings, "threshold")
 
 

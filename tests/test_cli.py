@@ -22,6 +22,7 @@ COMMANDS = [
     "train",
     "evaluate",
     "deploy",
+    "register",
     "serve",
     "recount",
     "monitor",

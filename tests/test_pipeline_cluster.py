@@ -63,13 +63,14 @@ def _group(name: str) -> str:
         return "data"
     if name in ("tune", "train"):
         return "gpu"
-    return {"evaluate": "evaluate", "audit": "evaluate", "deploy": "control"}[name]
+    groups = {"evaluate": "evaluate", "audit": "evaluate", "deploy": "control"}
+    return {**groups, "register": "control"}[name]
 
 
 def test_every_task_has_cpu_and_memory_requests_and_limits_of_its_group(compiled):
     settings = ClusterSettings()
     tasks = _tasks(compiled)
-    assert set(tasks) == {*DATA, *DATALOADERS, "deploy"}
+    assert set(tasks) == {*DATA, *DATALOADERS, "deploy", "register"}
     for name, (_, container, _) in tasks.items():
         resources = container["resources"]
         assert set(resources) >= RESOURCE_KEYS, name

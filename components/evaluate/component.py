@@ -14,7 +14,8 @@ NOTES = {
     "confusion": "The confusion matrix the Kubeflow UI draws.",
     "report": "HTML report with a confusion-matrix picture and per-class scores.",
     "reference": "reference.json: the predicted-count distribution on the test split, which "
-    "invmon monitor --reference compares live predictions with.",
+    "invmon monitor --reference compares live predictions with; and metrics.json, the test "
+    "metrics invmon register records.",
     "workspace": "The pipeline workspace path, when the shards live in it (read in place).",
 }
 
@@ -53,6 +54,8 @@ def evaluate(
     )
     os.makedirs(reference.path, exist_ok=True)
     shutil.copy(os.path.join(out, stage.REFERENCE_FILE), reference.path)
+    # The model's full test metrics (per class too) go with it for the registry.
+    shutil.copy(os.path.join(out, stage.METRICS_FILE), reference.path)
     for name in (
         "accuracy",
         "rmse",

@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "invmon.stages.deploy:DEPLOY",
         "create or update the KServe InferenceService, wait for Ready, smoke-test it",
     ),
+    "register": (
+        "invmon.stages.register:REGISTER",
+        "record a model version, its metrics and lineage in the Kubeflow Model Registry",
+    ),
     "serve": ("invmon.stages.serve:SERVE", "serve a model folder with KServe until stopped"),
     "monitor": (
         "invmon.stages.monitor:MONITOR",

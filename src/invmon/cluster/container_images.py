@@ -24,6 +24,8 @@ STAGE_IMAGES = {
     "evaluate": "train",
     "audit": "train",
     "deploy": "serve",
+    # A REST client only: the light CPU image.
+    "register": "data",
 }
 
 

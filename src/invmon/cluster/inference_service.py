@@ -114,6 +114,11 @@ class ServiceSpec(Settings):
         "as CloudEvents (empty: no logger)",
         metavar="URL",
     )
+    # Set by deploy --from-registry: the modelregistry/* labels that tie the service to a
+    # registered version.
+    labels: dict[str, str] = setting(
+        default_factory=dict, help="labels added to the service's own", cli=False
+    )
 
     def __post_init__(self):
         for caller in self.callers:
@@ -186,7 +191,7 @@ def render_inference_service(spec: ServiceSpec) -> dict:
             "name": spec.name,
             "namespace": spec.namespace,
             "annotations": {DEPLOYMENT_MODE_ANNOTATION: spec.deployment_mode},
-            "labels": dict(cluster.PART_OF),
+            "labels": {**cluster.PART_OF, **spec.labels},
         },
         "spec": {"predictor": predictor},
     }

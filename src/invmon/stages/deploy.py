@@ -10,6 +10,11 @@
 - ``local`` (a pipeline run without a cluster): serve the model folder with KServe's ModelServer
   on loopback, send the same smoke requests, and stop the server.
 
+With ``from_registry`` (``NAME[:VERSION]``, the newest version when none is given) the model's
+storage URI comes from the Kubeflow Model Registry (:mod:`invmon.cluster.registry`), and the
+InferenceService carries the version's ``modelregistry/registered-model-id`` and
+``modelregistry/model-version-id`` labels.
+
 The smoke requests are one V1 and one V2 request carrying the same image, sent through the shared
 client (:class:`invmon.serving.client.PredictorClient`). On a cluster, when Istio refuses them
 (HTTP 403 ``RBAC: access denied``: a Profile namespace without the predictor's
@@ -28,6 +33,7 @@ from pathlib import Path
 
 from invmon.cluster.inference_service import DeployError, ServiceSpec
 from invmon.cluster.objects import KFP_OBJECT_STORE_ENDPOINT
+from invmon.cluster.registry import RegistryOptions
 from invmon.core.command import Command, as_json
 from invmon.core.settings import Settings, setting
 from invmon.serving.client import DEFAULT_MODEL_NAME
@@ -45,8 +51,17 @@ class DeploySettings(Settings):
     """Settings of deploy: the model, its InferenceService, the target and the smoke request."""
 
     model_uri: str = setting(
-        help="s3:// URI of the model folder (with --local: a local model folder)"
+        "",
+        help="s3:// URI of the model folder (with --local: a local model folder; "
+        "not with --from-registry)",
     )
+    from_registry: str = setting(
+        "",
+        help="deploy a version registered in the Kubeflow Model Registry (latest when no VERSION "
+        "is given): its storage URI, and its ids as the service's modelregistry/* labels",
+        metavar="NAME[:VERSION]",
+    )
+    registry: RegistryOptions = setting(default_factory=RegistryOptions, group="Model Registry")
     service: ServiceSpec = setting(default_factory=ServiceSpec, group="InferenceService")
     target: str = setting(
         "kserve",
@@ -77,11 +92,36 @@ class DeploySettings(Settings):
         None, help="arranged dataset whose first test image is the smoke request", cli=False
     )
 
+    def __post_init__(self):
+        if bool(self.model_uri) == bool(self.from_registry):
+            raise ValueError(
+                "give the model as one of --model-uri URI or --from-registry NAME[:VERSION]"
+            )
+        if self.from_registry and not self.registry.enabled:
+            raise ValueError("--from-registry needs --registry-url (the Model Registry's address)")
+        super().__post_init__()
+
+
+def from_registry(settings: DeploySettings) -> DeploySettings:
+    """``settings`` with the registered version's storage URI and labels (unchanged when no
+    version is named)."""
+    if not settings.from_registry:
+        return settings
+    from invmon.cluster.registry import resolve
+
+    version = resolve(settings.registry, settings.from_registry)
+    log.info("deploying %s version %s from %s", version.name, version.version, version.registry)
+    labels = {**settings.service.labels, **version.labels()}
+    return settings.replace(
+        model_uri=version.uri, from_registry="", service=settings.service.replace(labels=labels)
+    )
+
 
 def run(settings: DeploySettings):
     """Deploy as ``settings.target`` says; return the report (the manifest on a dry run)."""
     from invmon.cluster import inference_service as service
 
+    settings = from_registry(settings)
     if settings.target == "local":
         image, count = _smoke_image(settings)
         model_dir = settings.model or settings.model_uri
