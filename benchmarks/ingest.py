@@ -3,7 +3,10 @@
 Both copy the same ABID-sized objects (images of about 57 KB, metadata of about 2 KB) from the same
 loopback S3 server (moto, in its own process) through a proxy (its own process) that adds 20 ms to
 every request, as a nearby S3 region does. A third measurement is the ceiling: many parallel raw
-GETs (urllib3, no disk, no bookkeeping) against the same proxy in the same run.
+GETs (urllib3, no disk, no bookkeeping) against the same proxy in the same run. The baseline a user
+would reach for instead is s5cmd (the Go S3 copier), copying the same bucket with the same number of
+requests in flight: both are timed as whole processes, start-up included, alternating, and
+`invmon ingest` also writes its report and checks every object it copied.
 
     .venv/bin/python benchmarks/ingest.py            # 1,200 bins = 2,400 objects
 
@@ -153,6 +156,31 @@ def invmon_ingest(url: str, out: Path, workers: int, limit: int = 0, cli: bool =
     return report["objects"] / report["seconds"], wall, rss, report["objects"]
 
 
+def s5cmd_copy(url: str, out: Path, workers: int) -> tuple[float, int, int]:
+    """s5cmd copying the whole bucket: wall seconds with start-up, peak RSS, files written."""
+    binary = Path(sys.executable).with_name("s5cmd")
+    args = [str(binary), "--endpoint-url", url, "--no-sign-request", "--numworkers", str(workers)]
+    wall, rss, _ = run_child([*args, "cp", f"s3://{BUCKET}/*", f"{out}/"])
+    return wall, rss, sum(1 for p in out.rglob("*") if p.is_file())
+
+
+def versus_s5cmd(url: str, tmp: Path, workers: int, rounds: int, objects: int) -> list[float]:
+    """`invmon ingest` (the CLI) against s5cmd, alternating; the wall-time ratios, one a round."""
+    ratios = []
+    for round_ in range(rounds):
+        s5_wall, s5_rss, copied = s5cmd_copy(url, tmp / f"s5-{round_}", workers)
+        if copied != objects:
+            raise RuntimeError(f"s5cmd copied {copied} of {objects} objects")
+        _, cli_wall, cli_rss, _ = invmon_ingest(url, tmp / f"cli-{round_}", workers, cli=True)
+        ratios.append(s5_wall / cli_wall)
+        print(
+            f"round {round_ + 1}: s5cmd ({workers} workers) {s5_wall:.2f}s, {objects / s5_wall:.1f}"
+            f" objects/s, peak RSS {s5_rss} MiB; `invmon ingest` ({workers} in flight) "
+            f"{cli_wall:.2f}s, {objects / cli_wall:.1f} objects/s, peak RSS {cli_rss} MiB"
+        )
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bins", type=int, default=1200, help="bins (2 objects each)")
@@ -160,6 +188,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=32, help="ingest requests in flight")
     parser.add_argument("--raw-threads", type=int, default=64, help="threads of the raw GETs")
     parser.add_argument("--rounds", type=int, default=3, help="alternating raw/ingest rounds")
+    parser.add_argument(
+        "--s5cmd-workers", type=int, default=64, help="requests in flight of s5cmd and ingest"
+    )
     parser.add_argument(
         "--original-objects", type=int, default=0, help="objects the original loop copies (all)"
     )
@@ -190,6 +221,7 @@ def main() -> None:
                 f"`invmon ingest` (the CLI): {cli_rate:.1f} objects/s, {cli_wall:.1f}s wall with "
                 f"start-up, peak RSS {cli_rss} MiB"
             )
+            ratios = versus_s5cmd(url, tmp, args.s5cmd_workers, args.rounds, len(keys))
             objects = args.original_objects or len(keys)
             original, original_rss = original_loop(url, tmp / "original", objects)
             print(
@@ -204,9 +236,13 @@ def main() -> None:
         f"best of {args.rounds}: ingest {best:.1f}, raw parallel GETs {ceiling:.1f}, original "
         f"loop {original:.1f} objects/s"
     )
+    ratios.sort()
     print(
         f"ingest vs original loop: {best / original:.1f}x; "
-        f"ingest vs raw parallel GETs: {100 * best / ceiling:.0f}%"
+        f"ingest vs raw parallel GETs: {100 * best / ceiling:.0f}%; "
+        f"`invmon ingest` vs s5cmd (wall, start-up included): median "
+        f"{ratios[len(ratios) // 2]:.2f}x "
+        f"(rounds {', '.join(f'{r:.2f}' for r in ratios)})"
     )
 
 

@@ -1,5 +1,6 @@
 """Ingest against a real S3 server on loopback (moto), through boto3."""
 
+import itertools
 import json
 
 import pytest
@@ -252,3 +253,41 @@ def test_a_bucket_that_cannot_be_listed_is_named(s3, tmp_path):
         ValueError, match=r"cannot list s3://no-such-bucket-here: HTTP 404 NoSuchBucket"
     ):
         ingest.run(IngestSettings(source="s3://no-such-bucket-here", out=str(tmp_path), s3=s3))
+
+
+def test_the_listing_runs_ahead_of_the_copy_and_hands_on_its_error():
+    """The workers took the next object under a lock while the listing fetched its next page, so
+    every worker waited out each page's round trip; the listing now runs ahead on a thread of its
+    own, bounded, and an error of the listing is raised where its object would have been taken."""
+    import threading
+
+    from invmon.data.bucket_copy import _listed_ahead
+
+    listed = threading.Event()
+
+    def listing():
+        yield from range(5)
+        listed.set()  # all five were listed before the first was taken
+        raise RuntimeError("page 2 failed")
+
+    ahead = _listed_ahead(listing(), 10)
+    assert next(ahead) == 0 and listed.wait(5)
+    assert list(itertools.islice(ahead, 4)) == [1, 2, 3, 4]
+    with pytest.raises(RuntimeError, match="page 2 failed"):
+        next(ahead)
+
+    stopped = threading.Event()
+
+    def endless():
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            stopped.set()
+
+    early = _listed_ahead(endless(), 3)
+    assert next(early) == 0
+    early.close()  # the copy stopped: the producer stops too instead of blocking forever
+    assert stopped.wait(5)
