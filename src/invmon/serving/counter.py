@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from invmon.data.transforms import DEFAULT_MAX_PIXELS, normalize, prepare
+from invmon.serving import prebuilt
 from invmon.serving.compiled import CompiledGraph, seal_compiled_graphs
 from invmon.serving.fx_tracing import MODEL_RUNS, exclude_model_runs_while_tracing
 from invmon.serving.options import GRAPHS
@@ -180,6 +181,22 @@ class LoadPlan:
             largest_batch,
         )
 
+    def prebuilt(self, model_dir, graph: str) -> Engine | None:
+        """The engine prebuilt into ``model_dir`` (:mod:`invmon.serving.prebuilt`), when it fits
+        this plan and ``graph`` (the requested one) is ``auto`` or ``compiled``; else None, with
+        the reason logged."""
+        if graph not in ("auto", "compiled"):
+            return None
+        if self.int8 or self.device.type != "cpu":
+            what = "int8" if self.int8 else f"on {self.device}"
+            log.info("prebuilt engine not used: the model serves %s", what)
+            return None
+        name = _FLOAT_NAMES[self.dtype]
+        size = self.config.preprocessing.image_size
+        wanted = prebuilt.here(model_dir, name, size, self.largest_batch or 1)
+        model = prebuilt.load(model_dir, self.model, wanted)
+        return Engine(model, None, name, "prebuilt") if model is not None else None
+
     def quantized(self, model_dir) -> torch.nn.Module:
         """The int8 model built from the calibration in ``model_dir``."""
         size = self.config.preprocessing.image_size
@@ -257,6 +274,7 @@ class Counter:
         freeze: bool = False,
         graph: str | None = None,
         largest_batch: int | None = None,
+        use_prebuilt: bool = False,
     ) -> Counter:
         """Load the model folder written by train.
 
@@ -270,10 +288,14 @@ class Counter:
         :data:`COMPILE_RECHECK_SHARE` of images). ``freeze=True`` is ``graph="frozen"``. An int8
         model always runs as the quantized FX graph. The figures are in docs/benchmarks.md.
         ``largest_batch``: a compiled graph is made ready for every batch size up to it when
-        warmed up, and compiles nothing after (:func:`compiled`).
+        warmed up, and compiles nothing after (:func:`compiled`). ``use_prebuilt``: run the
+        engine prebuilt into the folder when it fits (:meth:`LoadPlan.prebuilt`).
         """
         graph = graph or ("frozen" if freeze else "eager")
         plan = LoadPlan.of(model_dir, device, precision, graph, largest_batch)
+        ready = plan.prebuilt(model_dir, graph) if use_prebuilt else None
+        if ready is not None:
+            return cls.running(ready, plan)
         int8_model = plan.quantized(model_dir) if plan.int8 else None
         return cls.running(plan.engine(plan.graph, int8_model), plan)
 
@@ -293,6 +315,7 @@ class Counter:
         graph: str = "auto",
         batch_sizes: Sequence[int] = (1, 2, 8),
         largest_batch: int | None = None,
+        use_prebuilt: bool = False,
     ) -> tuple[Counter, Callable[[], None] | None]:
         """Load the model folder on its cheapest correct path now, the fastest one later.
 
@@ -306,9 +329,14 @@ class Counter:
         re-checks its close calls), so an answer does not depend on which stage served it beyond
         rounding. ``upgrade`` raises what a stage raised; the counter then keeps the last engine
         swapped in. With ``largest_batch``, a compiled graph is ready for every batch size up to
-        it before it is swapped in, and compiles nothing after (:func:`compiled`).
+        it before it is swapped in, and compiles nothing after (:func:`compiled`). With
+        ``use_prebuilt`` and an engine prebuilt into the folder that fits
+        (:meth:`LoadPlan.prebuilt`), the counter runs that at once, with nothing to upgrade.
         """
         plan = LoadPlan.of(model_dir, device, precision, graph, largest_batch)
+        ready = plan.prebuilt(model_dir, graph) if use_prebuilt else None
+        if ready is not None:
+            return cls.running(ready, plan), None
         counter = cls.running(plan.engine("eager"), plan)
         stages = _upgrade_stages(plan, model_dir)
         if not stages:

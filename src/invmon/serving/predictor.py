@@ -89,6 +89,7 @@ class BinCounterModel(Model):
             "precision": options.precision,
             "graph": options.graph,
             "largest_batch": self.largest_batch,
+            "use_prebuilt": options.prebuilt == "auto",
         }
         upgrade = None
         if options.load == "staged":
