@@ -204,7 +204,7 @@ def ramp_comparison(model: Path, bodies, expected: list[int], args) -> None:
     from invmon.serving.prebuilt import KEY_ENV, build
 
     os.environ.setdefault(KEY_ENV, secrets.token_hex(16))  # this run's key; servers inherit it
-    folder = Path(args.work) / "model"
+    folder = Path(args.work) / "prebuilt-model"
     shutil.copytree(model, folder, ignore=shutil.ignore_patterns("engine"))
     start = time.monotonic()
     build(folder, 64)
