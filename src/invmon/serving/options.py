@@ -79,8 +79,9 @@ class ServingOptions(Settings):
         "auto",
         choices=PREBUILT,
         help="auto: serve the engine prebuilt into the model folder (--prebuild) from the start "
-        "when its manifest fits this model, torch, CPU and precision and the package hashes to "
-        "it, else build as without one (docs/serving.md); off: never open a prebuilt package",
+        "when its manifest is signed with INVMON_ENGINE_KEY, fits this model, torch, CPU and "
+        "precision, and the package hashes to it, else build as without one "
+        "(docs/serving.md); off: never open a prebuilt package",
     )
     max_batch_images: int = setting(
         32,
