@@ -19,17 +19,30 @@ Then the real predictor: its defaults (``--load staged --precision auto --graph 
 defaults loaded blocking (the final engine built before ready, as before staged loading), and
 one run per ``--precision`` and ``--graph`` choice (the other option at its default).
 
+With ``--ramp``, instead: time to full speed with an engine prebuilt into the model folder
+(``invmon serve --prebuild``, its build timed first) against today's default (``--prebuilt off``)
+in the same run, both ``--precision fp32``. From ready, 8 clients send single images back to back
+until the server has nothing left to build (its upgrade logged) and then ``--steady-seconds`` more;
+each answer is timestamped from process start. Reported per predictor: ready, the time by which a
+5-second window of answers first ran at 90 % of the default's steady-state images/s (the last
+``--steady-seconds``, on its final engine) and at 90 % of its own, its steady images/s, and counts
+that differ from the naive eager fp32 predictor's.
+
 Model: --model DIR, or a ResNet50 trained here on synthetic bins at --image-size (by default the
 model benchmarks/predictor.py trains; --train-bins and --train-epochs make a quicker one).
 
     flock /tmp/invmon-cpu.lock .venv/bin/python benchmarks/cold_start.py --model MODEL_DIR
+    flock /tmp/invmon-cpu.lock .venv/bin/python benchmarks/cold_start.py --ramp
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
+import secrets
 import shlex
+import shutil
 import sys
 import tempfile
 import threading
@@ -62,8 +75,6 @@ CONFIGS = {
 
 def ask(host: str, port: int, body: tuple[bytes, int]) -> tuple[int, int | None]:
     """Send one single-image V2 request; return its status and the count (None on an error)."""
-    import http.client
-
     connection = http.client.HTTPConnection(host, port, timeout=600)
     try:
         response, answer = infer(connection, *body)
@@ -134,6 +145,100 @@ def cold_start(server: LocalServer, bodies, expected, args, staged: bool) -> dic
     return result
 
 
+WINDOW = 5.0  # seconds of answers that must run at the target rate
+
+
+def ramp(server: LocalServer, bodies, args) -> dict:
+    """Start ``server`` cold and load it from ready on (see ``--ramp`` in the module docstring)."""
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-", dir=args.work)
+    server.poll, server.startup_timeout = 0.05, args.timeout
+    start = time.monotonic()
+    answered, lock, stop = [], threading.Lock(), threading.Event()
+
+    def client(offset: int) -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+        i = offset
+        while not stop.is_set():
+            response, _ = infer(connection, *bodies[i % len(bodies)])
+            if response.status == 200:
+                with lock:
+                    answered.append(time.monotonic() - start)
+            i += CLIENTS
+        connection.close()
+
+    with server:
+        result = {"ready_s": time.monotonic() - start}
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        if "upgrading in the background" in server.log.read_text():
+            try:
+                found = server.wait_for_log(UPGRADED, FAILED, timeout=args.upgrade_timeout)
+                result["upgrade"] = "done" if found == UPGRADED else "FAILED"
+            except TimeoutError:
+                result["upgrade"] = "not done"
+            result["upgraded_s"] = time.monotonic() - start
+        time.sleep(args.steady_seconds)
+        stop.set()
+        for t in threads:
+            t.join()
+        end = time.monotonic() - start
+        result["counts"] = [ask("127.0.0.1", server.port, body)[1] for body in bodies]
+    times = np.sort(np.array(answered))
+    result["times"] = times
+    result["steady_img_s"] = float(np.sum(times >= end - args.steady_seconds) / args.steady_seconds)
+    result["log"] = str(server.log)
+    return result
+
+
+def time_to_rate(times: np.ndarray, rate: float) -> float | None:
+    """When (from process start) a WINDOW of answers first ran at ``rate`` images/s: the end of
+    the first such window; None if none did."""
+    ends = np.searchsorted(times, times + WINDOW)
+    reached = np.nonzero((ends - np.arange(len(times))) / WINDOW >= rate)[0]
+    return float(times[reached[0]] + WINDOW) if len(reached) else None
+
+
+def ramp_comparison(model: Path, bodies, expected: list[int], args) -> None:
+    """Prebuild the engine into a copy of ``model``; compare time to full speed (``--ramp``)."""
+    from invmon.serving.prebuilt import KEY_ENV, build
+
+    os.environ.setdefault(KEY_ENV, secrets.token_hex(16))  # this run's key; servers inherit it
+    folder = Path(args.work) / "prebuilt-model"
+    shutil.copytree(model, folder, ignore=shutil.ignore_patterns("engine"))
+    start = time.monotonic()
+    build(folder, 64)
+    print(f"prebuilt engine built in {time.monotonic() - start:.1f}s", flush=True)
+    results = {}
+    # fp32, what --precision auto serves on an AVX2-only CPU when int8 is not faithful (a package
+    # is fp32; an int8 model never uses one).
+    configs = {"default (--prebuilt off)": ["--prebuilt", "off"], "prebuilt": []}
+    for name, flags in configs.items():
+        flags = ["--precision", "fp32", *flags]
+        log = Path(args.work) / f"ramp-{len(results)}.log"
+        results[name] = ramp(LocalServer(folder, extra_args=flags, log=log), bodies, args)
+        print(f"{name}: ready {results[name]['ready_s']:.1f}s", flush=True)
+    reference = results["default (--prebuilt off)"]["steady_img_s"]
+    print(
+        "\n| predictor | ready s | 90 % of default's steady img/s at s | 90 % of own at s | "
+        "upgraded s | steady img/s | wrong counts |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        to_default = time_to_rate(r["times"], 0.9 * reference)
+        to_own = time_to_rate(r["times"], 0.9 * r["steady_img_s"])
+        wrong = sum(c != e for c, e in zip(r["counts"], expected, strict=True))
+        upgraded = f"{r['upgraded_s']:.1f} ({r['upgrade']})" if "upgrade" in r else "-"
+        print(
+            f"| {name} | {r['ready_s']:.1f} | {_seconds(to_default)} | {_seconds(to_own)} | "
+            f"{upgraded} | {r['steady_img_s']:.1f} | {wrong} |"
+        )
+
+
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f}"
+
+
 def row(name: str, r: dict) -> str:
     def cell(key: str, form: str) -> str:
         return format(r[key], form) if key in r else "-"
@@ -163,6 +268,9 @@ def main() -> None:
         "--upgrade-timeout", type=float, default=600, help="seconds to wait for the upgrade (0: no)"
     )
     parser.add_argument("--steady-seconds", type=float, default=20, help="0: no steady load")
+    parser.add_argument(
+        "--ramp", action="store_true", help="time to full speed: prebuilt engine against default"
+    )
     args = parser.parse_args()
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     args.work = tempfile.mkdtemp(prefix="invmon-cold-start-")
@@ -176,6 +284,12 @@ def main() -> None:
     naive = NaiveServer(model, log=Path(args.work) / "naive.log")
     with naive:  # the reference counts: eager fp32
         expected = [ask("127.0.0.1", naive.port, body)[1] for body in bodies]
+    if args.ramp:
+        ramp_comparison(model, bodies, expected, args)
+        print(f"\nload average (1 min) before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f}")
+        print(f"logs in {args.work}")
+        print("command: " + shlex.join([Path(sys.executable).name, *sys.argv]))
+        return
     results = {"naive": cold_start(naive, bodies, expected, args, staged=False)}
     for name in names:
         log = Path(args.work) / f"{len(results)}-{name.strip('-').replace(' ', '-')}.log"

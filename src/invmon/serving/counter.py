@@ -21,6 +21,8 @@ import numpy as np
 import torch
 
 from invmon.data.transforms import DEFAULT_MAX_PIXELS, normalize, prepare
+from invmon.serving import prebuilt
+from invmon.serving.compiled import CompiledGraph, seal_compiled_graphs
 from invmon.serving.fx_tracing import MODEL_RUNS, exclude_model_runs_while_tracing
 from invmon.serving.options import GRAPHS
 from invmon.training import quantize
@@ -88,16 +90,15 @@ def resolve_graph(name: str, device: torch.device) -> str:
     return "compiled" if device.type == "cpu" and has_compiler else "frozen"
 
 
-def compiled(model: torch.nn.Module) -> torch.nn.Module:
+def compiled(model: torch.nn.Module, largest: int | None = None) -> CompiledGraph:
     """``model`` compiled by TorchInductor for inference, weights frozen and prepacked.
 
-    The batch dimension is dynamic, so batches of any size share one compiled graph (batch size 1
-    gets its own); the first call of each compiles, so warm the model up before serving.
+    The batch dimension is dynamic; the first call of a batch size no graph fits compiles, so
+    warm the model up before serving. With ``largest``, warming up makes every batch size up to it
+    ready and :meth:`Counter.warm_up` then seals the graph: it never compiles while it serves
+    (:class:`invmon.serving.compiled.CompiledGraph`).
     """
-    import torch._inductor.config as inductor
-
-    inductor.freezing = True
-    return torch.compile(model, dynamic=True)
+    return CompiledGraph(model, largest)
 
 
 def frozen(model: torch.nn.Module, image_size: int, device: torch.device, dtype):
@@ -135,6 +136,7 @@ class LoadPlan:
     dtype: torch.dtype | None  # the float precision (of the re-check model, for int8)
     calibration: dict | None  # int8 only
     margin: float
+    largest_batch: int | None = None  # the largest batch a compiled graph is made ready for
 
     @property
     def int8(self) -> bool:
@@ -142,7 +144,9 @@ class LoadPlan:
         return self.calibration is not None
 
     @classmethod
-    def of(cls, model_dir, device: str, precision: str, graph: str) -> LoadPlan:
+    def of(
+        cls, model_dir, device: str, precision: str, graph: str, largest_batch: int | None = None
+    ) -> LoadPlan:
         """Read the model folder; decide the final engine (see Counter.from_model_dir)."""
         torch_device = resolve_device(device)
         model, config = load_model(model_dir, torch_device)
@@ -167,8 +171,31 @@ class LoadPlan:
         dtype = resolve_precision("auto" if int8 else precision, torch_device)
         margin = fidelity.margin if fidelity is not None else 0.0
         return cls(
-            model, config, torch_device, resolved, dtype, calibration if int8 else None, margin
+            model,
+            config,
+            torch_device,
+            resolved,
+            dtype,
+            calibration if int8 else None,
+            margin,
+            largest_batch,
         )
+
+    def prebuilt(self, model_dir, graph: str) -> Engine | None:
+        """The engine prebuilt into ``model_dir`` (:mod:`invmon.serving.prebuilt`), when it fits
+        this plan and ``graph`` (the requested one) is ``auto`` or ``compiled``; else None, with
+        the reason logged."""
+        if graph not in ("auto", "compiled"):
+            return None
+        if self.int8 or self.device.type != "cpu":
+            what = "int8" if self.int8 else f"on {self.device}"
+            log.info("prebuilt engine not used: the model serves %s", what)
+            return None
+        name = _FLOAT_NAMES[self.dtype]
+        size = self.config.preprocessing.image_size
+        wanted = prebuilt.here(model_dir, name, size, self.largest_batch or 1)
+        model = prebuilt.load(model_dir, self.model, wanted)
+        return Engine(model, None, name, "prebuilt") if model is not None else None
 
     def quantized(self, model_dir) -> torch.nn.Module:
         """The int8 model built from the calibration in ``model_dir``."""
@@ -180,7 +207,7 @@ class LoadPlan:
         if graph == "frozen":
             return frozen(self.model, self.config.preprocessing.image_size, self.device, self.dtype)
         if graph == "compiled":
-            return compiled(self.model)
+            return compiled(self.model, self.largest_batch)
         return self.model
 
     def engine(self, graph: str, int8_model: torch.nn.Module | None = None) -> Engine:
@@ -246,6 +273,8 @@ class Counter:
         precision: str = "auto",
         freeze: bool = False,
         graph: str | None = None,
+        largest_batch: int | None = None,
+        use_prebuilt: bool = False,
     ) -> Counter:
         """Load the model folder written by train.
 
@@ -258,8 +287,15 @@ class Counter:
         ``frozen``; for an int8 model's re-check only when train measured it re-checking at least
         :data:`COMPILE_RECHECK_SHARE` of images). ``freeze=True`` is ``graph="frozen"``. An int8
         model always runs as the quantized FX graph. The figures are in docs/benchmarks.md.
+        ``largest_batch``: a compiled graph is made ready for every batch size up to it when
+        warmed up, and compiles nothing after (:func:`compiled`). ``use_prebuilt``: run the
+        engine prebuilt into the folder when it fits (:meth:`LoadPlan.prebuilt`).
         """
-        plan = LoadPlan.of(model_dir, device, precision, graph or ("frozen" if freeze else "eager"))
+        graph = graph or ("frozen" if freeze else "eager")
+        plan = LoadPlan.of(model_dir, device, precision, graph, largest_batch)
+        ready = plan.prebuilt(model_dir, graph) if use_prebuilt else None
+        if ready is not None:
+            return cls.running(ready, plan)
         int8_model = plan.quantized(model_dir) if plan.int8 else None
         return cls.running(plan.engine(plan.graph, int8_model), plan)
 
@@ -278,6 +314,8 @@ class Counter:
         precision: str = "auto",
         graph: str = "auto",
         batch_sizes: Sequence[int] = (1, 2, 8),
+        largest_batch: int | None = None,
+        use_prebuilt: bool = False,
     ) -> tuple[Counter, Callable[[], None] | None]:
         """Load the model folder on its cheapest correct path now, the fastest one later.
 
@@ -290,9 +328,15 @@ class Counter:
         there is nothing to upgrade to. Every stage gives the float model's counts (int8
         re-checks its close calls), so an answer does not depend on which stage served it beyond
         rounding. ``upgrade`` raises what a stage raised; the counter then keeps the last engine
-        swapped in.
+        swapped in. With ``largest_batch``, a compiled graph is ready for every batch size up to
+        it before it is swapped in, and compiles nothing after (:func:`compiled`). With
+        ``use_prebuilt`` and an engine prebuilt into the folder that fits
+        (:meth:`LoadPlan.prebuilt`), the counter runs that at once, with nothing to upgrade.
         """
-        plan = LoadPlan.of(model_dir, device, precision, graph)
+        plan = LoadPlan.of(model_dir, device, precision, graph, largest_batch)
+        ready = plan.prebuilt(model_dir, graph) if use_prebuilt else None
+        if ready is not None:
+            return cls.running(ready, plan), None
         counter = cls.running(plan.engine("eager"), plan)
         stages = _upgrade_stages(plan, model_dir)
         if not stages:
@@ -375,7 +419,9 @@ class Counter:
     def warm_up(self, batch_sizes: Sequence[int] = (1, 4), engine: Engine | None = None) -> None:
         """Run the model once per batch size, so the first requests do not pay for setup.
 
-        ``engine`` (default: the current one) warms up an engine before :meth:`swap`.
+        ``engine`` (default: the current one) warms up an engine before :meth:`swap`. A compiled
+        graph given a largest batch is then ready for every batch size up to it, and sealed: it
+        compiles nothing after this (see :class:`invmon.serving.compiled.CompiledGraph`).
         """
         size = self.image_size
         for n in batch_sizes:
@@ -388,6 +434,7 @@ class Counter:
         model = (engine or self.engine).model
         if isinstance(model, quantize.RecheckedInt8):
             model.images = model.rechecked = 0  # count requests only
+        seal_compiled_graphs(model)
 
     def predictions(self, logits: torch.Tensor) -> Predictions:
         """Turn logits into counts, probabilities and expected counts."""

@@ -20,6 +20,7 @@ from invmon.training.device import INFERENCE_PRECISIONS
 
 GRAPHS = ("auto", "eager", "frozen", "compiled")
 LOADS = ("staged", "blocking")
+PREBUILT = ("auto", "off")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,14 @@ class ServingOptions(Settings):
         "only once the final model is built (every answer from it, as tests that compare exact "
         "answers need)",
     )
+    prebuilt: str = setting(
+        "auto",
+        choices=PREBUILT,
+        help="auto: serve the engine prebuilt into the model folder (--prebuild) from the start "
+        "when its manifest is signed with INVMON_ENGINE_KEY, fits this model, torch, CPU and "
+        "precision, and the package hashes to it, else build as without one "
+        "(docs/serving.md); off: never open a prebuilt package",
+    )
     max_batch_images: int = setting(
         32,
         help="most images per model batch when concurrent requests are grouped (1 turns "
@@ -101,4 +110,9 @@ class ServeSettings(Settings):
     port: int = setting(8080, help="HTTP port", minimum=1)
     name: str = setting(DEFAULT_MODEL_NAME, help="model name in URLs")
     options: ServingOptions = setting(default_factory=ServingOptions, group="how the model runs")
+    prebuild: bool = setting(
+        False,
+        help="build the serving engine ahead of time into the model folder's engine/ "
+        "(minutes; once per model, torch version and CPU kind) and exit instead of serving",
+    )
     limits: Limits = setting(default_factory=Limits, group="request limits")

@@ -79,10 +79,18 @@ class BinCounterModel(Model):
         eagerly and has answered one warm-up image: seconds. The int8 or compiled engine it ends
         on is built on a background thread (:attr:`upgrader`) and swapped in once warm
         (:meth:`Counter.staged`); until then answers come from the eager model, with the same
-        counts. ``--load blocking`` builds and warms the final engine before ready.
+        counts. ``--load blocking`` builds and warms the final engine before ready. Either way a
+        compiled graph is ready for every batch the batcher can form before it serves
+        (:attr:`largest_batch`), and never compiles in the request path.
         """
         options = self.options
-        how = {"device": options.device, "precision": options.precision, "graph": options.graph}
+        how = {
+            "device": options.device,
+            "precision": options.precision,
+            "graph": options.graph,
+            "largest_batch": self.largest_batch,
+            "use_prebuilt": options.prebuilt == "auto",
+        }
         upgrade = None
         if options.load == "staged":
             self.counter, upgrade = Counter.staged(self.model_dir, **how)
@@ -110,6 +118,15 @@ class BinCounterModel(Model):
             )
             self.upgrader.start()
         return self.ready
+
+    @property
+    def largest_batch(self) -> int:
+        """The most images the batcher puts in one batch.
+
+        Requests are grouped up to ``max_batch_images``, but one request is never split: a
+        request of up to ``max_images`` images runs as one batch of its own.
+        """
+        return max(self.options.max_batch_images, self.limits.max_images)
 
     def _upgrade(self, upgrade) -> None:
         start = time.perf_counter()

@@ -74,8 +74,16 @@ def serve(settings: ServeSettings, **server_args) -> None:
     """Serve ``settings.model`` over HTTP (V1 and V2) until interrupted.
 
     ``server_args`` go to KServe's ModelServer (the serving image passes KServe's own flags);
-    without them there is one worker and gRPC stays off.
+    without them there is one worker and gRPC stays off. With ``settings.prebuild`` it builds
+    the serving engine into the model folder instead (:func:`invmon.serving.prebuilt.build`).
     """
+    if settings.prebuild:
+        from invmon.serving.prebuilt import build
+
+        largest = max(settings.options.max_batch_images, settings.limits.max_images)
+        print(f"building the serving engine for batches of 1 to {largest} (minutes)", flush=True)
+        print(f"written: {build(settings.model, largest)}", flush=True)
+        return
     model = build_model(settings.model, settings.name, settings.limits, settings.options)
     server_args = {"http_port": settings.port, "enable_grpc": False, "workers": 1, **server_args}
     model_server(settings.limits, **server_args).start([model])

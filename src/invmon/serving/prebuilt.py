@@ -1,0 +1,240 @@
+"""The serving engine built ahead of time: an AOTInductor package stored with the model.
+
+Compiling the float model with TorchInductor takes minutes of both cores at start-up; a replica
+that starts under a traffic spike serves at eager speed meanwhile. :func:`build` runs once, when
+the model is trained or deployed (``invmon serve --model DIR --prebuild``): it exports the float
+model with ``torch.export`` (batch size dynamic, 1 to the largest batch), compiles it with
+AOTInductor and writes ``engine/`` into the model folder:
+
+- ``engine/model.pt2``: the package (generated C++ compiled to a shared object, weights inside);
+- ``engine/manifest.json``: what it was built for: the SHA-256 of the model's ``weights.pt`` and
+  ``config.json``, the torch version, the CPU capability PyTorch dispatches to, the precision,
+  the largest batch, and the SHA-256 of the package itself.
+
+:func:`load` uses the package only when every one of those fits the predictor now: the model
+folder's own files, this torch, this CPU, the precision it would serve and every batch the
+batcher can form; it says why not otherwise, and the predictor then builds its engine in the
+background as without a package.
+
+A package is code: loading it runs the shared object it holds. So it is only ever produced by
+:func:`build` (our own export of weights loaded with ``weights_only=True``) and loaded only when
+its manifest is signed: :func:`build` signs it with an HMAC-SHA256 keyed by the secret in
+``INVMON_ENGINE_KEY`` (:data:`KEY_ENV`), and the predictor opens the package only if the signature
+checks with its own copy of that key, the manifest names the weights the predictor loaded, and the
+package's bytes hash to what the manifest says. Without the key, the predictor never opens a
+package: write access to model storage alone does not become code execution in the predictor;
+whoever holds the key can make it run code. ``--prebuilt off`` never opens a package either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from invmon.training.model import CONFIG_FILE, WEIGHTS_FILE, load_model
+
+log = logging.getLogger(__name__)
+
+ENGINE_DIR = "engine"
+PACKAGE_FILE = "model.pt2"
+MANIFEST_FILE = "manifest.json"
+PRECISIONS = ("fp32",)  # what a package can be built in today
+KEY_ENV = "INVMON_ENGINE_KEY"  # the secret that signs and verifies manifests (never logged)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What a prebuilt engine was built for (``engine/manifest.json``)."""
+
+    model_sha256: str
+    torch: str
+    cpu: str
+    machine: str
+    precision: str
+    image_size: int
+    largest_batch: int
+    package_sha256: str = ""
+    signature: str = ""  # HMAC-SHA256 of the fields above, keyed by KEY_ENV
+
+    def signed(self, key: bytes) -> Manifest:
+        """This manifest with its signature under ``key``."""
+        return Manifest(**{**asdict(self), "signature": self._mac(key)})
+
+    def verifies(self, key: bytes) -> bool:
+        """Whether the signature is this manifest's under ``key``."""
+        return hmac.compare_digest(self.signature, self._mac(key))
+
+    def _mac(self, key: bytes) -> str:
+        fields = {k: v for k, v in asdict(self).items() if k != "signature"}
+        text = json.dumps(fields, sort_keys=True).encode()
+        return hmac.new(key, text, hashlib.sha256).hexdigest()
+
+
+def signing_key() -> bytes | None:
+    """The key in :data:`KEY_ENV`, or None when it is not set."""
+    value = os.environ.get(KEY_ENV, "")
+    return value.encode() if value else None
+
+
+def _sha256(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def model_sha256(model_dir: str | Path) -> str:
+    """The SHA-256 of a model folder's weights and config, in that order."""
+    return _sha256(Path(model_dir) / WEIGHTS_FILE, Path(model_dir) / CONFIG_FILE)
+
+
+def here(model_dir, precision: str, image_size: int, largest_batch: int) -> Manifest:
+    """The manifest an engine built now, on this machine, for ``model_dir`` would have."""
+    return Manifest(
+        model_sha256=model_sha256(model_dir),
+        torch=torch.__version__,
+        cpu=torch.backends.cpu.get_cpu_capability(),
+        machine=platform.machine(),
+        precision=precision,
+        image_size=image_size,
+        largest_batch=largest_batch,
+    )
+
+
+def build(model_dir: str | Path, largest_batch: int = 64, precision: str = "fp32") -> Path:
+    """Export, compile and write ``model_dir``/engine/ (see the module docstring); return it.
+
+    Written to a temporary folder beside it and renamed into place, so a reader never sees a
+    half-written engine.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"a prebuilt engine is built in {', '.join(PRECISIONS)}, not {precision}")
+    if largest_batch < 1:
+        raise ValueError(f"largest_batch must be >= 1, got {largest_batch}")
+    key = signing_key()
+    if key is None:
+        raise ValueError(f"set {KEY_ENV} to the secret predictors verify prebuilt engines with")
+    model_dir = Path(model_dir)
+    model, config = load_model(model_dir, "cpu")
+    model.requires_grad_(False)
+    size = config.preprocessing.image_size
+    manifest = here(model_dir, precision, size, largest_batch)
+    start = time.perf_counter()
+    example = torch.zeros(min(2, largest_batch), 3, size, size)
+    example = example.contiguous(memory_format=torch.channels_last)
+    batch = torch.export.Dim("batch", min=1, max=largest_batch)
+    with torch.no_grad():
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    work = Path(tempfile.mkdtemp(prefix=".engine-", dir=model_dir))
+    try:
+        package = torch._inductor.aoti_compile_and_package(
+            program, package_path=str(work / PACKAGE_FILE), inductor_configs={"freezing": True}
+        )
+        manifest = Manifest(**{**asdict(manifest), "package_sha256": _sha256(Path(package))})
+        manifest = manifest.signed(key)
+        (work / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2) + "\n")
+        target = model_dir / ENGINE_DIR
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(work, target)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log.info("prebuilt engine written to %s in %.1fs", target, time.perf_counter() - start)
+    return target
+
+
+class PrebuiltGraph(torch.nn.Module):
+    """A loaded package, with the eager model for a batch larger than it was built for."""
+
+    def __init__(self, runner, eager: torch.nn.Module, largest_batch: int):
+        super().__init__()
+        self.runner, self.eager, self.largest_batch = runner, eager, largest_batch
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Logits of ``inputs`` (float32, channels_last)."""
+        if len(inputs) > self.largest_batch:
+            return self.eager(inputs)
+        return self.runner(inputs)
+
+
+def misfit(model_dir, wanted: Manifest) -> str | None:
+    """Why the prebuilt engine in ``model_dir`` cannot serve as ``wanted``; None when it can."""
+    checked = _checked(model_dir, wanted)
+    return checked if isinstance(checked, str) else None
+
+
+def _checked(model_dir, wanted: Manifest) -> Manifest | str:
+    """The manifest in ``model_dir``, signed and fitting ``wanted``; else why not."""
+    folder = Path(model_dir) / ENGINE_DIR
+    if not (folder / MANIFEST_FILE).is_file() or not (folder / PACKAGE_FILE).is_file():
+        return f"no prebuilt engine in {folder}"
+    key = signing_key()
+    if key is None:
+        return f"{KEY_ENV} is not set, so the package in {folder} cannot be verified"
+    try:
+        built = Manifest(**json.loads((folder / MANIFEST_FILE).read_text()))
+    except (ValueError, TypeError) as err:
+        return f"unreadable {MANIFEST_FILE}: {err}"
+    if not built.verifies(key):
+        return f"{MANIFEST_FILE} is not signed with this predictor's {KEY_ENV}"
+    checks = [
+        ("model", built.model_sha256, wanted.model_sha256),
+        ("torch version", built.torch, wanted.torch),
+        ("CPU capability", built.cpu, wanted.cpu),
+        ("machine", built.machine, wanted.machine),
+        ("precision", built.precision, wanted.precision),
+        ("image size", built.image_size, wanted.image_size),
+    ]
+    for what, was, now in checks:
+        if was != now:
+            return f"built for {what} {was}, serving {now}"
+    if built.largest_batch < wanted.largest_batch:
+        most, wanted_most = built.largest_batch, wanted.largest_batch
+        return f"built for batches up to {most}, serving up to {wanted_most}"
+    return built
+
+
+def load(model_dir, eager: torch.nn.Module, wanted: Manifest) -> PrebuiltGraph | None:
+    """The prebuilt engine of ``model_dir`` if it fits ``wanted`` (:func:`misfit`), else None
+    with the reason logged."""
+    built = _checked(model_dir, wanted)  # read once: what was verified is what is used
+    if isinstance(built, str):
+        level = logging.INFO if built.startswith("no prebuilt engine") else logging.WARNING
+        log.log(level, "prebuilt engine not used: %s", built)
+        return None
+    start = time.perf_counter()
+    folder = Path(model_dir) / ENGINE_DIR
+    # Hash a private copy and load that very copy: the file in model storage could change
+    # between a check of it and the load.
+    private = Path(tempfile.mkdtemp(prefix="invmon-engine-")) / PACKAGE_FILE
+    shutil.copyfile(folder / PACKAGE_FILE, private)
+    if not hmac.compare_digest(_sha256(private), built.package_sha256):
+        shutil.rmtree(private.parent, ignore_errors=True)
+        log.warning(
+            "prebuilt engine not used: %s does not hash to its manifest's package_sha256",
+            folder / PACKAGE_FILE,
+        )
+        return None
+    try:
+        runner = torch._inductor.aoti_load_package(str(private))
+    except Exception as err:  # a package this process cannot run: build as without one
+        log.warning("prebuilt engine not used: loading %s failed: %s", folder, err)
+        return None
+    finally:  # the package is unpacked and its library loaded; the copy is not needed
+        shutil.rmtree(private.parent, ignore_errors=True)
+    log.info("prebuilt engine %s loaded in %.1fs", folder, time.perf_counter() - start)
+    return PrebuiltGraph(runner, eager, built.largest_batch)

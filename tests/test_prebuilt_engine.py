@@ -1,0 +1,141 @@
+"""The serving engine built ahead of time (an AOTInductor package in the model folder): served
+from the start when it fits, with the eager model's counts; refused, with the reason logged, when
+the model, torch, the CPU, the precision, the batch range or the package's bytes do not match, or
+the manifest is not signed with the predictor's key.
+
+One real build (minutes of the C++ compiler) for the module; the checks read what it wrote.
+"""
+
+import dataclasses
+import json
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+from invmon.serving import prebuilt
+from invmon.serving.counter import Counter
+
+LARGEST = 8
+KEY = "test-only signing key"
+
+
+@pytest.fixture(autouse=True)
+def signing_key(monkeypatch):
+    monkeypatch.setenv(prebuilt.KEY_ENV, KEY)
+
+
+@pytest.fixture(scope="module")
+def built(model_dir, tmp_path_factory):
+    """A copy of the tiny model folder with an engine prebuilt for batches of 1 to LARGEST."""
+    folder = tmp_path_factory.mktemp("prebuilt") / "model"
+    shutil.copytree(model_dir, folder)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(prebuilt.KEY_ENV, KEY)
+        prebuilt.build(folder, LARGEST)
+    return folder
+
+
+def images(counter: Counter, count: int) -> np.ndarray:
+    rng = np.random.default_rng(4)
+    size = counter.image_size
+    return rng.integers(0, 256, (count, 3, size, size), dtype=np.uint8)
+
+
+def staged(folder, largest=LARGEST, **how):
+    how = {"device": "cpu", "precision": "fp32", "graph": "auto", **how}
+    return Counter.staged(folder, largest_batch=largest, use_prebuilt=True, **how)
+
+
+@pytest.mark.slow
+def test_a_prebuilt_engine_serves_from_the_start_with_the_eager_models_counts(built):
+    counter, upgrade = staged(built)
+    assert upgrade is None  # nothing to build in the background
+    assert (counter.precision, counter.engine.graph) == ("fp32", "prebuilt")
+    eager = Counter.from_model_dir(built, device="cpu", precision="fp32", graph="eager")
+    for size in (1, 3, LARGEST):
+        batch = images(counter, size)
+        ours, reference = counter.predict_uint8(batch), eager.predict_uint8(batch)
+        assert ours.counts.tolist() == reference.counts.tolist()
+        assert np.allclose(ours.probabilities, reference.probabilities, atol=1e-4)
+    # A batch larger than the package was built for runs on the eager model.
+    batch = images(counter, LARGEST + 2)
+    expected = eager.predict_uint8(batch).counts.tolist()
+    assert counter.predict_uint8(batch).counts.tolist() == expected
+
+
+def edited_manifest(built, tmp_path, sign=True, **changes):
+    """A copy of ``built`` whose manifest says ``changes``, signed again with the key (as our
+    build would have signed an engine built elsewhere) unless ``sign`` is False."""
+    folder = tmp_path / "model"
+    shutil.copytree(built, folder)
+    path = folder / prebuilt.ENGINE_DIR / prebuilt.MANIFEST_FILE
+    manifest = prebuilt.Manifest(**{**json.loads(path.read_text()), **changes})
+    if sign:
+        manifest = manifest.signed(KEY.encode())
+    path.write_text(json.dumps(dataclasses.asdict(manifest)))
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"torch": "2.13.0"}, "built for torch version 2.13.0"),
+        ({"cpu": "AVX512"}, "built for CPU capability AVX512"),
+        ({"model_sha256": "0" * 64}, "built for model 000"),
+        ({"precision": "bf16"}, "built for precision bf16"),
+        ({"largest_batch": LARGEST - 1}, f"built for batches up to {LARGEST - 1}"),
+        ({"package_sha256": "0" * 64}, "does not hash to its manifest"),
+        ({"torch": "2.13.0", "sign": False}, "is not signed with this predictor's"),
+        ({"signature": "0" * 64, "sign": False}, "is not signed with this predictor's"),
+    ],
+)
+def test_a_prebuilt_engine_that_does_not_fit_is_not_loaded_and_the_log_says_why(
+    built, tmp_path, caplog, changes, reason
+):
+    folder = edited_manifest(built, tmp_path, **changes)
+    with caplog.at_level(logging.INFO, logger="invmon"):
+        counter, upgrade = staged(folder)
+    assert "prebuilt engine not used" in caplog.text and reason in caplog.text, caplog.text
+    assert counter.engine.graph == "eager" and upgrade is not None  # the background path
+
+
+@pytest.mark.slow
+def test_changed_weights_or_more_batches_than_built_for_refuse_the_engine(built, tmp_path):
+    wanted = prebuilt.here(built, "fp32", 32, LARGEST)
+    assert prebuilt.misfit(built, wanted) is None
+    assert "batches up to" in prebuilt.misfit(built, prebuilt.here(built, "fp32", 32, 64))
+    folder = tmp_path / "model"
+    shutil.copytree(built, folder)
+    (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")
+    assert "built for model" in prebuilt.misfit(folder, prebuilt.here(folder, "fp32", 32, 8))
+
+
+@pytest.mark.slow
+def test_without_the_key_the_package_is_never_opened(built, monkeypatch, caplog):
+    monkeypatch.delenv(prebuilt.KEY_ENV)
+    with caplog.at_level(logging.INFO, logger="invmon"):
+        counter, upgrade = staged(built)
+    assert counter.engine.graph == "eager" and upgrade is not None
+    assert f"{prebuilt.KEY_ENV} is not set" in caplog.text
+    assert KEY not in caplog.text
+
+
+@pytest.mark.slow
+def test_a_package_changed_after_its_manifest_was_signed_is_not_loaded(built, tmp_path, caplog):
+    folder = tmp_path / "model"
+    shutil.copytree(built, folder)
+    with open(folder / prebuilt.ENGINE_DIR / prebuilt.PACKAGE_FILE, "ab") as package:
+        package.write(b"\0")
+    with caplog.at_level(logging.INFO, logger="invmon"):
+        counter, upgrade = staged(folder)
+    assert counter.engine.graph == "eager" and upgrade is not None
+    assert "does not hash to its manifest" in caplog.text
+
+
+@pytest.mark.slow
+def test_prebuilt_off_never_opens_the_package(built):
+    counter, upgrade = Counter.staged(built, device="cpu", precision="fp32", graph="auto")
+    assert counter.engine.graph == "eager" and upgrade is not None
