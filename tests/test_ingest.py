@@ -261,7 +261,7 @@ def test_the_listing_runs_ahead_of_the_copy_and_hands_on_its_error():
     own, bounded, and an error of the listing is raised where its object would have been taken."""
     import threading
 
-    from invmon.data.bucket_copy import _listed_ahead
+    from invmon.core.ahead import produced_ahead
 
     listed = threading.Event()
 
@@ -270,7 +270,7 @@ def test_the_listing_runs_ahead_of_the_copy_and_hands_on_its_error():
         listed.set()  # all five were listed before the first was taken
         raise RuntimeError("page 2 failed")
 
-    ahead = _listed_ahead(listing(), 10)
+    ahead = produced_ahead(listing(), 10)
     assert next(ahead) == 0 and listed.wait(5)
     assert list(itertools.islice(ahead, 4)) == [1, 2, 3, 4]
     with pytest.raises(RuntimeError, match="page 2 failed"):
@@ -287,7 +287,7 @@ def test_the_listing_runs_ahead_of_the_copy_and_hands_on_its_error():
         finally:
             stopped.set()
 
-    early = _listed_ahead(endless(), 3)
+    early = produced_ahead(endless(), 3)
     assert next(early) == 0
     early.close()  # the copy stopped: the producer stops too instead of blocking forever
     assert stopped.wait(5)

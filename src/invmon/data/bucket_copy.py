@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -28,6 +27,7 @@ from pathlib import Path, PurePosixPath
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from invmon.core.ahead import produced_ahead
 from invmon.core.progress import Progress
 from invmon.data import abid
 from invmon.data.s3 import (
@@ -430,51 +430,6 @@ def _check_copied(report: IngestReport, uri: S3Uri, part: Part) -> None:
 LISTED_AHEAD = 2000
 
 
-def _listed_ahead(objects: Iterable[_Object], ahead: int) -> Iterator[_Object]:
-    """``objects``, produced on a background thread up to ``ahead`` items before they are taken.
-
-    The producer's error is raised where the item it failed on would have been taken; closing
-    the generator (the copy stopped early) stops the producer too.
-    """
-    items: queue.Queue = queue.Queue(maxsize=ahead)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for obj in objects:
-                if not put(obj):
-                    return
-        except BaseException as err:  # handed to the taker: raised in the caller's thread
-            put(_Failed(err))
-        put(_DONE)
-
-    threading.Thread(target=produce, name="ingest-listing", daemon=True).start()
-    try:
-        while (item := items.get()) is not _DONE:
-            if isinstance(item, _Failed):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-
-
-@dataclass(frozen=True)
-class _Failed:
-    error: BaseException
-
-
-_DONE = object()  # the end of a listing handed on by _listed_ahead
-
-
 def _run_workers(copier: _Copier, objects: Iterable[_Object], workers: int, tally: _Tally) -> None:
     """Copy ``objects`` on ``workers`` threads, each taking the next object when it is free.
 
@@ -484,7 +439,7 @@ def _run_workers(copier: _Copier, objects: Iterable[_Object], workers: int, tall
     stays flat however long the listing, and no future is made per object. A listing that fails,
     or a bug, stops the copy and is raised here.
     """
-    source, take_lock = _listed_ahead(objects, LISTED_AHEAD), threading.Lock()
+    source, take_lock = produced_ahead(objects, LISTED_AHEAD), threading.Lock()
     fatal: list[BaseException] = []
 
     def take() -> _Object | None:
