@@ -44,9 +44,10 @@ TUNE_PARAMETERS = (
     "weights",
     "parallel_trials",
 )
-TRAIN_PARAMETERS = ("epochs", "recipe", "weights", "seed", "checkpoint", "num_nodes")
+TRAIN_PARAMETERS = ("epochs", "recipe", "weights", "init_model", "seed", "checkpoint", "num_nodes")
+# (min_accuracy reaches the release through evaluate, which raises it to the starting model's
+# accuracy in a retrain round.)
 RELEASE_PARAMETERS = (
-    "min_accuracy",
     "deploy_target",
     "model_name",
     "namespace",
@@ -147,6 +148,34 @@ def _ingest(p, settings: ClusterSettings, shared: str):
     return _configure(merged, "ingest", settings, "data", name="merge-ingest")
 
 
+def _arrange(p, settings: ClusterSettings, raw, shared: str):
+    """Arrange, with the recounts over the recorded counts (read with the source's S3 access)."""
+    arranged = arrange(
+        raw=raw,
+        classes=p.classes,
+        split=p.split,
+        seed=p.seed,
+        recounts=p.recounts,
+        endpoint_url=p.endpoint_url,
+        anonymous=p.anonymous,
+        workspace=shared,
+    )
+    return _configure(arranged, "arrange", settings, "data", s3=True)
+
+
+def _evaluate(p, settings: ClusterSettings, model, shards, shared: str):
+    """Evaluate the new model and, in a retrain round, the starting model on the same split."""
+    evaluated = evaluate(
+        model=model,
+        shards=shards,
+        init_model=p.init_model,
+        endpoint_url=p.artifact_endpoint_url,
+        min_accuracy=p.min_accuracy,
+        workspace=shared,
+    )
+    return _evaluating(evaluated, "evaluate", settings, s3=True)
+
+
 def _search_and_train(p, settings: ClusterSettings, shards, shared: str):
     """The search, then the final training with what it chose: returns the train task.
 
@@ -220,13 +249,18 @@ def _release(settings: ClusterSettings, shared: str):
     ):
         """The quality gate: deploy, audit and register run only when accuracy >= min_accuracy.
 
+        The root passes evaluate's required_accuracy as min_accuracy: the pipeline's
+        min_accuracy or, in a retrain round, the starting model's accuracy on the same test split
+        when that is higher, so that a round that makes the model worse is not deployed
+        (evaluate's log and metrics say which bound it missed).
+
         Args:
             model: The trained model folder.
             arranged: The arranged dataset (the smoke request's image).
             raw: The ingested bins to audit.
             evaluation: Evaluate's reference artifact, with its metrics.json.
             accuracy: Test accuracy from evaluate.
-            min_accuracy: The gate.
+            min_accuracy: The gate: the least test accuracy (evaluate's required_accuracy).
             deploy_target: kserve or local.
             model_name: Name of the InferenceService and of the served model.
             namespace: Namespace of the InferenceService.
@@ -283,9 +317,11 @@ def _register(model, evaluation, registry_url: str, model_name: str, settings: C
     return _configure(registered, "register", settings, "control")
 
 
-def _evaluating(task, stage: str, settings: ClusterSettings):
+def _evaluating(task, stage: str, settings: ClusterSettings, **how):
     """Evaluate or audit: a ResNet50 over many images, on the GPU pool if compiled so."""
-    return _configure(task, stage, settings, "evaluate", gpu=settings.evaluate_on_gpu, shm=True)
+    return _configure(
+        task, stage, settings, "evaluate", gpu=settings.evaluate_on_gpu, shm=True, **how
+    )
 
 
 def build_pipeline(settings: ClusterSettings | None = None):
@@ -308,6 +344,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         classes: str = D.classes,
         split: str = D.split,
         seed: int = D.seed,
+        recounts: str = D.recounts,
         image_size: int = D.image_size,
         trials: int = D.trials,
         algorithm: str = D.algorithm,
@@ -318,6 +355,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         epochs: int = D.epochs,
         recipe: str = D.recipe,
         weights: str = D.weights,
+        init_model: str = D.init_model,
         num_nodes: int = D.num_nodes,
         checkpoint: str = D.checkpoint,
         artifact_endpoint_url: str = D.artifact_endpoint_url,
@@ -334,10 +372,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
     ):
         p = SimpleNamespace(**locals())
         merged = _ingest(p, settings, shared)
-        arranged = arrange(
-            raw=merged.outputs["raw"], classes=classes, split=split, seed=seed, workspace=shared
-        )
-        _configure(arranged, "arrange", settings, "data")
+        arranged = _arrange(p, settings, merged.outputs["raw"], shared)
         shards = preprocess(
             arranged=arranged.outputs["arranged"],
             image_size=image_size,
@@ -347,16 +382,14 @@ def build_pipeline(settings: ClusterSettings | None = None):
         )
         _configure(shards, "preprocess", settings, "data")
         model = _search_and_train(p, settings, shards.outputs["shards"], shared)
-        evaluated = evaluate(
-            model=model.outputs["model"], shards=shards.outputs["shards"], workspace=shared
-        )
-        _evaluating(evaluated, "evaluate", settings)
+        evaluated = _evaluate(p, settings, model.outputs["model"], shards.outputs["shards"], shared)
         release(
             model=model.outputs["model"],
             arranged=arranged.outputs["arranged"],
             raw=merged.outputs["raw"],
             evaluation=evaluated.outputs["reference"],
             accuracy=evaluated.outputs["accuracy"],
+            min_accuracy=evaluated.outputs["required_accuracy"],
             **{name: getattr(p, name) for name in RELEASE_PARAMETERS},
         ).set_display_name("release").set_caching_options(settings.caching and not shared)
 

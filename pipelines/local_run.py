@@ -19,6 +19,7 @@ from pathlib import Path
 
 from invmon.core.command import Command
 from invmon.core.settings import Settings, inherit, setting
+from invmon.data.relabel import split_uris
 from invmon.data.s3 import S3Options, embedded_s3_server, make_client, make_public_bucket
 from invmon.pipelines.parameters import DEFAULTS, PipelineParameters
 from invmon.training.search import parse_batch_sizes
@@ -106,6 +107,8 @@ class RunSettings(Settings):
     min_accuracy: float = inherit(PipelineParameters, "min_accuracy")
     # The token comes from $INVMON_REGISTRY_TOKEN, which the tasks (subprocesses) inherit.
     registry_url: str = inherit(PipelineParameters, "registry_url")
+    recounts: str = inherit(PipelineParameters, "recounts")
+    init_model: str = inherit(PipelineParameters, "init_model")
     synth_bins: int = setting(DEMO_BINS, help="synthetic bins in the embedded bucket", minimum=1)
     out: str = setting("runs", help="where runs are kept")
     cache: bool = setting(
@@ -146,7 +149,14 @@ class RunSettings(Settings):
             "min_accuracy": self.min_accuracy,
             "deploy_target": defaults.deploy_target,
             "registry_url": self.registry_url,
+            # Tasks run in folders of their own: local paths are made absolute here.
+            "recounts": ",".join(_absolute(uri) for uri in split_uris(self.recounts)),
+            "init_model": _absolute(self.init_model) if self.init_model else "",
         }
+
+
+def _absolute(uri: str) -> str:
+    return uri if "://" in uri else str(Path(uri).resolve())
 
 
 @dataclass
@@ -272,10 +282,7 @@ def format_summary(summary: RunSummary) -> str:
             f"off-by-one accuracy {m.get('off_by_one_accuracy', float('nan')):.3f}"
         )
     if "deploy" not in summary.stage_seconds and summary.min_accuracy is not None and m:
-        lines.append(
-            f"quality gate: accuracy below min_accuracy {summary.min_accuracy}; "
-            "deploy and audit skipped"
-        )
+        lines.append(_gate_reason(m, summary.min_accuracy))
     if summary.audit:
         a = summary.audit
         lines.append(
@@ -284,6 +291,18 @@ def format_summary(summary: RunSummary) -> str:
         )
     lines += [f"  {name}: {path}" for name, path in summary.artifacts.items()]
     return "\n".join(lines)
+
+
+def _gate_reason(m: dict, min_accuracy: float) -> str:
+    """Why the gate stopped deploy and audit: the starting model was better, or the bound."""
+    start = m.get("init_accuracy")
+    if start is not None and m.get("accuracy", 0.0) < start:
+        return (
+            f"retrain gate: accuracy {m.get('accuracy', float('nan')):.3f} is below the starting "
+            f"model's {start:.3f} on the same test split: this round made the model worse; "
+            "deploy and audit skipped"
+        )
+    return f"quality gate: accuracy below min_accuracy {min_accuracy}; deploy and audit skipped"
 
 
 RUN = Command(

@@ -52,6 +52,7 @@ class PipelineParameters(Settings):
     classes: str = inherit(ArrangeSettings, "classes")
     split: str = inherit(ArrangeSettings, "split")
     seed: int = inherit(ArrangeSettings, "seed", help="seed of the split, the search and training")
+    recounts: str = inherit(ArrangeSettings, "recounts")
     image_size: int = inherit(PreprocessSettings, "image_size")
     trials: int = inherit(TuneSettings, "trials")
     algorithm: str = inherit(TuneSettings, "algorithm")
@@ -63,6 +64,7 @@ class PipelineParameters(Settings):
     epochs: int = setting(0, help="epochs of the final training (0: the search's choice)")
     recipe: str = inherit(TrainSettings, "recipe")
     weights: str = inherit(TrainConfig, "weights")
+    init_model: str = inherit(TrainConfig, "init_model")
     num_nodes: int = inherit(TrainJobOptions, "num_nodes")
     # "none" where the stage's default is a folder beside the model: a task's local folder does
     # not survive a retried pod.
@@ -82,7 +84,8 @@ class PipelineParameters(Settings):
     min_accuracy: float = setting(
         MIN_ACCURACY,
         help="quality gate: deploy and audit run only when the test accuracy reaches this "
-        "(majority baselines: 0.17 for counts 0-5, 0.26 for 1-5)",
+        "(majority baselines: 0.17 for counts 0-5, 0.26 for 1-5) and, with init_model, the "
+        "starting model's accuracy on the same test split",
     )
     deploy_target: str = inherit(
         DeploySettings,

@@ -32,7 +32,11 @@ SAME_MEANING = [
         IngestSettings,
         ("endpoint_url", "anonymous", "file_list", "limit", "workers"),
     ),
-    (components.arrange, ArrangeSettings, ("classes", "split", "seed")),
+    (
+        components.arrange,
+        ArrangeSettings,
+        ("classes", "split", "seed", "recounts", "endpoint_url", "anonymous"),
+    ),
     (components.preprocess, PreprocessSettings, ("image_size", "shard_size", "workers")),
     (
         components.tune,
@@ -79,8 +83,8 @@ SAME_MEANING = [
             "unschedulable_timeout",
         ),
     ),
-    (components.train, TrainConfig, ("device", "seed", "weights")),
-    (components.evaluate, EvaluateSettings, ("device",)),
+    (components.train, TrainConfig, ("device", "seed", "weights", "init_model")),
+    (components.evaluate, EvaluateSettings, ("device", "init_model", "endpoint_url")),
     (components.audit, AuditSettings, ("threshold", "device", "thumbnails")),
 ]
 
@@ -238,7 +242,7 @@ def test_with_a_workspace_the_shards_stay_in_it_and_are_read_in_place(
     metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"))
     confusion = dsl.ClassificationMetrics(name="confusion", uri=str(tmp_path / "confusion"))
     report = dsl.HTML(name="report", uri=str(tmp_path / "report.html"))
-    accuracy, _ = components.evaluate.python_func(
+    accuracy, *_ = components.evaluate.python_func(
         model=dsl.Model(name="model", uri=str(model_dir)),
         shards=dsl.Dataset(name="shards", uri=shards.path),
         metrics=metrics,

@@ -83,3 +83,37 @@ def test_the_command_draws_with_the_generators_defaults():
     parameters = inspect.signature(synthesize).parameters
     for name in ("seed", "max_items"):
         assert default_of(SynthSettings, name) == parameters[name].default, name
+
+
+def test_mislabeled_bins_keep_their_photo_and_the_truth_goes_to_its_own_file(tmp_path):
+    import csv
+
+    import pytest
+
+    from invmon.cli import main
+
+    clean, noisy = tmp_path / "clean", tmp_path / "noisy"
+    synthesize(str(clean), 200, seed=4, max_items=5, workers=1)
+    args = ["synth", "--out", str(noisy), "--count", "200", "--seed", "4"]
+    assert main([*args, "--mislabel-rate", "0.25"]) == 0
+    with open(noisy / "truth.csv", newline="") as handle:
+        truth = {r["bin_id"]: r for r in csv.DictReader(handle)}
+    assert len(truth) == 200
+    wrong = 0
+    for bin_id, row in truth.items():
+        image = f"bin-images/{bin_id}.jpg"
+        assert (noisy / image).read_bytes() == (clean / image).read_bytes()
+        document = json.loads((noisy / "metadata" / f"{bin_id}.json").read_text())
+        recorded = abid.expected_quantity(json.dumps(document).encode())
+        assert recorded == int(row["recorded_count"])
+        assert recorded == sum(i["quantity"] for i in document["BIN_FCSKU_DATA"].values())
+        clean_count = json.loads((clean / "metadata" / f"{bin_id}.json").read_text())
+        assert int(row["true_count"]) == clean_count["EXPECTED_QUANTITY"]
+        if recorded != int(row["true_count"]):
+            wrong += 1
+            assert abs(recorded - int(row["true_count"])) == 1 and 0 <= recorded <= 5
+    assert 30 <= wrong <= 70  # 25 % of 200, drawn bin by bin
+    with pytest.raises(ValueError, match=r"--mislabel-rate must be in \[0, 1\), got 1.5"):
+        synthesize(str(tmp_path / "x"), 2, mislabel_rate=1.5)
+    with pytest.raises(ValueError, match=r"s3:// --out needs --truth"):
+        synthesize("s3://bucket/p", 2, mislabel_rate=0.1)

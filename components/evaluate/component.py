@@ -17,6 +17,8 @@ NOTES = {
     "invmon monitor --reference compares live predictions with; and metrics.json, the test "
     "metrics invmon register records.",
     "workspace": "The pipeline workspace path, when the shards live in it (read in place).",
+    "min_accuracy": "The quality gate's least test accuracy; the gate the run applies "
+    "(required_accuracy) is the larger of it and the starting model's accuracy on the same split.",
 }
 
 
@@ -34,8 +36,14 @@ def evaluate(
     report: Output[HTML],
     reference: Output[Artifact],
     device: str,
+    init_model: str,
+    endpoint_url: str,
+    min_accuracy: float = 0.0,
     workspace: str = "",
-) -> NamedTuple("Outputs", [("accuracy", float), ("rmse", float)]):
+) -> NamedTuple(
+    "Outputs",
+    [("accuracy", float), ("rmse", float), ("init_accuracy", float), ("required_accuracy", float)],
+):
     import os
     import shutil
     import tempfile
@@ -49,9 +57,18 @@ def evaluate(
     # The model is this task's input: its reference goes out as an artifact of its own.
     result = stage.run(
         stage.EvaluateSettings(
-            model=model.path, data=data, out=out, device=device, reference_in_model=False
+            model=model.path,
+            data=data,
+            out=out,
+            device=device,
+            reference_in_model=False,
+            init_model=init_model or None,
+            endpoint_url=endpoint_url or None,
         )
     )
+    # A retrain round is deployed only when it is no worse than the model it started from.
+    required = max(min_accuracy, result.init_accuracy or 0.0)
+    print(stage.gate_line(result, min_accuracy))
     os.makedirs(reference.path, exist_ok=True)
     shutil.copy(os.path.join(out, stage.REFERENCE_FILE), reference.path)
     # The model's full test metrics (per class too) go with it for the registry.
@@ -63,9 +80,14 @@ def evaluate(
         "off_by_one_accuracy",
         "baseline_accuracy",
         "baseline_rmse",
+        "verified_accuracy",
+        "init_accuracy",
     ):
-        metrics.log_metric(name, round(float(getattr(result, name)), 4))
+        if getattr(result, name) is not None:
+            metrics.log_metric(name, round(float(getattr(result, name)), 4))
+    metrics.log_metric("required_accuracy", round(required, 4))
     confusion.log_confusion_matrix([str(c) for c in result.classes], result.confusion_matrix)
     shutil.copyfile(os.path.join(out, stage.REPORT_FILE), report.path)
-    outputs = namedtuple("Outputs", ["accuracy", "rmse"])
-    return outputs(result.accuracy, result.rmse)
+    outputs = namedtuple("Outputs", ["accuracy", "rmse", "init_accuracy", "required_accuracy"])
+    init = -1.0 if result.init_accuracy is None else result.init_accuracy
+    return outputs(result.accuracy, result.rmse, init, required)

@@ -36,6 +36,7 @@ def train(
     metrics: Output[Metrics],
     report: Output[HTML],
     weights: str,
+    init_model: str,
     device: str,
     seed: int,
     recipe: str,
@@ -69,7 +70,11 @@ def train(
         params=os.path.join(search.path, "best.json"),
         recipe=recipe,
         training=stage.TrainOverrides(
-            epochs=epochs or None, weights=weights, device=device, seed=seed
+            epochs=epochs or None,
+            weights=weights,
+            init_model=init_model,
+            device=device,
+            seed=seed,
         ),
         checkpoint=checkpoint or None,
         endpoint_url=endpoint_url or None,

@@ -42,6 +42,11 @@ def read_classes(data: str | Path) -> list[int]:
     return [int(c) for c in _dataset(data)["classes"]]
 
 
+def read_verified(data: str | Path) -> dict[str, list[str]]:
+    """The recount-verified bins of each split of an arranged folder (empty: no recounts)."""
+    return {s: list(ids) for s, ids in _dataset(data).get("recount_verified", {}).items()}
+
+
 def _dataset(data: str | Path) -> dict:
     path = Path(data) / DATASET_FILE
     if not path.is_file():

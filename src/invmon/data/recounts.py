@@ -314,7 +314,7 @@ def _cycle_counts(path: Path, checks: _Checks, report: ImportReport) -> list[Rec
     return counts
 
 
-def _moment(text: str) -> datetime | None:
+def parse_moment(text: str) -> datetime | None:
     """An ISO 8601 time (a trailing Z included), or None when there is none to read."""
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -329,7 +329,7 @@ def latest_per_bin(counts: list[Recount], report: ImportReport) -> list[Recount]
     ``report.conflicts``, oldest first."""
     oldest = datetime.min.replace(tzinfo=UTC)
     order = sorted(
-        enumerate(counts), key=lambda pair: (_moment(pair[1].counted_at) or oldest, pair[0])
+        enumerate(counts), key=lambda pair: (parse_moment(pair[1].counted_at) or oldest, pair[0])
     )
     per_bin: dict[str, list[Recount]] = {}
     for _, recount in order:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +36,8 @@ class DatasetIndex:
     preprocessing: Preprocessing
     classes: tuple[int, ...]
     splits: dict
+    # split -> the bins whose label a recount verified (arrange --recounts); empty: none.
+    verified: dict = field(default_factory=dict)
 
     @classmethod
     def read(cls, root: str | Path) -> DatasetIndex:
@@ -49,6 +51,7 @@ class DatasetIndex:
             preprocessing=Preprocessing.from_dict(data["preprocessing"]),
             classes=tuple(data["classes"]),
             splits=data["splits"],
+            verified=data.get("recount_verified", {}),
         )
 
     def split(self, name: str) -> ShardedSplit:

@@ -6,10 +6,17 @@ baseline JPEG of ABID-like size, plus a metadata document in ABID's schema whose
 is the number of items drawn. Units of one SKU look alike, as in a real bin. Everything derives
 from ``(seed, bin number)``, so a bin's content does not depend on how many bins are made or in
 what order.
+
+With a mislabel rate R, each bin's record is wrong with probability R (one unit more or fewer
+than the photo shows, as a misplaced item leaves it), the photo unchanged; the true counts go to
+a truth file (``bin_id,true_count,recorded_count``) outside the bucket's layout, which no stage
+reads: it stands in for the associates who would recount the bins.
 """
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import io
 import json
 import logging
@@ -29,6 +36,8 @@ from invmon.data import abid
 from invmon.data.s3 import S3Uri, is_s3_uri, make_client
 
 log = logging.getLogger(__name__)
+
+TRUTH_FILE = "truth.csv"
 
 _WORDS = [
     "Deluxe",
@@ -90,6 +99,8 @@ class SynthReport:
     bins: int
     counts: dict[int, int]
     bytes_written: int
+    mislabeled: int = 0
+    truth: str | None = None
 
 
 @dataclass(frozen=True)
@@ -316,21 +327,55 @@ def render_bin(rng: np.random.Generator, skus: list[_Sku]) -> Image.Image:
 
 def make_bin(seed: int, number: int, max_items: int) -> tuple[str, bytes, bytes, int]:
     """Return ``(bin_id, jpeg_bytes, metadata_bytes, count)`` for bin ``number`` of a seed."""
+    return make_noisy_bin(seed, number, max_items, 0.0)[:4]
+
+
+def make_noisy_bin(
+    seed: int, number: int, max_items: int, mislabel_rate: float
+) -> tuple[str, bytes, bytes, int, int]:
+    """Return ``(bin_id, jpeg_bytes, metadata_bytes, recorded_count, true_count)``: the bin of
+    :func:`make_bin`, whose record is wrong with probability ``mislabel_rate``."""
     rng = _rng(seed, number)
     count = int(rng.integers(0, max_items + 1))
     skus = _make_skus(rng, count)
     buffer = io.BytesIO()
     render_bin(rng, skus).save(buffer, format="JPEG", quality=int(rng.integers(80, 92)))
+    # Its own generator: whether a record is wrong changes neither the photo nor the other bins.
+    noise = np.random.default_rng([seed, number, 1])
+    if max_items > 0 and noise.random() < mislabel_rate:
+        skus = _misrecorded(noise, skus, count, max_items)
     document = json.dumps(metadata_document(rng, skus), indent=4, sort_keys=True)
-    return abid.format_bin_id(number), buffer.getvalue(), document.encode(), count
+    recorded = sum(s.quantity for s in skus)
+    return abid.format_bin_id(number), buffer.getvalue(), document.encode(), recorded, count
 
 
-def _make_bin_star(args: tuple[int, int, int]) -> tuple[str, bytes, bytes, int]:
-    return make_bin(*args)
+def _misrecorded(rng: np.random.Generator, skus: list[_Sku], count: int, top: int) -> list[_Sku]:
+    """The SKUs as a wrong record has them: one unit more or fewer (within 0..top)."""
+    step = int(rng.choice([-1, 1]))
+    if not 0 <= count + step <= top:
+        step = -step
+    if step > 0:
+        if not skus:
+            return _make_skus(rng, 1)
+        at = int(rng.integers(len(skus)))
+        return [
+            dataclasses.replace(s, quantity=s.quantity + 1) if i == at else s
+            for i, s in enumerate(skus)
+        ]
+    at = int(rng.integers(len(skus)))
+    fewer = [
+        dataclasses.replace(s, quantity=s.quantity - 1) if i == at else s
+        for i, s in enumerate(skus)
+    ]
+    return [s for s in fewer if s.quantity > 0]
 
 
-def _bins(count: int, seed: int, max_items: int, workers: int) -> Iterator[tuple]:
-    jobs = [(seed, number, max_items) for number in range(1, count + 1)]
+def _make_bin_star(args: tuple[int, int, int, float]) -> tuple[str, bytes, bytes, int, int]:
+    return make_noisy_bin(*args)
+
+
+def _bins(count: int, seed: int, max_items: int, workers: int, rate: float) -> Iterator[tuple]:
+    jobs = [(seed, number, max_items, rate) for number in range(1, count + 1)]
     if workers <= 1 or count < 64:
         yield from map(_make_bin_star, jobs)
         return
@@ -385,28 +430,62 @@ def synthesize(
     endpoint_url: str | None = None,
     workers: int | None = None,
     anonymous: bool = False,
+    mislabel_rate: float = 0.0,
+    truth: str | Path | None = None,
 ) -> SynthReport:
     """Write ``count`` synthetic bins (ids 00001..) to a folder or ``s3://BUCKET/PREFIX``.
 
     The bucket must exist; credentials come from boto3's standard chain unless ``anonymous``.
+    With ``mislabel_rate``, that share of records is wrong, and ``truth`` (a local file; for a
+    folder ``out``, ``out/truth.csv`` when not given) gets every bin's true and recorded count.
     """
-    if count < 1:
-        raise ValueError(f"--count must be >= 1, got {count}")
-    if not 0 <= max_items <= 30:
-        raise ValueError(f"--max-items must be between 0 and 30, got {max_items}")
+    truth = _check(out, count, max_items, mislabel_rate, truth)
     workers = workers or os.cpu_count() or 1
     writer = _Writer(out, endpoint_url, anonymous)
     counts: dict[int, int] = {}
-    written = 0
+    written, rows = 0, []
     progress = Progress("synth", total=count, unit="bins")
     try:
-        for bin_id, jpeg, document, label in _bins(count, seed, max_items, workers):
+        for bin_id, jpeg, document, label, true in _bins(
+            count, seed, max_items, workers, mislabel_rate
+        ):
             writer.write(abid.image_key(bin_id), jpeg)
             writer.write(abid.metadata_key(bin_id), document)
             counts[label] = counts.get(label, 0) + 1
             written += len(jpeg) + len(document)
+            rows.append((bin_id, true, label))
             progress.advance()
     finally:
         writer.close()
         progress.close()
-    return SynthReport(out, count, dict(sorted(counts.items())), written)
+    wrong = sum(true != label for _, true, label in rows)
+    if truth is not None:
+        _write_truth(Path(truth), rows)
+    return SynthReport(
+        out, count, dict(sorted(counts.items())), written, wrong, str(truth) if truth else None
+    )
+
+
+def _check(out: str, count: int, max_items: int, rate: float, truth) -> str | Path | None:
+    """Refuse bad arguments, naming them; return where the truth file goes (None: nowhere)."""
+    if count < 1:
+        raise ValueError(f"--count must be >= 1, got {count}")
+    if not 0 <= max_items <= 30:
+        raise ValueError(f"--max-items must be between 0 and 30, got {max_items}")
+    if not 0 <= rate < 1:
+        raise ValueError(f"--mislabel-rate must be in [0, 1), got {rate}")
+    if rate and truth is None:
+        if is_s3_uri(out):
+            raise ValueError("--mislabel-rate with an s3:// --out needs --truth FILE (local)")
+        truth = Path(out) / TRUTH_FILE
+    return truth
+
+
+def _write_truth(path: Path, rows: list[tuple[str, int, int]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.partial")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["bin_id", "true_count", "recorded_count"])
+        writer.writerows(rows)
+    temporary.replace(path)

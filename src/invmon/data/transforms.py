@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # torch is imported where batches are normalised, not by deco
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ALLOWED_FORMATS = ("JPEG", "PNG")
+_JPEG_END = b"\xff\xd9"
 # An ABID photo has about 0.16 megapixels; anything above this is refused before decoding.
 DEFAULT_MAX_PIXELS = 40_000_000
 
@@ -113,3 +115,29 @@ def normalize(batch: torch.Tensor, preprocessing: Preprocessing) -> torch.Tensor
     std = torch.tensor(preprocessing.std, device=batch.device).view(1, 3, 1, 1) * 255
     out = (batch.float() - mean) / std
     return out.contiguous(memory_format=torch.channels_last)
+
+
+class ImageProblem(ValueError):
+    """An image file that preprocess could not use."""
+
+
+def check_image(path: Path) -> tuple[int, int, int]:
+    """Return ``(width, height, bytes)`` of an image file, reading only its header and end.
+
+    Raises ImageProblem when it is not a JPEG or PNG, its header does not read, or a JPEG does not
+    end with the end-of-image marker (the usual sign of a cut-off file).
+    """
+    size = path.stat().st_size
+    try:
+        with Image.open(path) as image:
+            kind, (width, height) = image.format, image.size
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise ImageProblem(f"unreadable image ({size} bytes): {err}") from err
+    if kind not in ALLOWED_FORMATS:
+        raise ImageProblem(f"image format {kind} is not allowed (allowed: JPEG, PNG)")
+    if kind == "JPEG":
+        with open(path, "rb") as handle:
+            handle.seek(max(0, size - 2))
+            if handle.read(2) != _JPEG_END:
+                raise ImageProblem(f"truncated JPEG: {size} bytes without the end-of-image marker")
+    return width, height, size

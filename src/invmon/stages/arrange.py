@@ -14,6 +14,11 @@ does not). Decoding every pixel is left to preprocess, which skips and names wha
 
 The split is stratified by count and seeded; it depends only on the set of usable bins, the
 fractions and the seed, never on file-system order.
+
+``--recounts`` puts recounted counts (:mod:`invmon.data.relabel`) over the recorded ones after the
+split, so a bin keeps its split round after round; the source metadata is only read. The
+arranged folder lists the applied recounts in ``recounts.csv`` and the recount-verified bins of
+each split in ``dataset.json``, which preprocess hands on to evaluate.
 """
 
 from __future__ import annotations
@@ -28,22 +33,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from invmon.core.command import Command
 from invmon.core.progress import Progress
 from invmon.core.settings import Settings, setting
-from invmon.data import abid, workspace
+from invmon.data import abid, relabel, workspace
 from invmon.data.layout import DATASET_FILE, MANIFEST_FILE, SPLITS, read_manifest
-from invmon.data.transforms import ALLOWED_FORMATS
+from invmon.data.s3 import S3Options
+from invmon.data.transforms import ImageProblem, check_image
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "data_report.md"
+RECOUNTS_FILE = "recounts.csv"
 # How the class folders get their images: hard links (copies across file systems), copies, none
 # (preprocess reads the raw folder), or hard links with none as the fallback (pipeline workspace).
 IMAGE_MODES = ("link", "copy", "refer", "link-or-refer")
-_JPEG_END = b"\xff\xd9"
 # Bins named per drop reason in the report; the full lists are in dataset.json.
 _EXAMPLES = 5
 
@@ -63,6 +68,13 @@ class ArrangeSettings(Settings):
         help="how class folders get their images: link (hard links; copies across file "
         "systems), copy, refer (none: preprocess reads the raw folder) or link-or-refer",
     )
+    recounts: str = setting(
+        "",
+        help="recount files (bin_id,true_count,source,counted_at, as invmon recount import "
+        "writes them) whose counts replace the recorded ones: files, folders or s3:// URIs, "
+        "comma-separated (empty: none)",
+    )
+    s3: S3Options = setting(default_factory=S3Options, help="S3 access for s3:// recounts")
     workers: int = setting(8, help="threads reading the bins", minimum=1, cli=False)
 
     def __post_init__(self):
@@ -107,6 +119,8 @@ class ArrangeReport:
     layout: str = "folders"
     raw: str = ""
     splits_disjoint: bool = True
+    recounts: list[dict] = field(default_factory=list)  # per recount file, what it did
+    recount_verified: dict[str, list[str]] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         """Return a JSON-serialisable form."""
@@ -158,32 +172,6 @@ def scan_raw(raw: Path) -> tuple[dict[str, str], dict[str, str]]:
             if parsed and entry.is_file():
                 found[parsed[0]][parsed[1]] = entry.path
     return found["image"], found["metadata"]
-
-
-class ImageProblem(ValueError):
-    """An image file that preprocess could not use."""
-
-
-def check_image(path: Path) -> tuple[int, int, int]:
-    """Return ``(width, height, bytes)`` of an image file, reading only its header and end.
-
-    Raises ImageProblem when it is not a JPEG or PNG, its header does not read, or a JPEG does not
-    end with the end-of-image marker (the usual sign of a cut-off file).
-    """
-    size = path.stat().st_size
-    try:
-        with Image.open(path) as image:
-            kind, (width, height) = image.format, image.size
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ImageProblem(f"unreadable image ({size} bytes): {err}") from err
-    if kind not in ALLOWED_FORMATS:
-        raise ImageProblem(f"image format {kind} is not allowed (allowed: JPEG, PNG)")
-    if kind == "JPEG":
-        with open(path, "rb") as handle:
-            handle.seek(max(0, size - 2))
-            if handle.read(2) != _JPEG_END:
-                raise ImageProblem(f"truncated JPEG: {size} bytes without the end-of-image marker")
-    return width, height, size
 
 
 @dataclass(frozen=True)
@@ -380,7 +368,9 @@ def run(settings: ArrangeSettings) -> ArrangeReport:
             f"{ {k: len(v) for k, v in labels.dropped.items()} }"
         )
     fractions = parse_split(settings.split)
+    # The split is made from the recorded counts, so that recounts never move a bin.
     assignment = stratified_split(labels.counts, fractions, settings.seed)
+    recounted = _recount(labels, assignment, settings, classes)
     out.mkdir(parents=True, exist_ok=True)
     mode = resolve_image_mode(settings.images, raw, out)
     write_layout(out, image_files, labels.counts, assignment, mode)
@@ -392,6 +382,8 @@ def run(settings: ArrangeSettings) -> ArrangeReport:
     counts = {s: {c: 0 for c in classes} for s in SPLITS}
     for bin_id, split_name in assignment.items():
         counts[split_name][labels.counts[bin_id]] += 1
+    if recounted is not None:
+        (out / RECOUNTS_FILE).write_text(relabel.recounts_table(recounted, assignment))
     report = ArrangeReport(
         classes=classes,
         split=fractions,
@@ -405,10 +397,31 @@ def run(settings: ArrangeSettings) -> ArrangeReport:
         layout="folders" if mode != "refer" else "raw",
         raw=str(raw.resolve()),
         splits_disjoint=not overlap,
+        recounts=[f.to_dict() for f in recounted.files] if recounted else [],
+        recount_verified=relabel.verified_by_split(recounted.applied, assignment)
+        if recounted
+        else {},
     )
     (out / DATASET_FILE).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (out / REPORT_FILE).write_text(markdown_report(report))
     return report
+
+
+def _recount(labels: Labels, assignment: dict, settings: ArrangeSettings, classes: list[int]):
+    """Put the recounts over ``labels.counts`` (in place; a bin recounted outside the classes
+    leaves ``assignment`` too); None when there are none."""
+    if not settings.recounts:
+        return None
+    files = relabel.read_recount_files(
+        settings.recounts, settings.s3.endpoint_url, settings.s3.anonymous
+    )
+    result = relabel.overlay(labels.counts, files, classes)
+    labels.counts = result.counts
+    for bin_id in result.dropped:
+        del assignment[bin_id]
+    if result.dropped:
+        labels.dropped["recounted outside classes"] = result.dropped
+    return result
 
 
 def markdown_report(report: ArrangeReport) -> str:
@@ -459,8 +472,8 @@ def markdown_report(report: ArrangeReport) -> str:
         "- every bin is in exactly one split: " + ("yes" if report.splits_disjoint else "**no**"),
         "- images: "
         + ("in class folders" if report.layout == "folders" else f"read from `{report.raw}`"),
-        "",
     ]
+    lines += [*relabel.report_lines(report.recounts, report.recount_verified), ""]
     return "\n".join(lines)
 
 

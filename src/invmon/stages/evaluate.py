@@ -3,6 +3,11 @@
 Counting is ordinal, so beside exact accuracy it reports RMSE and MAE of the count, off-by-one
 accuracy, per-class precision and recall, and the confusion matrix; and beside every figure, the
 majority-class baseline (always answering the most frequent training count).
+
+Where arrange took recounts, the accuracy on the recount-verified bins of the split (the only
+labels known to be right) is reported apart. With ``init_model`` (the starting model of a retrain
+round), that model is evaluated on the same split too, for the gate that keeps a round which made
+the model worse from being deployed.
 """
 
 from __future__ import annotations
@@ -51,6 +56,12 @@ class Evaluation:
     baseline_rmse: float
     # What the model ran in: the precision a predictor on this device serves (auto).
     precision: str = "fp32"
+    # On the recount-verified bins of the split alone (None: none were recounted).
+    verified_images: int = 0
+    verified_accuracy: float | None = None
+    # The starting model of a retrain round on the same split (None: no starting model).
+    init_model: str | None = None
+    init_accuracy: float | None = None
 
     def to_dict(self) -> dict:
         """Return a JSON-serialisable form."""
@@ -109,13 +120,16 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 128,
     reference_in_model: bool = True,
+    init_model: str | None = None,
+    endpoint_url: str | None = None,
 ) -> Evaluation:
     """Evaluate the model folder ``model`` on ``split`` of the preprocessed dataset ``data``.
 
     Writes metrics.json, predictions.csv, report.html (with the confusion matrix) and
     reference.json (the predicted-count distribution and mean confidence, which ``invmon
     monitor`` compares live predictions with) to ``out``; with ``reference_in_model``,
-    reference.json also goes into the model folder.
+    reference.json also goes into the model folder. ``init_model`` (a model folder or s3:// URI,
+    read through ``endpoint_url``) is evaluated on the same split as the starting model.
     """
     from invmon.data.shards import DatasetIndex
     from invmon.serving.counter import Counter
@@ -126,16 +140,7 @@ def evaluate(
     test = index.split(split)
     if len(test) == 0:
         raise ValueError(f"split {split!r} of {str(data)!r} has no images")
-    predicted, expected, confidence = [], [], []
-    progress = Progress("evaluate", total=len(test), unit="images")
-    for images, _targets in test.batches(batch_size):
-        result = counter.predict_uint8(images)
-        predicted.append(result.counts)
-        expected.append(result.expected)
-        confidence.append(result.confidence)
-        progress.advance(len(images))
-    progress.close()
-    predicted_counts = np.concatenate(predicted)
+    predicted_counts, expected, confidence = _predict(counter, test, batch_size, "evaluate")
     true_counts = test.counts
     classes = list(index.classes)
     matrix = confusion_matrix(true_counts, predicted_counts, classes)
@@ -152,7 +157,13 @@ def evaluate(
         baseline_accuracy=baseline_metrics["accuracy"],
         baseline_rmse=baseline_metrics["rmse"],
         precision=counter.precision,
+        **_verified(index.verified.get(split, []), test.ids, true_counts, predicted_counts),
     )
+    if init_model:
+        evaluation.init_model = str(init_model)
+        evaluation.init_accuracy = _accuracy_of(
+            init_model, index, data, split, device, endpoint_url
+        )
     _write_outputs(Path(out), evaluation, test.ids, true_counts, predicted_counts, expected)
     # What invmon monitor compares live predictions with: beside the metrics, and in the model
     # folder, which the deployed model's storage URI names.
@@ -162,6 +173,42 @@ def evaluate(
     for folder in (Path(out), *([Path(model)] if reference_in_model else [])):
         write_reference(reference, folder)
     return evaluation
+
+
+def _predict(counter: Counter, test, batch_size: int, name: str):
+    """Predicted counts, expected counts (per batch) and confidences over a split."""
+    predicted, expected, confidence = [], [], []
+    progress = Progress(name, total=len(test), unit="images")
+    for images, _targets in test.batches(batch_size):
+        result = counter.predict_uint8(images)
+        predicted.append(result.counts)
+        expected.append(result.expected)
+        confidence.append(result.confidence)
+        progress.advance(len(images))
+    progress.close()
+    return np.concatenate(predicted), expected, confidence
+
+
+def _verified(verified: list[str], ids, true, predicted) -> dict:
+    """The accuracy on the recount-verified bins among ``ids`` (None when there are none)."""
+    mask = np.isin(np.asarray(ids), np.asarray(list(verified), dtype=object))
+    if not mask.any():
+        return {"verified_images": 0, "verified_accuracy": None}
+    accuracy = float(np.mean(true[mask] == predicted[mask]))
+    return {"verified_images": int(mask.sum()), "verified_accuracy": accuracy}
+
+
+def _accuracy_of(init_model, index: DatasetIndex, data, split: str, device, endpoint_url) -> float:
+    """The starting model's accuracy on the same split (fetched first when on S3)."""
+    from invmon.serving.counter import Counter
+    from invmon.training.init_model import local_model
+
+    with local_model(str(init_model), endpoint_url) as folder:
+        counter = Counter.from_model_dir(folder, device=device)
+        _check_compatible(counter, index, init_model, data)
+        test = index.split(split)
+        predicted, _, _ = _predict(counter, test, 128, "evaluate starting model")
+    return float(np.mean(predicted == test.counts))
 
 
 def _check_compatible(counter: Counter, index: DatasetIndex, model, data) -> None:
@@ -191,15 +238,19 @@ def _write_outputs(out: Path, evaluation: Evaluation, ids, true, predicted, expe
 def html_report(evaluation: Evaluation) -> str:
     """The evaluation as a self-contained HTML page with a confusion-matrix picture."""
     e = evaluation
-    summary = report.table(
-        ["metric", "model", "majority baseline"],
-        [
-            ["accuracy", e.accuracy, e.baseline_accuracy],
-            ["RMSE", e.rmse, e.baseline_rmse],
-            ["MAE", e.mae, "-"],
-            ["off-by-one accuracy", e.off_by_one_accuracy, "-"],
-        ],
-    )
+    rows = [
+        ["accuracy", e.accuracy, e.baseline_accuracy],
+        ["RMSE", e.rmse, e.baseline_rmse],
+        ["MAE", e.mae, "-"],
+        ["off-by-one accuracy", e.off_by_one_accuracy, "-"],
+    ]
+    if e.verified_accuracy is not None:
+        rows.append(
+            [f"accuracy, {e.verified_images} recount-verified bins", e.verified_accuracy, "-"]
+        )
+    if e.init_accuracy is not None:
+        rows.append(["accuracy of the starting model", e.init_accuracy, "-"])
+    summary = report.table(["metric", "model", "majority baseline"], rows)
     classes = report.table(
         ["count", "precision", "recall", "F1", "support"],
         [[c, s["precision"], s["recall"], s["f1"], s["support"]] for c, s in e.per_class.items()],
@@ -222,6 +273,12 @@ class EvaluateSettings(Settings):
     data: str = setting(help="preprocessed folder (from preprocess)")
     out: str = setting(help="output folder for metrics and report")
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
+    init_model: str | None = setting(
+        None,
+        help="the starting model of a retrain round (a model folder or s3:// URI): evaluated "
+        "on the same split, for the gate that compares the two",
+    )
+    endpoint_url: str | None = setting(None, help="S3-compatible endpoint URL for --init-model")
     reference_in_model: bool = setting(
         True,
         help="also write reference.json (the predicted-count distribution on the test split) "
@@ -235,12 +292,30 @@ def run(settings: EvaluateSettings) -> Evaluation:
     return evaluate(**asdict(settings))
 
 
+def gate_line(e: Evaluation, min_accuracy: float) -> str:
+    """What the gate before deploy makes of ``e``: pass, or which bound it missed."""
+    if e.init_accuracy is not None and e.accuracy < e.init_accuracy:
+        return (
+            f"gate: test accuracy {e.accuracy:.4f} is below the starting model's "
+            f"{e.init_accuracy:.4f} on the same split: this round made the model worse; "
+            "not deployed"
+        )
+    if e.accuracy < min_accuracy:
+        return f"gate: test accuracy {e.accuracy:.4f} is below min_accuracy {min_accuracy}"
+    return f"gate: test accuracy {e.accuracy:.4f} passes"
+
+
 def _show(e: Evaluation, settings: EvaluateSettings) -> str:
-    return (
+    text = (
         f"test accuracy {e.accuracy:.4f} (baseline {e.baseline_accuracy:.4f}), RMSE "
         f"{e.rmse:.4f} (baseline {e.baseline_rmse:.4f}), off-by-one {e.off_by_one_accuracy:.4f}"
-        f" on {e.images} bins -> {settings.out}"
+        f" on {e.images} bins"
     )
+    if e.verified_accuracy is not None:
+        text += f"; {e.verified_accuracy:.4f} on {e.verified_images} recount-verified bins"
+    if e.init_accuracy is not None:
+        text += f"; starting model {e.init_accuracy:.4f}"
+    return text + f" -> {settings.out}"
 
 
 EVALUATE = Command(

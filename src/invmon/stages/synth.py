@@ -24,6 +24,17 @@ class SynthSettings(Settings):
     count: int = setting(help="number of bins", minimum=1)
     seed: int = setting(0, help="random seed")
     max_items: int = setting(5, help="most items in one bin", minimum=0, maximum=30)
+    mislabel_rate: float = setting(
+        0.0,
+        help="share of bins whose recorded count is wrong (one unit off; the photo is right)",
+        minimum=0,
+        below=1,
+    )
+    truth: str | None = setting(
+        None,
+        help="local file for every bin's true and recorded count (default with "
+        "--mislabel-rate: OUT/truth.csv; needed for an s3:// OUT); no stage reads it",
+    )
     s3: S3Options = setting(default_factory=S3Options, help="S3 access")
     workers: int | None = setting(
         None, help="processes drawing bins (all cores when not given)", minimum=1, cli=False
@@ -42,6 +53,8 @@ def run(settings: SynthSettings) -> SynthReport:
         endpoint_url=settings.s3.endpoint_url,
         anonymous=settings.s3.anonymous,
         workers=settings.workers,
+        mislabel_rate=settings.mislabel_rate,
+        truth=settings.truth,
     )
 
 
@@ -52,5 +65,10 @@ SYNTH = Command(
     "or s3://BUCKET/PREFIX.",
     show=lambda report, settings: (
         f"wrote {report.bins} bins to {report.destination}; counts {report.counts}"
+        + (
+            f"; {report.mislabeled} recorded counts wrong, true counts in {report.truth}"
+            if report.truth
+            else ""
+        )
     ),
 )

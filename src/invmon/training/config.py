@@ -74,6 +74,12 @@ class TrainConfig(Settings):
     weights: str = setting(
         "none", help="backbone start: none, imagenet, a path or an s3:// URI of ResNet50 weights"
     )
+    init_model: str = setting(
+        "",
+        help="starting model of a retrain round, a model folder or s3:// URI: fine-tune it "
+        "instead of training from scratch (its classes, image size and head must match; "
+        "empty: none)",
+    )
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
     precision: str = setting(
         "auto",

@@ -32,6 +32,7 @@ from invmon.training import distributed, quantize
 from invmon.training.checkpoint import CheckpointStore, Progress, checkpoint_state, restore
 from invmon.training.config import TrainConfig
 from invmon.training.device import autocast, grad_scaler, resolve_device, resolve_precision
+from invmon.training.init_model import start_from
 from invmon.training.metrics import EpochResult, print_metrics
 from invmon.training.model import ModelConfig, build_model, load_backbone_weights, save_model
 from invmon.training.optim import build_optimizer, make_loss, make_scheduler
@@ -65,8 +66,10 @@ def build_run(
     train_split: ShardedSplit,
     device: torch.device,
     place: distributed.Distributed,
+    endpoint_url: str | None = None,
 ) -> Run:
-    """Build the model (pretrained backbone if asked), optimizer, scheduler, scaler and loss."""
+    """Build the model (from a starting model or a pretrained backbone if asked), optimizer,
+    scheduler, scaler and loss. ``endpoint_url`` reaches an ``s3://`` starting model."""
     dtype = resolve_precision("fp32" if config.precision == "fp64" else config.precision, device)
     model_config = ModelConfig(
         classes=index.classes,
@@ -75,7 +78,9 @@ def build_run(
         head_dropout=config.head_dropout,
     )
     model = build_model(model_config)
-    if config.weights != "none":
+    if config.init_model:  # a retrain round: the whole model, backbone and head, starts trained
+        start_from(model, config.init_model, model_config, endpoint_url)
+    elif config.weights != "none":
         load_backbone_weights(model, load_state_dict(config.weights))
     model = model.to(device, torch.float64 if config.precision == "fp64" else None)
     if config.channels_last:
@@ -291,7 +296,7 @@ def fit(
         index = DatasetIndex.read(local)
         store = CheckpointStore(checkpoint, endpoint_url) if checkpoint is not None else None
         result, run = _fit(
-            index, config, place.device(device), place, store, resume, on_epoch, quiet
+            index, config, place.device(device), place, store, resume, on_epoch, quiet, endpoint_url
         )
         if out is not None and place.is_main:
             with publish_folder(out, endpoint_url) as local_out:
@@ -315,6 +320,7 @@ def _fit(
     resume: bool,
     on_epoch: Callable[[EpochResult], None] | None,
     quiet: bool,
+    endpoint_url: str | None = None,
 ) -> tuple[TrainResult, Run]:
     train_split, val_split = open_splits(index)
     if len(training_batches(train_split, config, 1, place, device)) == 0:
@@ -323,7 +329,7 @@ def _fit(
             f"gives no batch of {config.batch_size // place.world_size} to each of "
             f"{place.world_size} processes: lower --batch-size or preprocess with smaller shards"
         )
-    run = build_run(config, index, train_split, device, place)
+    run = build_run(config, index, train_split, device, place, endpoint_url)
     progress = Progress()
     saved = store.load() if store is not None and resume else None
     if saved is not None:
