@@ -194,7 +194,8 @@ def test_shards_stay_in_the_workspace_and_pods_find_its_claim(compiled, tmp_path
         )
 
 
-S3_READERS = ("plan-ingest", "ingest", "tune", "train")
+# arrange reads recounts, evaluate the starting model, from S3 themselves too.
+S3_READERS = ("plan-ingest", "ingest", "arrange", "tune", "train", "evaluate")
 
 
 def _secret_env(platform: dict) -> list[tuple[str, dict[str, str]]]:
