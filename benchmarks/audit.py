@@ -4,7 +4,8 @@
   decoded and resized: what the audit cannot beat;
 - audit: ``invmon audit`` over the same bins from their folder (reading, decoding, scoring,
   writing audit.csv, flagged.csv, summary.json; no photos on review.html): bins/s and its ratio to
-  the forward (target at least 70 %: reading and decoding overlap with inference);
+  the forward (target at least 70 %: reading and decoding overlap with inference), also without
+  the model's load, which an audit pays once (as the forward's load measured it);
 - parts: the same bins audited as 2 parts (one after the other here) and merged, against the
   1-part audit: whether audit.csv, flagged.csv and summary.json (but its seconds) are identical.
 
@@ -37,21 +38,24 @@ from invmon.stages.audit_parts import (
 )
 
 
-def forward_bins_per_second(model: Path, source: Path, batch_size: int, device: str) -> float:
-    """Bins/s of the batched forward alone, over photos decoded beforehand."""
+def forward_bins_per_second(model: Path, source: Path, batch_size: int, device: str):
+    """Bins/s of the batched forward alone, over photos decoded beforehand, and the seconds
+    that loading the model took (an audit pays them once, whatever its number of bins)."""
     import numpy as np
 
     from invmon.data.transforms import prepare
     from invmon.serving.counter import Counter
 
+    start = time.perf_counter()
     counter = Counter.from_model_dir(model, device=device, freeze=True)
+    load = time.perf_counter() - start
     photos = sorted((source / "bin-images").glob("*.jpg"))
     arrays = np.stack([prepare(p.read_bytes(), counter.image_size) for p in photos])
     counter.predict_uint8(arrays[:batch_size])  # warm-up
     start = time.perf_counter()
     for i in range(0, len(arrays), batch_size):
         counter.predict_uint8(arrays[i : i + batch_size])
-    return len(arrays) / (time.perf_counter() - start)
+    return len(arrays) / (time.perf_counter() - start), load
 
 
 def audit_in_parts(model: Path, source: Path, out: Path, parts: int, **options) -> float:
@@ -108,18 +112,22 @@ def main() -> None:
 
         model = train_quick_model(args.image_size, work / "train", count=200, epochs=1)
     options = {"batch_size": args.batch_size, "device": args.device, "thumbnails": 0}
-    forward = forward_bins_per_second(model, source, args.batch_size, args.device)
+    forward, load = forward_bins_per_second(model, source, args.batch_size, args.device)
     start = time.perf_counter()
     summary = run(
         AuditSettings(source=str(source), out=str(work / "one"), model=str(model), **options)
     )
-    audit_rate = summary.bins / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    audit_rate, after_load = summary.bins / seconds, summary.bins / (seconds - load)
     parts_seconds = audit_in_parts(model, source, work / "two", 2, **options)
     result = {
         "bins": summary.bins,
         "forward_bins_per_s": round(forward, 1),
         "audit_bins_per_s": round(audit_rate, 1),
         "audit_vs_forward": round(audit_rate / forward, 3),
+        "model_load_s": round(load, 2),
+        "audit_bins_per_s_after_load": round(after_load, 1),
+        "audit_after_load_vs_forward": round(after_load / forward, 3),
         "two_parts_seconds_one_after_the_other": round(parts_seconds, 1),
         "two_parts_merge_identical": _same(work / "one", work / "two" / "m"),
     }
