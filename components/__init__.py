@@ -7,7 +7,7 @@ plain function in :mod:`invmon`. KFP ships just the function body, so every impo
 """
 
 from invmon.components.arrange.component import arrange
-from invmon.components.audit.component import audit
+from invmon.components.audit.component import audit, merge_audit, plan_audit
 from invmon.components.deploy.component import deploy
 from invmon.components.evaluate.component import evaluate
 from invmon.components.ingest.component import ingest, merge_ingest, plan_ingest
@@ -22,7 +22,9 @@ __all__ = [
     "deploy",
     "evaluate",
     "ingest",
+    "merge_audit",
     "merge_ingest",
+    "plan_audit",
     "plan_ingest",
     "preprocess",
     "register",

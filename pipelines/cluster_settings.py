@@ -55,7 +55,8 @@ class ClusterSettings(Settings):
     s3_secret: str = setting(
         KFP_OBJECT_STORE_SECRET.name,
         help="Secret whose S3 keys the tasks that read or write S3 themselves (ingest, "
-        "arrange, tune, train, evaluate) get as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: NAME (KFP's "
+        "arrange, tune, train, evaluate) get as AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY: NAME "
+        "(KFP's "
         "mlpipeline-minio-artifact: its accesskey/secretkey; any other: the AWS_* keys), "
         "NAME:ACCESS_KEY_KEY:SECRET_KEY_KEY, or none (the AWS default chain, e.g. IRSA); with "
         "the external-s3 component, invmon-s3",

@@ -19,7 +19,9 @@ from invmon.components import (
     deploy,
     evaluate,
     ingest,
+    merge_audit,
     merge_ingest,
+    plan_audit,
     plan_ingest,
     preprocess,
     register,
@@ -57,6 +59,7 @@ RELEASE_PARAMETERS = (
     "artifact_endpoint_url",
     "audit_threshold",
     "registry_url",
+    "audit_parts",
 )
 DESCRIPTION = (
     "Count the items in Amazon Bin Image Dataset photos: ingest from S3, arrange, preprocess, "
@@ -246,6 +249,7 @@ def _release(settings: ClusterSettings, shared: str):
         artifact_endpoint_url: str,
         audit_threshold: float,
         registry_url: str,
+        audit_parts: int,
     ):
         """The quality gate: deploy, audit and register run only when accuracy >= min_accuracy.
 
@@ -272,6 +276,7 @@ def _release(settings: ClusterSettings, shared: str):
                 minio:// model (empty: KFP's own object store).
             audit_threshold: Flag a bin when its recorded count's probability is below this.
             registry_url: The Kubeflow Model Registry to register the model in (empty: off).
+            audit_parts: Parallel audit tasks, each scoring one key range of the bins.
         """
         with dsl.If(accuracy >= min_accuracy, name="quality-gate"):
             served = deploy(
@@ -290,16 +295,28 @@ def _release(settings: ClusterSettings, shared: str):
             )
             # Deploy creates or updates the service and waits: a retry follows the same object.
             _retried(_configure(served, "deploy", settings, "control"), settings)
-            audited = audit(model=model, raw=raw, threshold=audit_threshold, workspace=shared)
-            _evaluating(audited, "audit", settings)
             with dsl.If(registry_url != "", name="model-registry"):
                 _register(model, evaluation, registry_url, model_name, settings)
+            # After the registry's branch, which keeps its name (condition-2).
+            _audit(model, raw, audit_threshold, audit_parts, settings, shared)
 
     return dsl.pipeline(
         name="release",
         description="Deploy the model and audit the bins, when the test accuracy passes the gate.",
         pipeline_config=settings.workspace.config(),
     )(release)
+
+
+def _audit(model, raw, threshold, parts, settings: ClusterSettings, shared: str):
+    """Plan the parts, score them in parallel (each on the GPU pool if evaluate is), merge."""
+    plan = plan_audit(raw=raw, parts=parts, workspace=shared)
+    _configure(plan, "audit", settings, "data", name="plan-audit")
+    # No static parallelism: the number of parts, a run parameter, is the number of pods.
+    with dsl.ParallelFor(plan.output) as part:
+        scored = audit(model=model, raw=raw, part=part, threshold=threshold, workspace=shared)
+        _evaluating(scored, "audit", settings)
+    merged = merge_audit(parts=dsl.Collected(scored.outputs["scores"]), raw=raw, workspace=shared)
+    return _configure(merged, "audit", settings, "data", name="merge-audit")
 
 
 def _register(model, evaluation, registry_url: str, model_name: str, settings: ClusterSettings):
@@ -369,6 +386,7 @@ def build_pipeline(settings: ClusterSettings | None = None):
         monitor: str = D.monitor,
         audit_threshold: float = D.audit_threshold,
         registry_url: str = D.registry_url,
+        audit_parts: int = D.audit_parts,
     ):
         p = SimpleNamespace(**locals())
         merged = _ingest(p, settings, shared)

@@ -40,7 +40,7 @@ TASKS = (
     "register",
 )
 # The kfp.local task folder that marks the end of each stage (ingest ends when its parts merge).
-_TASK_FOLDERS = {"ingest": "merge-ingest"}
+_TASK_FOLDERS = {"ingest": "merge-ingest", "audit": "merge-audit"}
 
 
 # What ``invmon run`` passes for an option not given: the pipeline's defaults (each defined once,
@@ -248,7 +248,7 @@ def summarize_run(run_dir: Path, seconds: float, pipeline_start: float) -> RunSu
         summary.stage_seconds[task] = round(end - previous, 1)
         previous = end
     summary.metrics = _read_metadata(run_dir / "evaluate" / "executor_output.json", "metrics")
-    summary.audit = _read_metadata(run_dir / "audit" / "executor_output.json", "metrics")
+    summary.audit = _read_metadata(run_dir / "merge-audit" / "executor_output.json", "metrics")
     summary.artifacts = {
         "model": str(run_dir / "train" / "model"),
         "evaluation report": str(run_dir / "evaluate" / "report"),
@@ -256,7 +256,7 @@ def summarize_run(run_dir: Path, seconds: float, pipeline_start: float) -> RunSu
         "arranged data": str(run_dir / "arrange" / "arranged"),
     }
     if summary.audit:
-        summary.artifacts["audit (flagged bins)"] = str(run_dir / "audit" / "results")
+        summary.artifacts["audit (flagged bins)"] = str(run_dir / "merge-audit" / "results")
     return summary
 
 

@@ -114,6 +114,10 @@ class PipelineParameters(Settings):
         "the gate is registered there with its metrics and this run's lineage (empty: off)",
     )
     audit_threshold: float = inherit(AuditSettings, "threshold")
+    # Runs all parts side by side: on the GPU pool (evaluate_on_gpu), one GPU pod each.
+    audit_parts: int = setting(
+        1, help="parallel audit tasks, each scoring one key range of the bins", minimum=1
+    )
 
 
 DEFAULTS = PipelineParameters()

@@ -10,6 +10,7 @@ from invmon import components
 from invmon.core.settings import Settings, default_of, kind_of
 from invmon.stages.arrange import ArrangeSettings
 from invmon.stages.audit import AuditSettings
+from invmon.stages.audit_parts import AuditMergeSettings
 from invmon.stages.deploy import DeploySettings
 from invmon.stages.evaluate import EvaluateSettings
 from invmon.stages.ingest import IngestSettings, PlanSettings
@@ -85,7 +86,8 @@ SAME_MEANING = [
     ),
     (components.train, TrainConfig, ("device", "seed", "weights", "init_model")),
     (components.evaluate, EvaluateSettings, ("device", "init_model", "endpoint_url")),
-    (components.audit, AuditSettings, ("threshold", "device", "thumbnails")),
+    (components.audit, AuditSettings, ("threshold", "device")),
+    (components.merge_audit, AuditMergeSettings, ("thumbnails",)),
 ]
 
 

@@ -330,8 +330,32 @@ def test_deploy_and_audit_run_only_behind_the_quality_gate(compiled):
     )
     inner = spec["components"][gate["componentRef"]["name"]]["dag"]["tasks"]
     # condition-2: the registry's branch (register, when registry_url is set; see test_register.py)
-    assert set(inner) == {"deploy", "audit", "condition-2"}
+    # plan-audit, the audit parts (in the loop) and merge-audit: the audit, in parallel parts
+    assert set(inner) == {"deploy", "plan-audit", "for-loop-3", "merge-audit", "condition-2"}
     assert spec["root"]["inputDefinitions"]["parameters"]["min_accuracy"]["defaultValue"] == 0.4
+
+
+def test_audit_is_planned_scored_in_parallel_parts_and_merged(compiled):
+    spec, _ = _documents(compiled)
+    root = spec["root"]["dag"]["tasks"]
+    gate = spec["components"][root["release"]["componentRef"]["name"]]["dag"]["tasks"]
+    (branch,) = gate.values()
+    inner = spec["components"][branch["componentRef"]["name"]]["dag"]["tasks"]
+    loop = inner["for-loop-3"]
+    assert loop["parameterIterator"]["items"]["inputParameter"] == (
+        "pipelinechannel--plan-audit-Output"
+    )
+    assert loop["dependentTasks"] == ["plan-audit"]
+    assert set(spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]) == {"audit"}
+    collected = inner["merge-audit"]["inputs"]["artifacts"]["parts"]["taskOutputArtifact"]
+    assert collected == {
+        "producerTask": "for-loop-3",
+        "outputArtifactKey": "pipelinechannel--audit-scores",
+    }
+    parts = inner["plan-audit"]["inputs"]["parameters"]["parts"]["componentInputParameter"]
+    assert parts == "pipelinechannel--audit_parts"
+    defaults = spec["root"]["inputDefinitions"]["parameters"]
+    assert defaults["audit_parts"]["defaultValue"] == 1.0, "one part by default, as before"
 
 
 def _task_inputs(spec: dict, task_name: str) -> dict:

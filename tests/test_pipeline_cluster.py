@@ -13,7 +13,15 @@ from invmon.cluster.placement import Resources
 from invmon.pipelines.cluster_settings import ClusterSettings
 from invmon.pipelines.compile import compile_pipeline
 
-DATA = ("plan-ingest", "ingest", "merge-ingest", "arrange", "preprocess")
+DATA = (
+    "plan-ingest",
+    "ingest",
+    "merge-ingest",
+    "arrange",
+    "preprocess",
+    "plan-audit",
+    "merge-audit",
+)
 DATALOADERS = ("tune", "train", "evaluate", "audit")
 RESOURCE_KEYS = {
     "resourceCpuRequest",

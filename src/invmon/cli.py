@@ -53,6 +53,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "invmon.stages.audit:AUDIT",
         "flag bins whose photo disagrees with their recorded count",
     ),
+    "audit-plan": (
+        "invmon.stages.audit_parts:PLAN",
+        "cut the bins into key ranges for a parallel audit",
+    ),
+    "audit-merge": (
+        "invmon.stages.audit_parts:MERGE",
+        "rank the flags of an audit's parts together into one review",
+    ),
     "doctor": (
         "invmon.stages.doctor:DOCTOR",
         "check a cluster before a run: versions, permissions, storage, Secrets, GPU nodes",

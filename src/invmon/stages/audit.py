@@ -37,7 +37,11 @@ from typing import TYPE_CHECKING
 from invmon.core.command import Command
 from invmon.core.settings import Settings, from_args, help_of, setting
 from invmon.data import abid
-from invmon.data.s3 import S3Options, S3Uri, is_s3_uri, make_client
+from invmon.data.bin_source import Bin as _Bin
+from invmon.data.bin_source import BinSource as _Source
+from invmon.data.bin_source import load_bin as _load_bin
+from invmon.data.bucket_copy import WHOLE, Part
+from invmon.data.s3 import S3Options
 from invmon.serving.client import DEFAULT_MODEL_NAME
 
 if TYPE_CHECKING:
@@ -47,6 +51,8 @@ log = logging.getLogger(__name__)
 
 AUDIT_FILE, FLAGGED_FILE, SUMMARY_FILE = "audit.csv", "flagged.csv", "summary.json"
 REVIEW_FILE = "review.html"
+# What a part writes for audit-merge instead of flagged.csv, summary.json and review.html.
+PART_FILE = "audit_part.json"
 COLUMNS = (
     "bin_id",
     "recorded_count",
@@ -88,11 +94,21 @@ class AuditSettings(Settings):
         minimum=0,
     )
     device: str = setting("auto", help="auto, cpu or cuda")
+    part: str | None = setting(
+        None,
+        help="score one part only (START:STOP in bin ids, or a part printed by audit-plan) and "
+        f"write {PART_FILE} for audit-merge",
+    )
 
     def __post_init__(self):
         if (self.model is None) == (self.url is None):
             raise ValueError("give exactly one of --model DIR and --url URL")
         super().__post_init__()
+        self.selected_part()  # a --part that does not parse is named now
+
+    def selected_part(self) -> Part:
+        """The part to score (all bins when no part is given)."""
+        return Part.parse(self.part) if self.part else WHOLE
 
 
 @dataclass
@@ -145,75 +161,6 @@ class AuditSummary:
         data = asdict(self)
         data["skipped_counts"] = {reason: len(ids) for reason, ids in self.skipped.items()}
         return data
-
-
-# -- reading bins ----------------------------------------------------------------------------
-
-
-class _Source:
-    """The bins of a folder or an S3 prefix in ABID's layout."""
-
-    def __init__(self, source: str, endpoint_url: str | None, anonymous: bool, workers: int):
-        self.text = source
-        if is_s3_uri(source):
-            self.uri = S3Uri.parse(source)
-            self.client = make_client(endpoint_url, anonymous, max_connections=workers)
-        else:
-            self.uri, self.root = None, Path(source)
-            if not (self.root / abid.METADATA_DIR).is_dir():
-                raise FileNotFoundError(
-                    f"--source {source!r} has no {abid.METADATA_DIR}/ folder (expected ABID's "
-                    f"layout: {abid.IMAGE_DIR}/<id>.jpg and {abid.METADATA_DIR}/<id>.json)"
-                )
-
-    def bin_ids(self) -> Iterator[str]:
-        """Every bin with a metadata document, in listing order (memory stays flat on S3)."""
-        if self.uri is None:
-            for path in sorted((self.root / abid.METADATA_DIR).iterdir()):
-                parsed = abid.split_key(f"{abid.METADATA_DIR}/{path.name}")
-                if parsed:
-                    yield parsed[1]
-            return
-        paginator = self.client.get_paginator("list_objects_v2")
-        prefix = self.uri.key(abid.METADATA_DIR) + "/"
-        for page in paginator.paginate(Bucket=self.uri.bucket, Prefix=prefix):
-            for item in page.get("Contents", []):
-                parsed = abid.split_key(self.uri.relative(item["Key"]))
-                if parsed:
-                    yield parsed[1]
-
-    def read(self, relative: str) -> bytes | None:
-        """The bytes of a dataset key, or None when it does not exist."""
-        if self.uri is None:
-            path = self.root / relative
-            return path.read_bytes() if path.is_file() else None
-        try:
-            body = self.client.get_object(Bucket=self.uri.bucket, Key=self.uri.key(relative))
-        except self.client.exceptions.NoSuchKey:
-            return None
-        return body["Body"].read()
-
-
-@dataclass
-class _Bin:
-    bin_id: str
-    recorded: int
-    image: bytes
-
-
-def _load_bin(source: _Source, bin_id: str) -> _Bin | tuple[str, str, str]:
-    """The bin's record and photo, or (reason, bin_id, detail) when it cannot be scored."""
-    document = source.read(abid.metadata_key(bin_id))
-    if document is None:
-        return ("metadata vanished", bin_id, "")
-    try:
-        recorded = abid.expected_quantity(document)
-    except abid.MetadataError as err:
-        return ("invalid metadata", bin_id, str(err))
-    image = source.read(abid.image_key(bin_id))
-    if image is None:
-        return ("metadata without image", bin_id, "")
-    return _Bin(bin_id, recorded, image)
 
 
 # -- scoring ---------------------------------------------------------------------------------
@@ -323,16 +270,32 @@ def run(settings: AuditSettings) -> AuditSummary:
         scores = _run(reader, scorer, pool, settings, summary, out / AUDIT_FILE)
         summary.classes = list(scorer.classes or [])
     summary.seconds = round(time.monotonic() - start, 1)
+    if settings.part:
+        _write_part(scores, summary, settings.selected_part(), out / PART_FILE)
+        return summary
     if summary.bins == 0:
         raise ValueError(
             f"--source {settings.source!r} holds no bin metadata ({abid.METADATA_DIR}/<id>.json)"
         )
     if truth is not None:
         summary.quality = flag_quality(scores, truth)
-    _write_flagged(scores, out / FLAGGED_FILE)
-    _write_review(scores, summary, reader, settings.thumbnails, out / REVIEW_FILE)
-    (out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    finish(scores, summary, reader, settings.thumbnails, out)
     return summary
+
+
+def finish(scores: list[BinScore], summary: AuditSummary, reader, thumbnails: int, out: Path):
+    """Write flagged.csv, review.html and summary.json (an audit's or audit-merge's)."""
+    _write_flagged(scores, out / FLAGGED_FILE)
+    _write_review(scores, summary, reader, thumbnails, out / REVIEW_FILE)
+    (out / SUMMARY_FILE).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+
+
+def _write_part(scores: list[BinScore], summary: AuditSummary, part: Part, path: Path) -> None:
+    # The flagged bins in scoring order, with their probabilities: the merge ranks them all.
+    flagged = [asdict(s) for s in scores if s.flagged]
+    data = {"part": part.to_dict(), "summary": summary.to_dict(), "flagged": flagged}
+    path.with_suffix(".tmp").write_text(json.dumps(data) + "\n")
+    path.with_suffix(".tmp").replace(path)  # a merge never reads a half-written part
 
 
 def _run(reader, scorer, pool, settings, summary, csv_path: Path) -> list[BinScore]:
@@ -340,7 +303,8 @@ def _run(reader, scorer, pool, settings, summary, csv_path: Path) -> list[BinSco
     with open(csv_path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
-        for chunk in _chunks(_limited(reader.bin_ids(), settings.limit), settings.batch_size):
+        ids = _in_part(reader.bin_ids(), settings.selected_part())
+        for chunk in _chunks(_limited(ids, settings.limit), settings.batch_size):
             summary.bins += len(chunk)
             bins = []
             for loaded in pool.map(lambda i: _load_bin(reader, i), chunk):
@@ -373,6 +337,14 @@ def _score_chunk(bins: list[_Bin], scorer, threshold: float, summary) -> Iterato
         summary.scored += 1
         summary.flagged += score.flagged
         yield score
+
+
+def _in_part(ids: Iterator[str], part: Part) -> Iterator[str]:
+    for bin_id in ids:  # in key order: a listing stops past the part
+        if part.past(f"{bin_id}.json"):
+            return
+        if part.holds(f"{bin_id}.json"):
+            yield bin_id
 
 
 def _limited(ids: Iterator[str], limit: int) -> Iterator[str]:

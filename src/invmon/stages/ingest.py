@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,9 +160,23 @@ def plan_parts(settings: PlanSettings) -> list[Part]:
     uri = S3Uri.parse(settings.source)
     s3, limit = settings.s3, settings.limit
     reader = ObjectReader(make_client(s3.endpoint_url, anonymous=s3.anonymous), uri.bucket)
+    plan = cut_parts(_image_ids(reader, uri, limit), settings.parts, limit)
+    if not plan:
+        raise ValueError(f"no bin images matched under {uri}")
+    return plan
+
+
+def cut_parts(ids: Iterable[str], parts: int, limit: int | None = None) -> list[Part]:
+    """Cut bin ids in key order (the first ``limit`` of them) into ``parts`` contiguous key
+    ranges of about equal size; none when there is no id.
+
+    Only an evenly spaced sample of at most a few thousand ids is kept, so memory does not grow
+    with the bucket. The first range starts open and, without a limit, the last ends open, so
+    every bin id falls in exactly one range.
+    """
     sample: list[str] = []
     step, total, after_limit = 1, 0, ""
-    for bin_id in _image_ids(reader, uri, limit):
+    for bin_id in ids:
         if limit and total == limit:
             after_limit = bin_id  # the first bin past the limit ends the last part
             break
@@ -172,8 +186,8 @@ def plan_parts(settings: PlanSettings) -> list[Part]:
                 sample, step = sample[::2], step * 2
         total += 1
     if total == 0:
-        raise ValueError(f"no bin images matched under {uri}")
-    count = min(settings.parts, total)
+        return []
+    count = min(parts, total)
     bounds = [""] + [sample[len(sample) * i // count] for i in range(1, count)] + [after_limit]
     return [
         Part(
