@@ -18,63 +18,30 @@ from invmon.core.command import Incomplete
 
 PROG = "invmon"
 
-# name: (module:attribute of its Command, one-line help shown by `invmon --help`)
+# name: (module:attribute of its Command, a leading dot for invmon., its `invmon --help` line)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("invmon.stages.synth:SYNTH", "write synthetic bins in ABID's layout and schema"),
-    "ingest": ("invmon.stages.ingest:INGEST", "copy bin images and metadata from S3"),
-    "ingest-plan": (
-        "invmon.stages.ingest:PLAN",
-        "cut a bucket into parts for parallel ingest",
-    ),
-    "ingest-merge": ("invmon.stages.ingest:MERGE", "join the parts of a parallel ingest"),
-    "arrange": ("invmon.stages.arrange:ARRANGE", "label bins by count and split train/val/test"),
-    "preprocess": (
-        "invmon.stages.preprocess:PREPROCESS",
-        "decode and resize once into training shards",
-    ),
-    "tune": ("invmon.stages.tune:TUNE", "search learning rate, batch size and epochs"),
-    "train": ("invmon.stages.train:TRAIN", "train the ResNet50 counting model"),
-    "evaluate": ("invmon.stages.evaluate:EVALUATE", "evaluate a model on the test split"),
-    "deploy": (
-        "invmon.stages.deploy:DEPLOY",
-        "create or update the KServe InferenceService, wait for Ready, smoke-test it",
-    ),
-    "register": (
-        "invmon.stages.register:REGISTER",
-        "record a model version, its metrics and lineage in the Kubeflow Model Registry",
-    ),
-    "serve": ("invmon.stages.serve:SERVE", "serve a model folder with KServe until stopped"),
-    "monitor": (
-        "invmon.stages.monitor:MONITOR",
-        "watch a predictor's logged predictions for drift against the model's reference",
-    ),
-    "predict": ("invmon.stages.predict:PREDICT", "count items in images with a running predictor"),
-    "audit": (
-        "invmon.stages.audit:AUDIT",
-        "flag bins whose photo disagrees with their recorded count",
-    ),
-    "audit-plan": (
-        "invmon.stages.audit_parts:PLAN",
-        "cut the bins into key ranges for a parallel audit",
-    ),
-    "audit-merge": (
-        "invmon.stages.audit_parts:MERGE",
-        "rank the flags of an audit's parts together into one review",
-    ),
-    "doctor": (
-        "invmon.stages.doctor:DOCTOR",
-        "check a cluster before a run: versions, permissions, storage, Secrets, GPU nodes",
-    ),
-    "recount": (
-        "invmon.stages.recount:RECOUNT",
-        "send flagged bins to be recounted (export) and read the counts back (import)",
-    ),
-    "compile": ("invmon.pipelines.compile:COMPILE", "compile the pipeline to Kubeflow IR YAML"),
-    "submit": (
-        "invmon.pipelines.submit:SUBMIT",
-        "compile and start a run on a Kubeflow Pipelines server",
-    ),
-    "run": ("invmon.pipelines.local_run:RUN", "run the whole pipeline locally (kfp.local)"),
+    "synth": (".stages.synth:SYNTH", "write synthetic bins in ABID's layout and schema"),
+    "ingest": (".stages.ingest:INGEST", "copy bin images and metadata from S3"),
+    "ingest-plan": (".stages.ingest:PLAN", "cut a bucket into parts for parallel ingest"),
+    "ingest-merge": (".stages.ingest:MERGE", "join the parts of a parallel ingest"),
+    "arrange": (".stages.arrange:ARRANGE", "label bins by count and split train/val/test"),
+    "preprocess": (".stages.preprocess:PREPROCESS", "decode and resize once into training shards"),
+    "tune": (".stages.tune:TUNE", "search learning rate, batch size and epochs"),
+    "train": (".stages.train:TRAIN", "train the ResNet50 counting model"),
+    "evaluate": (".stages.evaluate:EVALUATE", "evaluate a model on the test split"),
+    "deploy": (".stages.deploy:DEPLOY", "roll a model out as an InferenceService; smoke-test it"),
+    "register": (".stages.register:REGISTER", "record a model's lineage in the Model Registry"),
+    "serve": (".stages.serve:SERVE", "serve a model folder with KServe until stopped"),
+    "monitor": (".stages.monitor:MONITOR", "watch a predictor's logged answers for drift"),
+    "predict": (".stages.predict:PREDICT", "count items in images with a running predictor"),
+    "audit": (".stages.audit:AUDIT", "flag bins whose photo disagrees with their recorded count"),
+    "audit-plan": (".stages.audit_parts:PLAN", "cut the bins into key ranges for a parallel audit"),
+    "audit-merge": (".stages.audit_parts:MERGE", "rank the flags of all parts into one review"),
+    "doctor": (".stages.doctor:DOCTOR", "check a cluster before a run: RBAC, storage, GPUs"),
+    "recount": (".stages.recount:RECOUNT", "export flagged bins for a recount; import the counts"),
+    "compile": (".pipelines.compile:COMPILE", "compile the pipeline to Kubeflow IR YAML"),
+    "submit": (".pipelines.submit:SUBMIT", "compile and start a run on a Kubeflow Pipelines host"),
+    "run": (".pipelines.local_run:RUN", "run the whole pipeline locally (kfp.local)"),
 }
 
 
@@ -88,7 +55,7 @@ class _Parser(argparse.ArgumentParser):
 def load(name: str):
     """The Command registered as ``name`` (its module is imported now)."""
     module, _, attribute = COMMANDS[name][0].partition(":")
-    return getattr(importlib.import_module(module), attribute)
+    return getattr(importlib.import_module(module, package="invmon"), attribute)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -170,6 +170,11 @@ class _Object:
 # -- what to copy ----------------------------------------------------------------------------
 
 
+def show_plan(plan: list[Part], settings=None) -> str:
+    """A plan as the plan commands print it: one JSON line per part, each a ``--part`` value."""
+    return "\n".join(json.dumps(part.to_dict()) for part in plan)
+
+
 def read_file_list(
     path: str | Path, limit: int | None = None, s3: S3Options | None = None
 ) -> list[str]:

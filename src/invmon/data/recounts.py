@@ -294,15 +294,27 @@ def _check_project(tasks: list, path: str) -> None:
         )
 
 
+def table_reader(lines, columns: tuple[str, ...], refusal: str) -> csv.DictReader:
+    """A CSV reader over ``lines`` whose header has every one of ``columns``.
+
+    Otherwise ValueError: ``refusal`` (what the file is and what it needs), then the header found.
+    Recount files, cycle counts and true-count labels are all read through it.
+    """
+    reader = csv.DictReader(lines)
+    if not reader.fieldnames or not set(columns) <= set(reader.fieldnames):
+        raise ValueError(f"{refusal}, got {reader.fieldnames}")
+    return reader
+
+
 def _cycle_counts(path: Path, checks: _Checks, report: ImportReport) -> list[Recount]:
     counts = []
     with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"bin_id", "counted_quantity"} <= set(reader.fieldnames):
-            raise ValueError(
-                f"--from {str(path)!r} needs a header with bin_id and counted_quantity columns "
-                f"(and optionally counted_at, counter), got {reader.fieldnames}"
-            )
+        reader = table_reader(
+            handle,
+            ("bin_id", "counted_quantity"),
+            f"--from {str(path)!r} needs a header with bin_id and counted_quantity columns "
+            "(and optionally counted_at, counter)",
+        )
         for row in reader:
             report.read += 1
             bin_id = (row["bin_id"] or "").strip()

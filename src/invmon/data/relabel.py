@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from invmon.data.recounts import RECOUNT_COLUMNS, Recount, parse_moment
+from invmon.data.recounts import RECOUNT_COLUMNS, Recount, parse_moment, table_reader
 from invmon.data.s3 import S3Uri, is_s3_uri, make_client
 
 # Bins named per kind in the data report; every one is in dataset.json.
@@ -97,13 +97,12 @@ def parse_recount_file(name: str, text: str, report: RecountFileReport) -> list[
 
     A file without the recount columns is refused, naming it and the columns it needs.
     """
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or not set(RECOUNT_COLUMNS) <= set(reader.fieldnames):
-        raise ValueError(
-            f"--recounts: {name!r} is not a recount file: expected the columns "
-            f"{','.join(RECOUNT_COLUMNS)} (invmon recount import writes them), got "
-            f"{reader.fieldnames}"
-        )
+    reader = table_reader(
+        io.StringIO(text),
+        RECOUNT_COLUMNS,
+        f"--recounts: {name!r} is not a recount file: expected the columns "
+        f"{','.join(RECOUNT_COLUMNS)} (invmon recount import writes them)",
+    )
     rows = []
     for number, row in enumerate(reader, start=2):
         report.rows += 1

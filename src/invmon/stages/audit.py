@@ -41,6 +41,7 @@ from invmon.data.bin_source import Bin as _Bin
 from invmon.data.bin_source import BinSource as _Source
 from invmon.data.bin_source import load_bin as _load_bin
 from invmon.data.bucket_copy import WHOLE, Part
+from invmon.data.recounts import table_reader
 from invmon.data.s3 import S3Options
 from invmon.serving.client import DEFAULT_MODEL_NAME
 
@@ -389,12 +390,11 @@ def _write_review(scores, summary: AuditSummary, reader, thumbnails: int, path: 
 def read_labels(path: str | Path) -> dict[str, int]:
     """True counts from a CSV with ``bin_id`` and ``true_count`` columns."""
     with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames or not {"bin_id", "true_count"} <= set(reader.fieldnames):
-            raise ValueError(
-                f"--labels {str(path)!r} needs a header with bin_id and true_count columns, "
-                f"got {reader.fieldnames}"
-            )
+        reader = table_reader(
+            handle,
+            ("bin_id", "true_count"),
+            f"--labels {str(path)!r} needs a header with bin_id and true_count columns",
+        )
         labels = {}
         for line, row in enumerate(reader, start=2):
             try:

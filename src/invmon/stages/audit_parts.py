@@ -20,7 +20,7 @@ from pathlib import Path
 from invmon.core.command import Command
 from invmon.core.settings import Settings, setting
 from invmon.data.bin_source import BinSource
-from invmon.data.bucket_copy import Part
+from invmon.data.bucket_copy import Part, show_plan
 from invmon.data.s3 import S3Options
 from invmon.stages import audit
 from invmon.stages.audit import AUDIT_FILE, PART_FILE, AuditSummary, BinScore
@@ -175,7 +175,7 @@ PLAN = Command(
     plan_parts,
     description="List the bins once and print one JSON line per part (a key range of about "
     "equal size), for `invmon audit --part`.",
-    show=lambda plan, settings: "\n".join(json.dumps(part.to_dict()) for part in plan),
+    show=show_plan,
 )
 MERGE = Command(
     AuditMergeSettings,

@@ -10,7 +10,6 @@ parts' reports and folders.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator
@@ -28,6 +27,7 @@ from invmon.data.bucket_copy import (
     copy_bins,
     read_file_list,
     read_report,
+    show_plan,
     write_report,
 )
 from invmon.data.s3 import ObjectReader, RetryPolicy, S3Options, S3Uri, make_client
@@ -273,7 +273,7 @@ PLAN = Command(
     plan_parts,
     description="List the image keys once and print one JSON line per part (a key range of "
     "about equal size), for `invmon ingest --part`.",
-    show=lambda plan, settings: "\n".join(json.dumps(part.to_dict()) for part in plan),
+    show=show_plan,
 )
 MERGE = Command(
     MergeSettings,
