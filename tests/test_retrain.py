@@ -143,6 +143,7 @@ def test_a_round_worse_than_its_starting_model_is_not_deployed(
             model=model.output,
             arranged=arranged.output,
             raw=raw.output,
+            evaluation=evaluated.outputs["reference"],
             accuracy=evaluated.outputs["accuracy"],
             min_accuracy=evaluated.outputs["required_accuracy"],
             deploy_target="local",
@@ -153,6 +154,8 @@ def test_a_round_worse_than_its_starting_model_is_not_deployed(
             monitor="",
             artifact_endpoint_url="",
             audit_threshold=0.05,
+            registry_url="",
+            audit_parts=1,
         )
 
     root = tmp_path / "root"
@@ -167,6 +170,7 @@ def test_a_round_worse_than_its_starting_model_is_not_deployed(
     (run,) = root.iterdir()
     assert (run / "evaluate").is_dir()
     assert not (run / "deploy").exists() and not (run / "audit").exists()
+    assert not (run / "plan-audit").exists() and not (run / "merge-audit").exists()
     output = json.loads((run / "evaluate" / "executor_output.json").read_text())
     values = output["parameterValues"]
     assert values["required_accuracy"] == values["init_accuracy"] > values["accuracy"]

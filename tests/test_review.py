@@ -154,14 +154,24 @@ def test_audit_component_hands_the_page_to_the_kubeflow_ui(raw_dir, model_dir, t
     from invmon import components
 
     review = dsl.HTML(name="review", uri=str(tmp_path / "review.html"))
+    raw = dsl.Dataset(name="raw", uri=str(raw_dir))
+    (part,) = components.plan_audit.python_func(raw=raw, parts=1)
+    scores = dsl.Dataset(name="scores", uri=str(tmp_path / "scores"))
     components.audit.python_func(
         model=dsl.Model(name="model", uri=str(model_dir)),
-        raw=dsl.Dataset(name="raw", uri=str(raw_dir)),
+        raw=raw,
+        part=part,
+        scores=scores,
+        threshold=0.5,
+        device="cpu",
+    )
+    components.merge_audit.python_func(
+        parts=[scores],
+        raw=raw,
         results=dsl.Dataset(name="results", uri=str(tmp_path / "results")),
         metrics=dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics")),
         flagged=dsl.Markdown(name="flagged", uri=str(tmp_path / "flagged.md")),
         review=review,
-        threshold=0.5,
-        device="cpu",
+        thumbnails=200,
     )
     assert Path(review.path).read_text() == (tmp_path / "results" / "review.html").read_text()

@@ -80,7 +80,8 @@ def test_local_run_completes_every_stage(tmp_path):
     assert not any(run.rglob("bin-images"))
     assert sum(1 for _ in (run / "arrange" / "arranged").glob("*/*/*.jpg")) == 150
     assert summary.audit["scored"] + summary.audit["skipped"] == 150
-    assert (run / "audit" / "results" / "audit.csv").is_file()
+    # The audit runs as parts (for-loop iterations) whose flags merge-audit ranks together.
+    assert (run / "merge-audit" / "results" / "audit.csv").is_file()
     assert "bins flagged" in text
 
 
@@ -98,6 +99,7 @@ def test_a_model_below_the_quality_gate_is_neither_deployed_nor_audited(tmp_path
     (run,) = (tmp_path / "pipeline_root").iterdir()
     assert (run / "evaluate").is_dir() and not (run / "deploy").exists()
     assert not (run / "audit").exists()
+    assert not (run / "plan-audit").exists() and not (run / "merge-audit").exists()
 
 
 def test_a_failing_stage_fails_the_run_at_once(s3_url, tmp_path, caplog):
@@ -141,9 +143,31 @@ def test_a_cached_second_run_with_another_image_size_succeeds(s3_url, public_buc
     first = Path(run_pipeline(options).run_dir)
     second = Path(run_pipeline(options.replace(image_size=40)).run_dir)
     assert (first / "plan-ingest").is_dir() and not (second / "plan-ingest").exists()
-    for task in ("merge-ingest", "arrange", "preprocess", "tune", "train", "evaluate", "audit"):
+    for task in (
+        "merge-ingest",
+        "arrange",
+        "preprocess",
+        "tune",
+        "train",
+        "evaluate",
+        "merge-audit",
+    ):
         assert (second / task / "executor_output.json").is_file(), task
     index = json.loads((second / "train" / "model" / "config.json").read_text())
     assert index["preprocessing"]["image_size"] == 40
-    audit = json.loads((second / "audit" / "executor_output.json").read_text())
+    audit = json.loads((second / "merge-audit" / "executor_output.json").read_text())
     assert audit["artifacts"]["metrics"]["artifacts"][0]["metadata"]["bins"] == 90
+
+
+def test_each_embedded_server_starts_empty_so_a_second_run_in_one_process_seeds(tmp_path):
+    """moto keeps buckets per process: a second run_pipeline in the same process (the registry's
+    run test, then this file's) found the first run's public demo bucket and its seeding was
+    refused with 403."""
+    from invmon.data.s3 import embedded_s3_server, make_client
+    from invmon.pipelines.local_run import seed_demo_bucket
+
+    for _ in range(2):
+        with embedded_s3_server() as url:
+            source = seed_demo_bucket(url, 3, seed=0)
+            listed = make_client(url, anonymous=True).list_objects_v2(Bucket=source[5:])
+            assert listed["KeyCount"] == 6

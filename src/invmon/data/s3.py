@@ -335,6 +335,10 @@ def embedded_s3_server(port: int | None = None) -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     url = f"http://127.0.0.1:{port}"
+    # moto keeps its buckets per process, not per server: a second embedded server in the same
+    # process (a second run_pipeline, a test after another) would find the first one's buckets,
+    # policies included, and refuse the demo bucket's seeding. Each starts empty.
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"))
     log.info("embedded S3 server listening on %s", url)
     try:
         yield url
