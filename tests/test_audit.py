@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.datasets import with_unscorable_bins
 
 from invmon.cli import main
 from invmon.data import abid
@@ -48,14 +49,7 @@ def _rows(path: Path) -> list[dict]:
 def broken_source(raw_dir, tmp_path_factory) -> Path:
     """The synthetic bins plus one bin of each kind that cannot be scored."""
     out = tmp_path_factory.mktemp("audit-src") / "raw"
-    shutil.copytree(raw_dir, out)
-    (out / "bin-images" / "00001.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    (out / "metadata" / "00002.json").write_text("{not json")
-    (out / "bin-images" / "00003.jpg").unlink()
-    document = json.loads((out / "metadata" / "00004.json").read_text())
-    document["EXPECTED_QUANTITY"] = 9
-    (out / "metadata" / "00004.json").write_text(json.dumps(document))
-    return out
+    return with_unscorable_bins(raw_dir, out, ("00001", "00002", "00003", "00004"))
 
 
 def test_local_audit_scores_every_bin_and_reports_the_rest(broken_source, model_dir, tmp_path):

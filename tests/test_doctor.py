@@ -16,6 +16,7 @@ from invmon.cluster import permissions, preflight
 from invmon.cluster.gpu_pool import GpuPool
 from invmon.cluster.versions import COMPONENTS, parse_version
 from invmon.cluster.workspace import WorkspaceSettings
+from invmon.core.settings import field_named, kind_of
 from invmon.stages.doctor import DOCTOR, DoctorSettings, run, show
 
 NAMESPACE = "kubeflow"
@@ -388,9 +389,11 @@ def test_doctor_defaults_are_the_compile_defaults():
     from invmon.pipelines.submit import SERVICE_ACCOUNTS
     from invmon.stages import doctor
 
-    cluster = ClusterSettings()
-    assert DoctorSettings().gpu == cluster.gpu
-    assert DoctorSettings().workspace == cluster.workspace
+    # Both nest the one definition of the GPU pool and the workspace, so every option (flag,
+    # default, check) is compile's: equal defaults follow, and the flags are the same.
+    for name, cls in (("gpu", GpuPool), ("workspace", WorkspaceSettings)):
+        assert kind_of(DoctorSettings, field_named(DoctorSettings, name)).base is cls
+        assert kind_of(ClusterSettings, field_named(ClusterSettings, name)).base is cls
     assert doctor.SERVICE_ACCOUNTS == SERVICE_ACCOUNTS
     assert DOCTOR.settings is DoctorSettings
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from kserve import V1beta1InferenceService
+from support.datasets import tiny_run
 from support.fake_registry import PREFIX, fake_registry
 
 from invmon.cli import main
@@ -365,21 +366,11 @@ def test_the_pipeline_registers_behind_the_gate_only_with_a_registry(tmp_path):
 def test_invmon_run_registers_the_gated_model_in_a_fake_registry(tmp_path, monkeypatch):
     """kfp.local runs the whole pipeline; its register task (a subprocess) uses the registry's
     client against the fake registry server, with the token from the environment."""
-    from invmon.pipelines.local_run import RunSettings, run_pipeline
+    from invmon.pipelines.local_run import run_pipeline
 
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
     with fake_registry(token=TOKEN) as (url, state):
-        options = RunSettings(
-            synth_bins=150,
-            epochs=1,
-            trials=1,
-            max_epochs=1,
-            image_size=32,
-            min_accuracy=0.0,
-            out=str(tmp_path),
-            registry_url=url,
-        )
-        summary = run_pipeline(options)
+        summary = run_pipeline(tiny_run(tmp_path, registry_url=url))
         (version,) = state.versions.values()
         (artifact,) = state.artifacts.values()
     run = Path(summary.run_dir)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.datasets import tiny_run
 
 from invmon.core.settings import help_of
 from invmon.pipelines.local_run import (
@@ -48,17 +49,7 @@ def test_bad_search_batch_sizes_are_named():
 
 @pytest.mark.slow
 def test_local_run_completes_every_stage(tmp_path):
-    # min_accuracy 0: a one-epoch model must still pass the quality gate here.
-    options = RunSettings(
-        synth_bins=150,
-        epochs=1,
-        trials=1,
-        max_epochs=1,
-        image_size=32,
-        min_accuracy=0.0,
-        out=str(tmp_path),
-    )
-    summary = run_pipeline(options)
+    summary = run_pipeline(tiny_run(tmp_path))
     run = Path(summary.run_dir)
     stages = list(summary.stage_seconds)
     assert stages[:6] == ["ingest", "arrange", "preprocess", "tune", "train", "evaluate"]

@@ -53,3 +53,38 @@ def synthetic_shards(
         )
     )
     return root / "shards"
+
+
+def with_unscorable_bins(raw: Path, out: Path, ids: tuple[str, str, str, str]) -> Path:
+    """A copy of the bins at ``raw`` in ``out`` where the four ``ids`` cannot be scored, one of
+    each kind: a photo that is not a JPEG, metadata that is not JSON, a missing photo, and a
+    recorded count outside the classes."""
+    import json
+    import shutil
+
+    shutil.copytree(raw, out)
+    bad_photo, bad_metadata, missing, out_of_range = ids
+    (out / "bin-images" / f"{bad_photo}.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (out / "metadata" / f"{bad_metadata}.json").write_text("{not json")
+    (out / "bin-images" / f"{missing}.jpg").unlink()
+    document = json.loads((out / "metadata" / f"{out_of_range}.json").read_text())
+    document["EXPECTED_QUANTITY"] = 9
+    (out / "metadata" / f"{out_of_range}.json").write_text(json.dumps(document))
+    return out
+
+
+def tiny_run(out: Path, **changes):
+    """The smallest whole `invmon run` the slow tests use: 150 synthetic bins at 32 px, one trial
+    and one epoch, and a gate any model passes (a one-epoch model must reach deploy and audit)."""
+    from invmon.pipelines.local_run import RunSettings
+
+    return RunSettings(
+        synth_bins=150,
+        epochs=1,
+        trials=1,
+        max_epochs=1,
+        image_size=32,
+        min_accuracy=0.0,
+        out=str(out),
+        **changes,
+    )
