@@ -199,7 +199,6 @@ def run_pipeline(options: RunSettings) -> RunSummary:
     with contextlib.ExitStack() as stack:
         if options.source is None:
             url = stack.enter_context(embedded_s3_server())
-            logging.getLogger("werkzeug").setLevel(logging.ERROR)
             print(f"embedded S3 server at {url}; seeding {options.synth_bins} synthetic bins")
             seed_demo_bucket(url, options.synth_bins, options.seed)
             options = options.replace(s3=S3Options(endpoint_url=url, anonymous=True))
@@ -294,15 +293,13 @@ def format_summary(summary: RunSummary) -> str:
 
 
 def _gate_reason(m: dict, min_accuracy: float) -> str:
-    """Why the gate stopped deploy and audit: the starting model was better, or the bound."""
-    start = m.get("init_accuracy")
-    if start is not None and m.get("accuracy", 0.0) < start:
-        return (
-            f"retrain gate: accuracy {m.get('accuracy', float('nan')):.3f} is below the starting "
-            f"model's {start:.3f} on the same test split: this round made the model worse; "
-            "deploy and audit skipped"
-        )
-    return f"quality gate: accuracy below min_accuracy {min_accuracy}; deploy and audit skipped"
+    """Why the gate stopped deploy and audit (evaluate's rule): the starting model was better,
+    or the bound."""
+    from invmon.stages.evaluate import gate_refusal
+
+    refusal = gate_refusal(m.get("accuracy", float("nan")), min_accuracy, m.get("init_accuracy"))
+    refusal = refusal or f"accuracy below min_accuracy {min_accuracy}"
+    return f"gate: {refusal}; deploy and audit skipped"
 
 
 RUN = Command(

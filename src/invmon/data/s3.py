@@ -15,6 +15,8 @@ import os
 import random
 import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -323,24 +325,41 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def embedded_s3_server(port: int | None = None) -> Iterator[str]:
+def embedded_s3_server(port: int | None = None, timeout: float = 30.0) -> Iterator[str]:
     """Run moto's S3 server on 127.0.0.1 (a free port unless given) and yield its URL.
 
     It is a real HTTP server: pipeline components in other processes reach it through its URL.
-    moto accepts unsigned requests, so no credentials are needed anywhere.
+    moto accepts unsigned requests, so no credentials are needed anywhere. It runs in a process
+    of its own: moto keeps its buckets per process, so two servers in one process shared them
+    (a second run found the first one's demo bucket and policy), and the server's work does not
+    compete with the caller's for one GIL.
     """
-    from moto.server import ThreadedMotoServer
-
     port = port or _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    url = f"http://127.0.0.1:{port}"
-    # moto keeps its buckets per process, not per server: a second embedded server in the same
-    # process (a second run_pipeline, a test after another) would find the first one's buckets,
-    # policies included, and refuse the demo bucket's seeding. Each starts empty.
-    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"))
-    log.info("embedded S3 server listening on %s", url)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
+        _wait_for_port(port, child, timeout)
+        url = f"http://127.0.0.1:{port}"
+        log.info("embedded S3 server listening on %s", url)
         yield url
     finally:
-        server.stop()
+        child.terminate()
+        child.wait(10)
+
+
+def _wait_for_port(port: int, child: subprocess.Popen, timeout: float) -> None:
+    """Return once ``child`` accepts connections on ``port``; RuntimeError if it exits or does
+    not within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise RuntimeError(f"the embedded S3 server exited with code {child.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the embedded S3 server did not listen on port {port} in {timeout:g}s")
