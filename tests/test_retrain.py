@@ -50,6 +50,9 @@ def test_an_init_model_on_s3_is_fetched(model_dir, shards_dir, s3_url, monkeypat
         client.upload_file(str(path), "production", f"models/counter/{path.name}")
     run = _run_for(shards_dir, s3_url, init_model="s3://production/models/counter")
     assert _same_weights(run.plain_model, load_model(model_dir)[0])
+    # An empty prefix is named as the model it was meant to be, not as a dataset.
+    with pytest.raises(ValueError, match=r"models/none holds no objects \(expected the --init"):
+        _run_for(shards_dir, s3_url, init_model="s3://production/models/none")
 
 
 def test_a_starting_model_of_other_classes_or_image_size_is_refused(shards_dir, tmp_path):

@@ -67,7 +67,7 @@ def evaluate(
         )
     )
     # A retrain round is deployed only when it is no worse than the model it started from.
-    required = max(min_accuracy, result.init_accuracy or 0.0)
+    required = stage.required_accuracy(min_accuracy, result.init_accuracy)
     print(stage.gate_line(result, min_accuracy))
     os.makedirs(reference.path, exist_ok=True)
     shutil.copy(os.path.join(out, stage.REFERENCE_FILE), reference.path)

@@ -54,8 +54,15 @@ def fetch_dataset(
     return target
 
 
-def download_prefix(uri: S3Uri, target: Path, endpoint_url: str | None, workers: int = 16) -> int:
-    """Copy every object under ``uri`` into ``target``; return the number of files fetched."""
+def download_prefix(
+    uri: S3Uri,
+    target: Path,
+    endpoint_url: str | None,
+    workers: int = 16,
+    expected: str = "a preprocessed dataset",
+) -> int:
+    """Copy every object under ``uri`` into ``target``; return the number of files fetched.
+    An empty prefix is a ValueError that says what was ``expected`` there."""
     client = make_client(endpoint_url, max_connections=workers)
     keys = []
     for page in client.get_paginator("list_objects_v2").paginate(
@@ -63,7 +70,7 @@ def download_prefix(uri: S3Uri, target: Path, endpoint_url: str | None, workers:
     ):
         keys += [(item["Key"], item["Size"]) for item in page.get("Contents", [])]
     if not keys:
-        raise ValueError(f"{uri} holds no objects (expected a preprocessed dataset)")
+        raise ValueError(f"{uri} holds no objects (expected {expected})")
     todo = []
     for key, size in keys:
         relative = uri.relative(key)

@@ -162,7 +162,7 @@ def evaluate(
     if init_model:
         evaluation.init_model = str(init_model)
         evaluation.init_accuracy = _accuracy_of(
-            init_model, index, data, split, device, endpoint_url
+            init_model, index, data, test, batch_size, device, endpoint_url
         )
     _write_outputs(Path(out), evaluation, test.ids, true_counts, predicted_counts, expected)
     # What invmon monitor compares live predictions with: beside the metrics, and in the model
@@ -198,16 +198,18 @@ def _verified(verified: list[str], ids, true, predicted) -> dict:
     return {"verified_images": int(mask.sum()), "verified_accuracy": accuracy}
 
 
-def _accuracy_of(init_model, index: DatasetIndex, data, split: str, device, endpoint_url) -> float:
-    """The starting model's accuracy on the same split (fetched first when on S3)."""
+def _accuracy_of(
+    init_model, index: DatasetIndex, data, test, batch_size: int, device, endpoint_url
+) -> float:
+    """The starting model's accuracy on ``test``, the split the new model was measured on
+    (fetched first when on S3)."""
     from invmon.serving.counter import Counter
     from invmon.training.init_model import local_model
 
     with local_model(str(init_model), endpoint_url) as folder:
         counter = Counter.from_model_dir(folder, device=device)
         _check_compatible(counter, index, init_model, data)
-        test = index.split(split)
-        predicted, _, _ = _predict(counter, test, 128, "evaluate starting model")
+        predicted, _, _ = _predict(counter, test, batch_size, "evaluate starting model")
     return float(np.mean(predicted == test.counts))
 
 
@@ -292,17 +294,32 @@ def run(settings: EvaluateSettings) -> Evaluation:
     return evaluate(**asdict(settings))
 
 
+def required_accuracy(min_accuracy: float, init_accuracy: float | None) -> float:
+    """The least test accuracy the gate before deploy lets through: ``min_accuracy``, and in a
+    retrain round also the starting model's accuracy on the same split."""
+    return max(min_accuracy, init_accuracy or 0.0)
+
+
+def gate_refusal(accuracy: float, min_accuracy: float, init_accuracy: float | None) -> str | None:
+    """Why the gate before deploy stops a model of test ``accuracy``; None when it passes."""
+    if init_accuracy is not None and accuracy < init_accuracy:
+        return (
+            f"test accuracy {accuracy:.4f} is below the starting model's {init_accuracy:.4f} on "
+            "the same split: this round made the model worse"
+        )
+    if accuracy < min_accuracy:
+        return f"test accuracy {accuracy:.4f} is below min_accuracy {min_accuracy}"
+    return None
+
+
 def gate_line(e: Evaluation, min_accuracy: float) -> str:
     """What the gate before deploy makes of ``e``: pass, or which bound it missed."""
-    if e.init_accuracy is not None and e.accuracy < e.init_accuracy:
-        return (
-            f"gate: test accuracy {e.accuracy:.4f} is below the starting model's "
-            f"{e.init_accuracy:.4f} on the same split: this round made the model worse; "
-            "not deployed"
-        )
-    if e.accuracy < min_accuracy:
-        return f"gate: test accuracy {e.accuracy:.4f} is below min_accuracy {min_accuracy}"
-    return f"gate: test accuracy {e.accuracy:.4f} passes"
+    refusal = gate_refusal(e.accuracy, min_accuracy, e.init_accuracy)
+    return (
+        f"gate: {refusal}; not deployed"
+        if refusal
+        else f"gate: test accuracy {e.accuracy:.4f} passes"
+    )
 
 
 def _show(e: Evaluation, settings: EvaluateSettings) -> str:

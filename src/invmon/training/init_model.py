@@ -34,8 +34,8 @@ def local_model(source: str, endpoint_url: str | None = None) -> Iterator[Path]:
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="init-model-") as tmp:
-        if download_prefix(S3Uri.parse(source), Path(tmp), endpoint_url) == 0:
-            raise ValueError(f"--init-model {source!r}: no objects there (allowed: {ALLOWED})")
+        expected = f"the --init-model folder: {ALLOWED}"
+        download_prefix(S3Uri.parse(source), Path(tmp), endpoint_url, expected=expected)
         yield Path(tmp)
 
 
