@@ -1,10 +1,10 @@
 """Audit in parts: a plan, parts scored on their own, and a merge equal to one whole audit."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+from support.datasets import with_unscorable_bins
 
 from invmon.cli import main
 from invmon.stages.audit import PART_FILE, AuditSettings, run
@@ -38,14 +38,7 @@ def _summary(folder: Path) -> dict:
 def broken_source(raw_dir, tmp_path_factory) -> Path:
     """The synthetic bins plus one bin of each kind that cannot be scored, in different parts."""
     out = tmp_path_factory.mktemp("audit-parts-src") / "raw"
-    shutil.copytree(raw_dir, out)
-    (out / "bin-images" / "00001.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    (out / "metadata" / "00050.json").write_text("{not json")
-    (out / "bin-images" / "00090.jpg").unlink()
-    document = json.loads((out / "metadata" / "00110.json").read_text())
-    document["EXPECTED_QUANTITY"] = 9
-    (out / "metadata" / "00110.json").write_text(json.dumps(document))
-    return out
+    return with_unscorable_bins(raw_dir, out, ("00001", "00050", "00090", "00110"))
 
 
 @pytest.fixture(scope="module")
@@ -106,6 +99,19 @@ def test_merged_skipped_totals_match_one_audit(broken_source, model_dir, tmp_pat
 def test_a_bad_part_is_named(raw_dir, model_dir, tmp_path, spec):
     with pytest.raises(ValueError, match="part"):
         AuditSettings(source=str(raw_dir), out=str(tmp_path), model=str(model_dir), part=spec)
+
+
+def test_labels_are_refused_for_one_part(raw_dir, model_dir, tmp_path):
+    """A part's flags are not the audit's: the flag quality is measured by the merge."""
+    (part,) = plan_parts(AuditPlanSettings(source=str(raw_dir), parts=1))
+    with pytest.raises(ValueError, match="--labels goes with a whole audit or audit-merge"):
+        AuditSettings(
+            source=str(raw_dir),
+            out=str(tmp_path),
+            model=str(model_dir),
+            part=json.dumps(part.to_dict()),
+            labels=str(tmp_path / "labels.csv"),
+        )
 
 
 def test_merge_refuses_a_missing_part(raw_dir, model_dir, tmp_path):

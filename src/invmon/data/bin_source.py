@@ -26,17 +26,20 @@ class BinSource:
                     f"layout: {abid.IMAGE_DIR}/<id>.jpg and {abid.METADATA_DIR}/<id>.json)"
                 )
 
-    def bin_ids(self) -> Iterator[str]:
-        """Every bin with a metadata document, in listing order (memory stays flat on S3)."""
+    def bin_ids(self, start_after: str = "") -> Iterator[str]:
+        """Every bin with a metadata document, in listing order (memory stays flat on S3); with
+        ``start_after`` (a metadata file name), only those listed after it: an audit part starts
+        its listing where its key range starts instead of at the first bin."""
         if self.uri is None:
             for path in sorted((self.root / abid.METADATA_DIR).iterdir()):
                 parsed = abid.split_key(f"{abid.METADATA_DIR}/{path.name}")
-                if parsed:
+                if parsed and path.name > start_after:
                     yield parsed[1]
             return
         paginator = self.client.get_paginator("list_objects_v2")
         prefix = self.uri.key(abid.METADATA_DIR) + "/"
-        for page in paginator.paginate(Bucket=self.uri.bucket, Prefix=prefix):
+        after = {"StartAfter": prefix + start_after} if start_after else {}
+        for page in paginator.paginate(Bucket=self.uri.bucket, Prefix=prefix, **after):
             for item in page.get("Contents", []):
                 parsed = abid.split_key(self.uri.relative(item["Key"]))
                 if parsed:

@@ -48,18 +48,21 @@ class CompiledGraph(torch.nn.Module):
         self.largest = largest
         self.sealed = False
         self.covered = largest is None
+        self.ready_upto = 0  # every batch size up to this has a compiled graph (_make_ready)
         self.eager_batches = 0  # batches run eagerly after seal(): no compiled graph fitted them
         self.graphs = 0  # graphs compiled while making every batch size ready
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits of ``inputs``: compiled while warming up; after :meth:`seal`, never compiled."""
         if self.sealed:
-            if not self.fits(inputs):
+            # Sizes were checked against the guards once, in _make_ready; checking them again
+            # here would evaluate every guard twice per batch (running checks them too).
+            if len(inputs) > self.ready_upto:
                 self.eager_batches += 1
                 log.warning(
                     "a batch of %d images fits no compiled graph (ready for 1 to %s): ran eagerly",
                     len(inputs),
-                    self.largest,
+                    self.ready_upto,
                 )
             return self.running(inputs)
         outputs = self.compiling(inputs)
@@ -98,7 +101,9 @@ class CompiledGraph(torch.nn.Module):
                     "not seen in warm-up will run eagerly",
                     size,
                 )
+                self.ready_upto = size - 1
                 return
+        self.ready_upto = self.largest
         log.info(
             "compiled graphs ready for every batch of 1 to %d images (%d compiled for it)",
             self.largest,

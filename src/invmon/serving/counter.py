@@ -191,6 +191,10 @@ class LoadPlan:
             what = "int8" if self.int8 else f"on {self.device}"
             log.info("prebuilt engine not used: the model serves %s", what)
             return None
+        if why := prebuilt.unusable(model_dir):
+            # Before prebuilt.here, which hashes the weights: most folders have no engine.
+            log.info("prebuilt engine not used: %s", why)
+            return None
         name = _FLOAT_NAMES[self.dtype]
         size = self.config.preprocessing.image_size
         wanted = prebuilt.here(model_dir, name, size, self.largest_batch or 1)

@@ -98,6 +98,14 @@ class ServingOptions(Settings):
     )
 
 
+def largest_batch(options: ServingOptions, limits: Limits) -> int:
+    """The most images the batcher puts in one batch: requests are grouped up to
+    ``max_batch_images``, but one request is never split, so a request of up to ``max_images``
+    images runs as one batch of its own. A compiled or prebuilt engine is made for every size up
+    to it."""
+    return max(options.max_batch_images, limits.max_images)
+
+
 # The fields KServe's parser owns in the serving image, and its flag for each.
 KSERVE_FLAGS = {"port": "http_port", "name": "model_name"}
 

@@ -177,14 +177,23 @@ def misfit(model_dir, wanted: Manifest) -> str | None:
     return checked if isinstance(checked, str) else None
 
 
-def _checked(model_dir, wanted: Manifest) -> Manifest | str:
-    """The manifest in ``model_dir``, signed and fitting ``wanted``; else why not."""
+def unusable(model_dir) -> str | None:
+    """Why no prebuilt engine of ``model_dir`` can be used before any file is read or hashed
+    (none there, no key to verify it with); None when it is worth checking."""
     folder = Path(model_dir) / ENGINE_DIR
     if not (folder / MANIFEST_FILE).is_file() or not (folder / PACKAGE_FILE).is_file():
         return f"no prebuilt engine in {folder}"
-    key = signing_key()
-    if key is None:
+    if signing_key() is None:
         return f"{KEY_ENV} is not set, so the package in {folder} cannot be verified"
+    return None
+
+
+def _checked(model_dir, wanted: Manifest) -> Manifest | str:
+    """The manifest in ``model_dir``, signed and fitting ``wanted``; else why not."""
+    folder = Path(model_dir) / ENGINE_DIR
+    if why := unusable(model_dir):
+        return why
+    key = signing_key()
     try:
         built = Manifest(**json.loads((folder / MANIFEST_FILE).read_text()))
     except (ValueError, TypeError) as err:

@@ -37,7 +37,7 @@ from kserve.errors import InvalidInput
 from invmon.data.transforms import InvalidImage, prepare
 from invmon.serving.batching import ContinuousBatcher
 from invmon.serving.counter import Counter, Predictions
-from invmon.serving.options import Limits, ServingOptions
+from invmon.serving.options import Limits, ServingOptions, largest_batch
 from invmon.serving.rest import split_bytes_elements
 
 log = logging.getLogger(__name__)
@@ -121,12 +121,8 @@ class BinCounterModel(Model):
 
     @property
     def largest_batch(self) -> int:
-        """The most images the batcher puts in one batch.
-
-        Requests are grouped up to ``max_batch_images``, but one request is never split: a
-        request of up to ``max_images`` images runs as one batch of its own.
-        """
-        return max(self.options.max_batch_images, self.limits.max_images)
+        """The most images the batcher puts in one batch (:func:`~.options.largest_batch`)."""
+        return largest_batch(self.options, self.limits)
 
     def _upgrade(self, upgrade) -> None:
         start = time.perf_counter()

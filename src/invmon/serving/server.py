@@ -25,7 +25,13 @@ from pathlib import Path
 
 from invmon.core.settings import add_options, from_args
 from invmon.serving.client import DEFAULT_MODEL_NAME
-from invmon.serving.options import KSERVE_FLAGS, Limits, ServeSettings, ServingOptions
+from invmon.serving.options import (
+    KSERVE_FLAGS,
+    Limits,
+    ServeSettings,
+    ServingOptions,
+    largest_batch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +86,7 @@ def serve(settings: ServeSettings, **server_args) -> None:
     if settings.prebuild:
         from invmon.serving.prebuilt import build
 
-        largest = max(settings.options.max_batch_images, settings.limits.max_images)
+        largest = largest_batch(settings.options, settings.limits)
         print(f"building the serving engine for batches of 1 to {largest} (minutes)", flush=True)
         print(f"written: {build(settings.model, largest)}", flush=True)
         return

@@ -106,6 +106,9 @@ class AuditSettings(Settings):
             raise ValueError("give exactly one of --model DIR and --url URL")
         super().__post_init__()
         self.selected_part()  # a --part that does not parse is named now
+        if self.part and self.labels:
+            # One part's flags are not the audit's: audit-merge measures them over all parts.
+            raise ValueError("--labels goes with a whole audit or audit-merge, not with --part")
 
     def selected_part(self) -> Part:
         """The part to score (all bins when no part is given)."""
@@ -304,7 +307,9 @@ def _run(reader, scorer, pool, settings, summary, csv_path: Path) -> list[BinSco
     with open(csv_path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
-        ids = _in_part(reader.bin_ids(), settings.selected_part())
+        part = settings.selected_part()
+        # Every key of the part sorts after its start (see Part), where its listing begins.
+        ids = _in_part(reader.bin_ids(start_after=part.start), part)
         for chunk in _chunks(_limited(ids, settings.limit), settings.batch_size):
             summary.bins += len(chunk)
             bins = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,37 +126,34 @@ def merge_parts(settings: AuditMergeSettings) -> AuditSummary:
     if summary.bins == 0:
         raise ValueError(f"--source {settings.source!r} holds no bin metadata")
     flagged = [score for r in read for score in r[2]]
-    if settings.labels:
-        truth = audit.read_labels(settings.labels)
-        summary.quality = audit.flag_quality(_labelled(read, truth), truth)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    _join_csv([Path(r[3]) / AUDIT_FILE for r in read], out / AUDIT_FILE)
+    if settings.labels:
+        truth = audit.read_labels(settings.labels)
+        summary.quality = audit.flag_quality(_labelled(out / AUDIT_FILE, truth), truth)
     s3 = settings.s3
     reader = BinSource(settings.source, s3.endpoint_url, s3.anonymous, 4)
     audit.finish(flagged, summary, reader, settings.thumbnails, out)
-    _join_csv([Path(r[3]) / AUDIT_FILE for r in read], out / AUDIT_FILE)
     return summary
 
 
 def _join_csv(paths: list[Path], out: Path) -> None:
-    """One audit.csv of every bin, in key order, as one audit writes it."""
+    """One audit.csv of every bin, in key order, as one audit writes it (streamed: a part's
+    file can hold hundreds of thousands of rows)."""
     with open(out.with_suffix(".tmp"), "w", newline="") as whole:
         for index, path in enumerate(paths):
             with open(path, newline="") as handle:
-                lines = handle.readlines()
-            whole.writelines(lines if index == 0 else lines[1:])
+                if index:
+                    next(handle, None)  # the header, written once
+                shutil.copyfileobj(handle, whole)
     out.with_suffix(".tmp").replace(out)
 
 
-def _labelled(read, truth: dict[str, int]) -> list[BinScore]:
-    """The parts' scores (from audit.csv) of the bins that have a true count."""
-    scores = []
-    for r in read:
-        with open(Path(r[3]) / AUDIT_FILE, newline="") as handle:
-            for row in csv.DictReader(handle):
-                if row["bin_id"] in truth:
-                    scores.append(_score_row(row))
-    return scores
+def _labelled(path: Path, truth: dict[str, int]) -> list[BinScore]:
+    """The scores in the joined audit.csv of the bins that have a true count."""
+    with open(path, newline="") as handle:
+        return [_score_row(row) for row in csv.DictReader(handle) if row["bin_id"] in truth]
 
 
 def _score_row(row: dict) -> BinScore:
