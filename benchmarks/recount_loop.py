@@ -41,10 +41,22 @@ from pathlib import Path
 
 import numpy as np
 
+from invmon.data.recounts import RECOUNT_COLUMNS
+from invmon.pipelines.local_run import DEMO_BINS, EMBEDDED
+
 ROOT = Path(__file__).resolve().parents[1]
-FULL = {"bins": 3600, "image_size": 64, "epochs": 8, "warm_epochs": 2, "rounds": 3}
+# The embedded default's size, data and recipe: what `invmon run` trains.
+FULL = {
+    "bins": DEMO_BINS,
+    "image_size": EMBEDDED.image_size,
+    "epochs": EMBEDDED.epochs,
+    "warm_epochs": 2,
+    "rounds": 3,
+}
 QUICK = {"bins": 240, "image_size": 32, "epochs": 2, "warm_epochs": 1, "rounds": 2}
-RATE, SHARE, LR, BATCH = 0.10, 0.05, 4.25e-3, 64
+# The learning rate is the embedded search's draw at its one batch size (seed 0), fixed here so
+# that every round and its control train alike.
+RATE, SHARE, LR, BATCH = 0.10, 0.05, 4.25e-3, int(EMBEDDED.batch_sizes)
 
 
 @dataclass
@@ -86,7 +98,6 @@ def setup(root: Path, size: dict, seed: int) -> Loop:
 
 def prepare(loop: Loop, name: str, recounts: Path | None) -> Path:
     """Arrange (with the recounts so far) and preprocess: the shards folder."""
-    from invmon.pipelines.local_run import EMBEDDED
     from invmon.stages import arrange, preprocess
     from invmon.stages.arrange import ArrangeSettings
     from invmon.stages.preprocess import PreprocessSettings
@@ -146,7 +157,7 @@ def recount(loop: Loop, bins: list[str], folder: Path, number: int) -> None:
     """The associates' counts of ``bins`` (from the truth file) as a recount file."""
     folder.mkdir(parents=True, exist_ok=True)
     when = f"2026-12-{number:02d}T08:00:00+00:00"
-    lines = ["bin_id,true_count,source,counted_at"]
+    lines = [",".join(RECOUNT_COLUMNS)]
     lines += [f"{b},{loop.truth[b]},cycle-count:truth-file,{when}" for b in bins]
     (folder / f"recounts-round-{number}.csv").write_text("\n".join(lines) + "\n")
 

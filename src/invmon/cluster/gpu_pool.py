@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from invmon.cluster.placement import Toleration, parse_toleration
-from invmon.cluster.trainjob import LAUNCHERS
 from invmon.core.settings import Settings, setting
 from invmon.training.search import BACKENDS
+
+# How the train task trains: in its own process (on a GPU node), or as a TrainJob it creates.
+LAUNCHERS = ("local", "trainjob")
 
 
 @dataclass(frozen=True)

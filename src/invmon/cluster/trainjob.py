@@ -32,9 +32,6 @@ from invmon.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
-# How the train task trains: in its own process (on a GPU node), or as a TrainJob it creates.
-LAUNCHERS = ("local", "trainjob")
-
 TRAINJOB = cluster.Resource("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")
 NODE_JOB = "node"  # the replicated job (and container) of torch-distributed that runs training
 PATCH_MANAGER = "inventory-monitoring.io/train"
