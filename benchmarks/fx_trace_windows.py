@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     # An empty cache, as a new pod has: cached kernels would skip the traces being measured.
     # (TorchInductor reads the variable when it compiles, not at import.)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fx-trace-windows-")
-    counter, upgrade = Counter.staged(args.model, "cpu", args.precision, args.graph)
+    counter, upgrade = Counter.staged(
+        args.model, device="cpu", precision=args.precision, graph=args.graph
+    )
     if upgrade is None:
         print(f"nothing to upgrade to: {counter.precision} ({counter.engine.graph} graph) at once")
         return

@@ -30,9 +30,7 @@ def plan_audit(raw: Input[Dataset], parts: int, workspace: str = "") -> list[dic
 
     source = str(shared.resolve(raw.path))
     plan = stage.plan_parts(stage.AuditPlanSettings(source=source, parts=parts))
-    for part in plan:
-        print(part.describe(), f"~{part.objects // 2} bins")
-    return [part.to_dict() for part in plan]
+    return stage.plan_outputs(plan, "bins", objects_per_unit=2)  # an image and its metadata
 
 
 # Every bin of the ingested data is scored; a bin is flagged when the model gives its recorded

@@ -29,9 +29,7 @@ def plan_ingest(
 
     selected = stage.selection(source, endpoint_url, anonymous, file_list, limit)
     plan = stage.plan_parts(stage.PlanSettings(**selected, parts=parts))
-    for part in plan:
-        print(part.describe(), f"~{part.objects} objects")
-    return [part.to_dict() for part in plan]
+    return stage.plan_outputs(plan)
 
 
 @stage_component(

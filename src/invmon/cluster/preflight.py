@@ -24,7 +24,9 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from invmon.cluster import permissions
+from invmon.cluster.gpu_pool import GpuPool
 from invmon.cluster.versions import COMPONENTS
+from invmon.cluster.workspace import WorkspaceSettings
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -51,19 +53,24 @@ KATIB_INJECTION_LABEL = ("katib.kubeflow.org/metrics-collector-injection", "enab
 
 @dataclass(frozen=True)
 class Needs:
-    """What one run of the compiled pipeline needs from the cluster."""
+    """What one run of the compiled pipeline needs from the cluster: its place, its GPU work and
+    workspace as compiled, and the Secrets its tasks read (name -> keys)."""
 
     namespace: str
     service_account: str
-    katib: bool = False
-    trainjob: bool = False
-    workspace: bool = True
-    storage_class: str = ""
-    access_modes: tuple[str, ...] = ("ReadWriteMany",)
-    gpu_node_selector: dict[str, str] = field(default_factory=dict)
-    gpu_tolerations: tuple[dict, ...] = ()
-    gpus: int = 1
+    gpu: GpuPool = field(default_factory=GpuPool)
+    workspace: WorkspaceSettings = field(default_factory=WorkspaceSettings)
     secrets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def katib(self) -> bool:
+        """Whether the search runs as a Katib Experiment."""
+        return self.gpu.tune_backend == "katib"
+
+    @property
+    def trainjob(self) -> bool:
+        """Whether training runs as a Trainer TrainJob."""
+        return self.gpu.train_launcher == "trainjob"
 
     def components(self) -> list[str]:
         """The controllers this run uses (Katib and the Trainer only when compiled in)."""
@@ -247,35 +254,39 @@ def check_storage_class(api_client, needs: Needs) -> Check:
     ]
     known = ", ".join(f"{n} ({c['provisioner']})" for n, c in classes.items()) or "none"
     flag = "--workspace-storage-class NAME"
-    if not needs.storage_class:
+    wanted, modes = needs.workspace.storage_class, "/".join(needs.workspace.access_modes)
+    if not wanted:
         return Check(
             name,
             FAIL,
             f"none chosen (the cluster's default is {default[0] if default else 'unset'}); "
             f"classes: {known}",
-            f"compile with {flag}: a class that offers {'/'.join(needs.access_modes)}",
+            f"compile with {flag}: a class that offers {modes}",
         )
-    found = classes.get(needs.storage_class)
+    found = classes.get(wanted)
     if found is None:
         return Check(
-            name, FAIL, f"{needs.storage_class!r} does not exist; classes: {known}", f"{flag}"
+            name,
+            FAIL,
+            f"{wanted!r} does not exist; classes: {known}",
+            f"{flag}",
         )
     provisioner = found["provisioner"]
-    shared = {"ReadWriteMany", "ReadOnlyMany"} & set(needs.access_modes)
+    shared = {"ReadWriteMany", "ReadOnlyMany"} & set(needs.workspace.access_modes)
     if shared and provisioner in RWO_ONLY_PROVISIONERS:
         return Check(
             name,
             FAIL,
-            f"{needs.storage_class} ({provisioner}) offers ReadWriteOnce only, the run asks "
-            f"{'/'.join(needs.access_modes)}: the workspace PVC would stay Pending",
+            f"{wanted} ({provisioner}) offers ReadWriteOnce only, the run asks "
+            f"{modes}: the workspace PVC would stay Pending",
             f"{flag} with an RWX class (EFS, Filestore, Azure Files, CephFS, NFS), or "
             "--workspace-access-mode ReadWriteOnce (every task on one node)",
         )
     return Check(
         name,
         PASS,
-        f"{needs.storage_class} exists ({provisioner}); whether it offers "
-        f"{'/'.join(needs.access_modes)} cannot be read from the API: see its driver's docs",
+        f"{wanted} exists ({provisioner}); whether it offers "
+        f"{modes} cannot be read from the API: see its driver's docs",
     )
 
 
@@ -331,12 +342,14 @@ def tolerates(toleration: dict, taint: dict) -> bool:
 def _gpu_node_problem(node: dict, needs: Needs) -> str | None:
     """Why the pool's pods cannot run on ``node`` (None: they can)."""
     labels = node["metadata"].get("labels") or {}
-    if wrong := [f"{k}={v}" for k, v in needs.gpu_node_selector.items() if labels.get(k) != v]:
+    if wrong := [f"{k}={v}" for k, v in needs.gpu.gpu_node_selector.items() if labels.get(k) != v]:
         return f"no label {', '.join(wrong)}"
     taints = [
         t for t in (node.get("spec") or {}).get("taints") or () if t["effect"] != "PreferNoSchedule"
     ]
-    untolerated = [t for t in taints if not any(tolerates(x, t) for x in needs.gpu_tolerations)]
+    untolerated = [
+        t for t in taints if not any(tolerates(x.to_dict(), t) for x in needs.gpu.gpu_tolerations)
+    ]
     if untolerated:
         return "taint " + ", ".join(map(_taint, untolerated))
     return None
@@ -361,26 +374,27 @@ def check_gpu_nodes(api_client, needs: Needs) -> Check:
     with_gpus = [
         n
         for n in nodes
-        if int((n.get("status") or {}).get("allocatable", {}).get(GPU_RESOURCE, "0")) >= needs.gpus
+        if int((n.get("status") or {}).get("allocatable", {}).get(GPU_RESOURCE, "0"))
+        >= needs.gpu.gpus
     ]
     reached = {n["metadata"]["name"]: _gpu_node_problem(n, needs) for n in with_gpus}
     usable = [n for n, problem in reached.items() if problem is None]
-    selector = ",".join(f"{k}={v}" for k, v in needs.gpu_node_selector.items()) or "any node"
+    selector = ",".join(f"{k}={v}" for k, v in needs.gpu.gpu_node_selector.items()) or "any node"
     if usable:
         return Check(
             name,
             PASS,
-            f"{len(usable)} node(s) with >= {needs.gpus} {GPU_RESOURCE} match {selector}: "
+            f"{len(usable)} node(s) with >= {needs.gpu.gpus} {GPU_RESOURCE} match {selector}: "
             + ", ".join(usable),
         )
     why = (
         "; ".join(f"{n}: {p}" for n, p in reached.items())
-        or f"no node has {needs.gpus} allocatable {GPU_RESOURCE}"
+        or f"no node has {needs.gpu.gpus} allocatable {GPU_RESOURCE}"
     )
     return Check(
         name,
         FAIL,
-        f"no node with >= {needs.gpus} {GPU_RESOURCE} matches {selector} and the "
+        f"no node with >= {needs.gpu.gpus} {GPU_RESOURCE} matches {selector} and the "
         f"tolerations ({why})",
         "compile with the pool's --gpu-node-selector and --gpu-toleration, or install the NVIDIA "
         "device plugin on the GPU nodes",
@@ -429,7 +443,7 @@ def run_checks(api_client, needs: Needs) -> Report:
     """Every preflight check of ``needs`` against the cluster behind ``api_client``."""
     checks = [check_version(api_client, key) for key in needs.components()]
     checks.append(check_permissions(api_client, needs))
-    if needs.workspace:
+    if needs.workspace.enabled:
         checks.append(check_storage_class(api_client, needs))
     checks.append(check_secrets(api_client, needs))
     checks.append(check_gpu_nodes(api_client, needs))

@@ -59,6 +59,13 @@ def setting(default=MISSING, help: str = "", *, default_factory=MISSING, **spec)
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def share(default: float, help: str, *, zero: bool = True) -> typing.Any:
+    """A settings field holding a share or a probability: from 0 (or, with ``zero=False``, above
+    it) and below 1, the one range check every such setting makes."""
+    bounds = {"minimum": 0} if zero else {"above": 0}
+    return setting(default, help, below=1, **bounds)
+
+
 def inherit(cls, name: str, *, default=MISSING, **changes) -> typing.Any:
     """A settings field that is another settings class's field ``name`` again: the same default,
     help and checks unless ``default`` or Spec ``changes`` say otherwise. The field remembers

@@ -175,6 +175,14 @@ def show_plan(plan: list[Part], settings=None) -> str:
     return "\n".join(json.dumps(part.to_dict()) for part in plan)
 
 
+def plan_outputs(plan: list[Part], unit: str = "objects", objects_per_unit: int = 1) -> list[dict]:
+    """A plan as a pipeline's plan task returns it: one dict per part, for the part tasks' ``part``
+    input; each part is printed to the task's log with its size in ``unit``."""
+    for part in plan:
+        print(part.describe(), f"~{part.objects // objects_per_unit} {unit}")
+    return [part.to_dict() for part in plan]
+
+
 def read_file_list(
     path: str | Path, limit: int | None = None, s3: S3Options | None = None
 ) -> list[str]:

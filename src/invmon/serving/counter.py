@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -125,6 +126,30 @@ class Engine:
     graph: str = "eager"  # how its float model runs (see GRAPHS)
 
 
+class LoadOptions(TypedDict, total=False):
+    """How :meth:`Counter.from_model_dir` and :meth:`Counter.staged` load a model folder.
+
+    ``device``: ``auto``, ``cpu`` or ``cuda`` (default ``auto``). ``precision``: one of
+    :data:`INFERENCE_PRECISIONS` (default ``auto``; see :func:`resolve_inference_precision`).
+    ``graph``: how a float model runs (see :data:`GRAPHS`): ``eager``; ``frozen``, a frozen
+    TorchScript graph with batch norm folded into the convolutions and convolution + ReLU fused by
+    oneDNN; or ``compiled`` by TorchInductor with frozen, prepacked weights, the fastest float graph
+    on a CPU but a minute or more to compile and needing a C++ compiler (``auto`` picks it when one
+    is there, else ``frozen``; for an int8 model's re-check only when train measured it re-checking
+    at least :data:`COMPILE_RECHECK_SHARE` of images). An int8 model always runs as the quantized
+    FX graph. The figures are in docs/benchmarks.md. ``largest_batch``: a compiled graph is made
+    ready for every batch size up to it when warmed up, and compiles nothing after
+    (:func:`compiled`). ``use_prebuilt``: run the engine prebuilt into the folder when it fits
+    (:meth:`LoadPlan.prebuilt`).
+    """
+
+    device: str
+    precision: str
+    graph: str
+    largest_batch: int | None
+    use_prebuilt: bool
+
+
 @dataclass(frozen=True)
 class LoadPlan:
     """What :meth:`Counter.from_model_dir` and :meth:`Counter.staged` build for a model folder."""
@@ -137,6 +162,8 @@ class LoadPlan:
     calibration: dict | None  # int8 only
     margin: float
     largest_batch: int | None = None  # the largest batch a compiled graph is made ready for
+    requested: str = "auto"  # the graph asked for, before resolving (the prebuilt engine's rule)
+    use_prebuilt: bool = False  # whether an engine prebuilt into the folder may run (if it fits)
 
     @property
     def int8(self) -> bool:
@@ -145,9 +172,15 @@ class LoadPlan:
 
     @classmethod
     def of(
-        cls, model_dir, device: str, precision: str, graph: str, largest_batch: int | None = None
+        cls,
+        model_dir,
+        device: str = "auto",
+        precision: str = "auto",
+        graph: str = "auto",
+        largest_batch: int | None = None,
+        use_prebuilt: bool = False,
     ) -> LoadPlan:
-        """Read the model folder; decide the final engine (see Counter.from_model_dir)."""
+        """Read the model folder; decide the final engine (the arguments: :class:`LoadOptions`)."""
         torch_device = resolve_device(device)
         model, config = load_model(model_dir, torch_device)
         # No weight of a served model needs a gradient, and one that does deadlocks staged
@@ -179,13 +212,15 @@ class LoadPlan:
             calibration if int8 else None,
             margin,
             largest_batch,
+            graph,
+            use_prebuilt,
         )
 
-    def prebuilt(self, model_dir, graph: str) -> Engine | None:
-        """The engine prebuilt into ``model_dir`` (:mod:`invmon.serving.prebuilt`), when it fits
-        this plan and ``graph`` (the requested one) is ``auto`` or ``compiled``; else None, with
-        the reason logged."""
-        if graph not in ("auto", "compiled"):
+    def prebuilt(self, model_dir) -> Engine | None:
+        """The engine prebuilt into ``model_dir`` (:mod:`invmon.serving.prebuilt`), when the plan
+        may use one, it fits, and the requested graph is ``auto`` or ``compiled``; else None, with
+        the reason logged when there is one."""
+        if not self.use_prebuilt or self.requested not in ("auto", "compiled"):
             return None
         if self.int8 or self.device.type != "cpu":
             what = "int8" if self.int8 else f"on {self.device}"
@@ -271,34 +306,15 @@ class Counter:
 
     @classmethod
     def from_model_dir(
-        cls,
-        model_dir: str | Path,
-        device: str = "auto",
-        precision: str = "auto",
-        freeze: bool = False,
-        graph: str | None = None,
-        largest_batch: int | None = None,
-        use_prebuilt: bool = False,
+        cls, model_dir: str | Path, freeze: bool = False, **load: Unpack[LoadOptions]
     ) -> Counter:
-        """Load the model folder written by train.
+        """Load the model folder written by train, building its final engine now.
 
-        ``precision`` is one of :data:`INFERENCE_PRECISIONS` (see
-        :func:`resolve_inference_precision`). ``graph`` says how a float model runs (see
-        :data:`GRAPHS`): ``eager``; ``frozen``, a frozen TorchScript graph with batch norm folded
-        into the convolutions and convolution + ReLU fused by oneDNN; or ``compiled`` by
-        TorchInductor with frozen, prepacked weights, the fastest float graph on a CPU but a minute
-        or more to compile and needing a C++ compiler (``auto`` picks it when one is there, else
-        ``frozen``; for an int8 model's re-check only when train measured it re-checking at least
-        :data:`COMPILE_RECHECK_SHARE` of images). ``freeze=True`` is ``graph="frozen"``. An int8
-        model always runs as the quantized FX graph. The figures are in docs/benchmarks.md.
-        ``largest_batch``: a compiled graph is made ready for every batch size up to it when
-        warmed up, and compiles nothing after (:func:`compiled`). ``use_prebuilt``: run the
-        engine prebuilt into the folder when it fits (:meth:`LoadPlan.prebuilt`).
+        ``load`` says how (:class:`LoadOptions`); the graph defaults to ``eager`` here, and
+        ``freeze=True`` makes it ``frozen``.
         """
-        graph = graph or ("frozen" if freeze else "eager")
-        plan = LoadPlan.of(model_dir, device, precision, graph, largest_batch)
-        ready = plan.prebuilt(model_dir, graph) if use_prebuilt else None
-        if ready is not None:
+        plan = LoadPlan.of(model_dir, **{"graph": "frozen" if freeze else "eager", **load})
+        if (ready := plan.prebuilt(model_dir)) is not None:
             return cls.running(ready, plan)
         int8_model = plan.quantized(model_dir) if plan.int8 else None
         return cls.running(plan.engine(plan.graph, int8_model), plan)
@@ -314,14 +330,12 @@ class Counter:
     def staged(
         cls,
         model_dir: str | Path,
-        device: str = "auto",
-        precision: str = "auto",
-        graph: str = "auto",
         batch_sizes: Sequence[int] = (1, 2, 8),
-        largest_batch: int | None = None,
-        use_prebuilt: bool = False,
+        **load: Unpack[LoadOptions],
     ) -> tuple[Counter, Callable[[], None] | None]:
         """Load the model folder on its cheapest correct path now, the fastest one later.
+
+        ``load`` says how (:class:`LoadOptions`; the graph defaults to ``auto``).
 
         Returns the counter, running the float model eagerly in the float precision the final
         engine uses (no quantization, no compilation: seconds), and ``upgrade``, which builds the
@@ -337,9 +351,8 @@ class Counter:
         ``use_prebuilt`` and an engine prebuilt into the folder that fits
         (:meth:`LoadPlan.prebuilt`), the counter runs that at once, with nothing to upgrade.
         """
-        plan = LoadPlan.of(model_dir, device, precision, graph, largest_batch)
-        ready = plan.prebuilt(model_dir, graph) if use_prebuilt else None
-        if ready is not None:
+        plan = LoadPlan.of(model_dir, **load)
+        if (ready := plan.prebuilt(model_dir)) is not None:
             return cls.running(ready, plan), None
         counter = cls.running(plan.engine("eager"), plan)
         stages = _upgrade_stages(plan, model_dir)

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from invmon.core.command import Command
-from invmon.core.settings import Settings, from_args, help_of, setting
+from invmon.core.settings import Settings, from_args, help_of, setting, share
 from invmon.data import abid
 from invmon.data.bin_source import Bin as _Bin
 from invmon.data.bin_source import BinSource as _Source
@@ -77,11 +77,10 @@ class AuditSettings(Settings):
     model: str | None = setting(None, help="model folder: score in this process", cli=False)
     url: str | None = setting(None, help="predictor base URL: score through it", cli=False)
     name: str = setting(DEFAULT_MODEL_NAME, help="model name at --url")
-    threshold: float = setting(
+    threshold: float = share(
         0.1,
         help="flag when the model gives the recorded count a probability below this",
-        above=0,
-        below=1,
+        zero=False,
     )
     labels: str | None = setting(
         None, help="CSV of bin_id,true_count: report the flag's precision and recall"

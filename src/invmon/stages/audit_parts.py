@@ -22,6 +22,7 @@ from invmon.core.command import Command
 from invmon.core.settings import Settings, setting
 from invmon.data.bin_source import BinSource
 from invmon.data.bucket_copy import Part, show_plan
+from invmon.data.bucket_copy import plan_outputs as plan_outputs  # the plan task's result
 from invmon.data.s3 import S3Options
 from invmon.stages import audit
 from invmon.stages.audit import AUDIT_FILE, PART_FILE, AuditSummary, BinScore

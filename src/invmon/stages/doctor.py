@@ -90,14 +90,8 @@ class DoctorSettings(Settings):
         return preflight.Needs(
             namespace=namespace,
             service_account=account,
-            katib=self.gpu.tune_backend == "katib",
-            trainjob=self.gpu.train_launcher == "trainjob",
-            workspace=self.workspace.enabled,
-            storage_class=self.workspace.storage_class,
-            access_modes=self.workspace.access_modes,
-            gpu_node_selector=dict(self.gpu.gpu_node_selector),
-            gpu_tolerations=tuple(t.to_dict() for t in self.gpu.gpu_tolerations),
-            gpus=self.gpu.gpus,
+            gpu=self.gpu,
+            workspace=self.workspace,
             secrets=secrets,
         )
 

@@ -30,6 +30,7 @@ from invmon.data.bucket_copy import (
     show_plan,
     write_report,
 )
+from invmon.data.bucket_copy import plan_outputs as plan_outputs  # the plan task's result
 from invmon.data.s3 import ObjectReader, RetryPolicy, S3Options, S3Uri, make_client
 
 # A planner keeps at most this many image keys in memory to place the part boundaries.

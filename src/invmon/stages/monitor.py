@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from invmon.core.command import Command
-from invmon.core.settings import Settings, setting
+from invmon.core.settings import Settings, setting, share
 from invmon.data.s3 import S3Options, is_s3_uri
 from invmon.serving.drift import REFERENCE_FILE, Reference, read_reference_text
 from invmon.serving.monitor import Monitor, Thresholds
@@ -35,11 +35,10 @@ class MonitorSettings(Settings):
     psi_threshold: float = setting(
         0.2, help="alert when a window's PSI against the reference is above this", above=0
     )
-    p_value: float = setting(
+    p_value: float = share(
         0.001,
         help="alert when a window's chi-squared p-value against the reference is below this",
-        above=0,
-        below=1,
+        zero=False,
     )
     window_log: str = setting(
         "",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from invmon.core.command import Command
-from invmon.core.settings import Settings, setting
+from invmon.core.settings import Settings, setting, share
 from invmon.data.s3 import S3Options
 
 if TYPE_CHECKING:
@@ -24,11 +24,8 @@ class SynthSettings(Settings):
     count: int = setting(help="number of bins", minimum=1)
     seed: int = setting(0, help="random seed")
     max_items: int = setting(5, help="most items in one bin", minimum=0, maximum=30)
-    mislabel_rate: float = setting(
-        0.0,
-        help="share of bins whose recorded count is wrong (one unit off; the photo is right)",
-        minimum=0,
-        below=1,
+    mislabel_rate: float = share(
+        0.0, help="share of bins whose recorded count is wrong (one unit off; the photo is right)"
     )
     truth: str | None = setting(
         None,

@@ -20,7 +20,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from invmon.core.settings import Settings, overrides_of, setting
+from invmon.core.settings import Settings, overrides_of, setting, share
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -58,8 +58,8 @@ class TrainConfig(Settings):
     )
     weight_decay: float = setting(0.0, help="weight decay", minimum=0)
     schedule: str = setting("cosine", help="learning-rate schedule", choices=SCHEDULES)
-    warmup_fraction: float = setting(0.1, help="share of steps warming up", minimum=0, below=1)
-    label_smoothing: float = setting(0.0, help="label smoothing", minimum=0, below=1)
+    warmup_fraction: float = share(0.1, help="share of steps warming up")
+    label_smoothing: float = share(0.0, help="label smoothing")
     class_weights: str = setting(
         "none", help="balanced: weigh classes by inverse frequency", choices=CLASS_WEIGHTS
     )
@@ -70,7 +70,7 @@ class TrainConfig(Settings):
         minimum=0,
     )
     head_hidden: int = setting(256, help="units in the head's hidden layer", minimum=1)
-    head_dropout: float = setting(0.0, help="dropout in the head", minimum=0, below=1)
+    head_dropout: float = share(0.0, help="dropout in the head")
     weights: str = setting(
         "none", help="backbone start: none, imagenet, a path or an s3:// URI of ResNet50 weights"
     )
