@@ -96,6 +96,17 @@ def _sha256(*paths: Path) -> str:
     return digest.hexdigest()
 
 
+def _copy_hashed(source: Path, target: Path) -> str:
+    """Copy ``source`` to ``target`` and return the SHA-256 of what was written, in one pass:
+    the bytes hashed are the bytes loaded afterwards, read once."""
+    digest = hashlib.sha256()
+    with open(source, "rb") as reading, open(target, "wb") as writing:
+        for block in iter(lambda: reading.read(1 << 20), b""):
+            digest.update(block)
+            writing.write(block)
+    return digest.hexdigest()
+
+
 def model_sha256(model_dir: str | Path) -> str:
     """The SHA-256 of a model folder's weights and config, in that order."""
     return _sha256(Path(model_dir) / WEIGHTS_FILE, Path(model_dir) / CONFIG_FILE)
@@ -155,6 +166,27 @@ def build(model_dir: str | Path, largest_batch: int = 64, precision: str = "fp32
         raise
     log.info("prebuilt engine written to %s in %.1fs", target, time.perf_counter() - start)
     return target
+
+
+def _load_package(path: Path):
+    """A callable running the AOTInductor package at ``path`` on one input tensor.
+
+    PyTorch's C++ package loader, called directly: ``torch._inductor.aoti_load_package`` wraps the
+    same loader in Python that unpacks the archive's index first (0.6 s against 0.2 s for the
+    98 MB package of a 224 px model on 2 cores, each batch then as fast). Where this PyTorch has
+    no such loader, its public function loads the package instead.
+    """
+    loader_class = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+    if loader_class is None:
+        return torch._inductor.aoti_load_package(str(path))
+    # (path, model name, run single-threaded, runners, device index: -1 for the CPU)
+    loader = loader_class(str(path), "model", False, 1, -1)
+
+    def run(inputs: torch.Tensor) -> torch.Tensor:
+        # The package was exported with one tensor in and one out (see build).
+        return loader.boxed_run([inputs])[0]
+
+    return run
 
 
 class PrebuiltGraph(torch.nn.Module):
@@ -230,8 +262,7 @@ def load(model_dir, eager: torch.nn.Module, wanted: Manifest) -> PrebuiltGraph |
     # Hash a private copy and load that very copy: the file in model storage could change
     # between a check of it and the load.
     private = Path(tempfile.mkdtemp(prefix="invmon-engine-")) / PACKAGE_FILE
-    shutil.copyfile(folder / PACKAGE_FILE, private)
-    if not hmac.compare_digest(_sha256(private), built.package_sha256):
+    if not hmac.compare_digest(_copy_hashed(folder / PACKAGE_FILE, private), built.package_sha256):
         shutil.rmtree(private.parent, ignore_errors=True)
         log.warning(
             "prebuilt engine not used: %s does not hash to its manifest's package_sha256",
@@ -239,7 +270,7 @@ def load(model_dir, eager: torch.nn.Module, wanted: Manifest) -> PrebuiltGraph |
         )
         return None
     try:
-        runner = torch._inductor.aoti_load_package(str(private))
+        runner = _load_package(private)
     except Exception as err:  # a package this process cannot run: build as without one
         log.warning("prebuilt engine not used: loading %s failed: %s", folder, err)
         return None
