@@ -10,6 +10,8 @@ import dataclasses
 import json
 import logging
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -63,6 +65,29 @@ def test_a_prebuilt_engine_serves_from_the_start_with_the_eager_models_counts(bu
     batch = images(counter, LARGEST + 2)
     expected = eager.predict_uint8(batch).counts.tolist()
     assert counter.predict_uint8(batch).counts.tolist() == expected
+
+
+# Run in a fresh interpreter: this test process has imported torchvision long since.
+LOAD_AND_LIST_IMPORTS = """
+import sys
+from invmon.serving.counter import Counter
+counter, upgrade = Counter.staged(
+    sys.argv[1], largest_batch=int(sys.argv[2]), use_prebuilt=True,
+    device="cpu", precision="fp32", graph="auto",
+)
+assert upgrade is None and counter.engine.graph == "prebuilt", counter.engine
+print(sorted(m for m in ("torchvision", "torch._dynamo", "torch._inductor") if m in sys.modules))
+"""
+
+
+@pytest.mark.slow
+def test_a_predictor_on_a_prebuilt_engine_imports_no_compiler_and_no_torchvision(built):
+    """What makes it ready in seconds: torchvision imports torch._dynamo and TorchInductor (about
+    2 s), and the eager model it would build is not needed while every batch fits the package."""
+    command = [sys.executable, "-c", LOAD_AND_LIST_IMPORTS, str(built), str(LARGEST)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
 def edited_manifest(built, tmp_path, sign=True, **changes):

@@ -7,6 +7,7 @@ probabilities and expected counts.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -28,7 +29,7 @@ from invmon.serving.fx_tracing import MODEL_RUNS, exclude_model_runs_while_traci
 from invmon.serving.options import GRAPHS
 from invmon.training import quantize
 from invmon.training.device import INFERENCE_PRECISIONS, autocast, resolve_device, resolve_precision
-from invmon.training.model import ModelConfig, load_model
+from invmon.training.model import ModelConfig, load_model, read_config, weights_path
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class LoadOptions(TypedDict, total=False):
 class LoadPlan:
     """What :meth:`Counter.from_model_dir` and :meth:`Counter.staged` build for a model folder."""
 
-    model: torch.nn.Module  # the float model, eager
+    model_dir: Path
     config: ModelConfig
     device: torch.device
     graph: str  # eager, frozen or compiled (resolved)
@@ -164,6 +165,18 @@ class LoadPlan:
     largest_batch: int | None = None  # the largest batch a compiled graph is made ready for
     requested: str = "auto"  # the graph asked for, before resolving (the prebuilt engine's rule)
     use_prebuilt: bool = False  # whether an engine prebuilt into the folder may run (if it fits)
+
+    @functools.cached_property
+    def model(self) -> torch.nn.Module:
+        """The float model, eager: loaded when first asked for, so that a predictor running a
+        prebuilt engine never builds it (nor imports torchvision to)."""
+        model, _ = load_model(self.model_dir, self.device)
+        # No weight of a served model needs a gradient, and one that does deadlocks staged
+        # loading: autocast caches its low-precision casts of such weights under one process-wide
+        # mutex, held while the cast runs. Dynamo tracing the compiled graph on the upgrade thread
+        # runs that cast through Python (fake tensors: it needs the GIL), while a request thread
+        # that holds the GIL leaves autocast and clears the cache (it needs the mutex).
+        return model.requires_grad_(False)
 
     @property
     def int8(self) -> bool:
@@ -182,13 +195,8 @@ class LoadPlan:
     ) -> LoadPlan:
         """Read the model folder; decide the final engine (the arguments: :class:`LoadOptions`)."""
         torch_device = resolve_device(device)
-        model, config = load_model(model_dir, torch_device)
-        # No weight of a served model needs a gradient, and one that does deadlocks staged
-        # loading: autocast caches its low-precision casts of such weights under one process-wide
-        # mutex, held while the cast runs. Dynamo tracing the compiled graph on the upgrade thread
-        # runs that cast through Python (fake tensors: it needs the GIL), while a request thread
-        # that holds the GIL leaves autocast and clears the cache (it needs the mutex).
-        model.requires_grad_(False)
+        config = read_config(model_dir)
+        weights_path(model_dir)  # a folder without weights fails here, not at the first request
         resolved = resolve_graph(graph, torch_device)
         calibration = (
             quantize.read_calibration(model_dir) if quantize.int8_supported(torch_device) else None
@@ -204,7 +212,7 @@ class LoadPlan:
         dtype = resolve_precision("auto" if int8 else precision, torch_device)
         margin = fidelity.margin if fidelity is not None else 0.0
         return cls(
-            model,
+            Path(model_dir),
             config,
             torch_device,
             resolved,
@@ -233,7 +241,7 @@ class LoadPlan:
         name = _FLOAT_NAMES[self.dtype]
         size = self.config.preprocessing.image_size
         wanted = prebuilt.here(model_dir, name, size, self.largest_batch or 1)
-        model = prebuilt.load(model_dir, self.model, wanted)
+        model = prebuilt.load(model_dir, lambda: self.model, wanted)
         return Engine(model, None, name, "prebuilt") if model is not None else None
 
     def quantized(self, model_dir) -> torch.nn.Module:

@@ -37,6 +37,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -190,16 +191,20 @@ def _load_package(path: Path):
 
 
 class PrebuiltGraph(torch.nn.Module):
-    """A loaded package, with the eager model for a batch larger than it was built for."""
+    """A loaded package, with the eager model for a batch larger than it was built for.
 
-    def __init__(self, runner, eager: torch.nn.Module, largest_batch: int):
+    ``eager`` makes that model when first needed: a predictor whose batches all fit the package
+    (:func:`load` checks that they do) never builds it, nor imports torchvision to.
+    """
+
+    def __init__(self, runner, eager: Callable[[], torch.nn.Module], largest_batch: int):
         super().__init__()
         self.runner, self.eager, self.largest_batch = runner, eager, largest_batch
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits of ``inputs`` (float32, channels_last)."""
         if len(inputs) > self.largest_batch:
-            return self.eager(inputs)
+            return self.eager()(inputs)
         return self.runner(inputs)
 
 
@@ -249,9 +254,12 @@ def _checked(model_dir, wanted: Manifest) -> Manifest | str:
     return built
 
 
-def load(model_dir, eager: torch.nn.Module, wanted: Manifest) -> PrebuiltGraph | None:
+def load(
+    model_dir, eager: Callable[[], torch.nn.Module], wanted: Manifest
+) -> PrebuiltGraph | None:
     """The prebuilt engine of ``model_dir`` if it fits ``wanted`` (:func:`misfit`), else None
-    with the reason logged."""
+    with the reason logged. ``eager`` makes the eager model, for a batch larger than the package
+    was built for (:class:`PrebuiltGraph`)."""
     built = _checked(model_dir, wanted)  # read once: what was verified is what is used
     if isinstance(built, str):
         level = logging.INFO if built.startswith("no prebuilt engine") else logging.WARNING

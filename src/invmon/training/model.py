@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 
 from invmon.data.transforms import Preprocessing
@@ -76,6 +75,10 @@ def build_model(config: ModelConfig) -> nn.Module:
 
     The backbone starts from random weights; :func:`load_backbone_weights` puts pretrained ones in.
     """
+    # Imported here, not at the top: importing torchvision imports torch._dynamo and TorchInductor
+    # (through torchvision.ops), about 2 s that a predictor running a prebuilt engine never needs.
+    import torchvision
+
     model = torchvision.models.resnet50(weights=None)
     model.fc = nn.Sequential(
         nn.Linear(model.fc.in_features, config.head_hidden),
@@ -129,6 +132,14 @@ def read_config(model_dir: str | Path) -> ModelConfig:
     return ModelConfig.from_dict(json.loads(path.read_text()))
 
 
+def weights_path(model_dir: str | Path) -> Path:
+    """A model folder's weights file; raise ModelNotFound naming the folder when absent."""
+    weights = Path(model_dir) / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelNotFound(f"no {WEIGHTS_FILE} in model folder {str(model_dir)!r}")
+    return weights
+
+
 def load_model(
     model_dir: str | Path, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, ModelConfig]:
@@ -137,9 +148,7 @@ def load_model(
     The weights are read with ``weights_only=True``: a model file cannot run code when opened.
     """
     config = read_config(model_dir)
-    weights = Path(model_dir) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise ModelNotFound(f"no {WEIGHTS_FILE} in model folder {str(model_dir)!r}")
+    weights = weights_path(model_dir)
     model = build_model(config)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
