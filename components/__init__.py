@@ -11,6 +11,7 @@ from invmon.components.audit.component import audit, merge_audit, plan_audit
 from invmon.components.deploy.component import deploy
 from invmon.components.evaluate.component import evaluate
 from invmon.components.ingest.component import ingest, merge_ingest, plan_ingest
+from invmon.components.prebuild.component import prebuild
 from invmon.components.preprocess.component import preprocess
 from invmon.components.register.component import register
 from invmon.components.train.component import train
@@ -26,6 +27,7 @@ __all__ = [
     "merge_ingest",
     "plan_audit",
     "plan_ingest",
+    "prebuild",
     "preprocess",
     "register",
     "train",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from invmon.cluster.container_images import ImageSet
 from invmon.cluster.gpu_pool import GpuPool
+from invmon.cluster.inference_service import ServiceSpec, check_secret_name
 from invmon.cluster.placement import (
     KFP_OBJECT_STORE_SECRET,
     RUN_AS_USER,
@@ -63,6 +64,13 @@ class ClusterSettings(Settings):
         flag="--task-s3-secret",
         metavar="SECRET",
     )
+    engine_key_secret: str = inherit(
+        ServiceSpec,
+        "engine_key_secret",
+        help="Secret whose INVMON_ENGINE_KEY signs the serving engine a prebuild task builds "
+        "before deploy, and with which the predictors verify it (empty: no prebuild task; "
+        "predictors on a CPU compile their engine in the background at start)",
+    )
     run_as_user: int = setting(RUN_AS_USER, help="user id every task runs as", cli=False)
     # One setting per group of tasks that need alike: the data tasks (ingest, arrange,
     # preprocess), the GPU tasks (tune and train when they run the loop themselves), evaluate and
@@ -105,6 +113,7 @@ class ClusterSettings(Settings):
     def __post_init__(self):
         super().__post_init__()
         S3Secret.parse(self.s3_secret, "--task-s3-secret")
+        check_secret_name(self.engine_key_secret, "--engine-key-secret")
         shm = quantity(self.shm_size, "--shm-size")
         for group in RESOURCE_GROUPS:
             resources = self.resources(group)
@@ -134,6 +143,15 @@ class ClusterSettings(Settings):
         if not self.serving_gpus:
             return {"gpus": 0, "node_selector": {}, "tolerations": []}
         return {"gpus": self.serving_gpus, **self.gpu.placement()}
+
+    def predictor(self) -> dict:
+        """The deploy task's arguments that the cluster decides: the serving image, where the
+        predictor runs (:meth:`serving`) and the Secret of its engine key."""
+        return {
+            "image": self.images.image("serve"),
+            **self.serving(),
+            "engine_key_secret": self.engine_key_secret,
+        }
 
     def pool(self) -> dict:
         """The GPU pool's placement, as arguments of the tasks that create pods on it."""

@@ -1,5 +1,5 @@
 """The inventory-monitoring pipeline: ingest -> arrange -> preprocess -> tune -> train -> evaluate
--> (quality gate) -> deploy, audit and (with a registry) register.
+-> (quality gate) -> [prebuild ->] deploy, audit and (with a registry) register.
 
 :func:`build_pipeline` returns the ``@dsl.pipeline`` function for a set of cluster settings (image
 registry and tag, GPU node pool); ``invmon compile`` compiles it to the YAML a Kubeflow cluster
@@ -23,6 +23,7 @@ from invmon.components import (
     merge_ingest,
     plan_audit,
     plan_ingest,
+    prebuild,
     preprocess,
     register,
     train,
@@ -31,6 +32,7 @@ from invmon.components import (
 from invmon.pipelines.cluster_settings import ClusterSettings
 from invmon.pipelines.parameters import DEFAULTS as D
 from invmon.pipelines.parameters import docstring
+from invmon.serving.options import ENGINE_KEY_ENV
 
 PIPELINE_NAME = "inventory-monitoring"
 # The pipeline parameters that tune, train and the release (the gate, deploy and audit) take,
@@ -280,13 +282,12 @@ def _release(settings: ClusterSettings, shared: str):
         """
         with dsl.If(accuracy >= min_accuracy, name="quality-gate"):
             served = deploy(
-                model=model,
+                model=_prebuilt(model, settings),
                 arranged=arranged,
                 target=deploy_target,
                 name=model_name,
                 namespace=namespace,
-                image=settings.images.image("serve"),
-                **settings.serving(),
+                **settings.predictor(),
                 deployment_mode=deployment_mode,
                 canary_traffic_percent=canary_traffic_percent,
                 monitor=monitor,
@@ -305,6 +306,26 @@ def _release(settings: ClusterSettings, shared: str):
         description="Deploy the model and audit the bins, when the test accuracy passes the gate.",
         pipeline_config=settings.workspace.config(),
     )(release)
+
+
+def _prebuilt(model, settings: ClusterSettings):
+    """The model deploy serves: with an engine key Secret and predictors on CPUs, the model with
+    its serving engine built ahead of time by a prebuild task (docs/serving.md); else ``model``.
+
+    The task runs where the predictor does (on a node without GPUs, a CPU kind the package is
+    specific to: a predictor on another kind refuses it and compiles as without one), with the
+    key from the Secret as INVMON_ENGINE_KEY, never as a parameter.
+    """
+    if not settings.engine_key_secret or settings.serving_gpus:
+        return model  # a predictor on a GPU never uses a CPU package
+    engine = prebuild(model=model)
+    _retried(_configure(engine, "prebuild", settings, "data"), settings)
+    kubernetes.use_secret_as_env(
+        engine,
+        secret_name=settings.engine_key_secret,
+        secret_key_to_env={ENGINE_KEY_ENV: ENGINE_KEY_ENV},
+    )
+    return engine.outputs["prebuilt"]
 
 
 def _audit(model, raw, threshold, parts, settings: ClusterSettings, shared: str):

@@ -14,7 +14,7 @@ push=${3:-}
 [ -z "$push" ] || [ "$push" = "--push" ] || usage
 command -v docker >/dev/null || { echo "build-images: docker is not installed" >&2; exit 1; }
 
-for name in data train serve; do
+for name in data train serve engine; do
   image="$registry/invmon-$name:$tag"
   echo "build-images: building $image"
   docker build --file "images/$name/Dockerfile" --tag "$image" .

@@ -156,6 +156,7 @@ DEPLOY_PARAMETERS = {
     "node_selector": "service.node_selector",
     "tolerations": "service.tolerations",
     "monitor": "service.monitor",
+    "engine_key_secret": "service.engine_key_secret",
     "store_endpoint": "store_endpoint",
     "canary_traffic_percent": "service.canary_traffic_percent",
     "timeout": "timeout",

@@ -43,7 +43,23 @@ def test_base_images_are_pinned_and_multi_stage(dockerfile):
     assert bases and all(re.search(r":\d+\.\d+\.\d+", b) or "@sha256:" in b for b in bases)
     assert len(re.findall(r"^FROM ", text, flags=re.M)) >= 2
     final = text[text.rindex("\nFROM ") :]
-    assert "pip install" not in final and "apt-get" not in final  # no build tools or caches
+    assert "pip install" not in final  # no build tools or caches
+    if dockerfile.parent.name == "engine":  # the compiler is what this image is for
+        assert "--no-install-recommends g++=" in final and "rm -rf /var/lib/apt/lists" in final
+    else:
+        assert "apt-get" not in final
+
+
+def test_the_engine_image_has_the_serving_images_python_packages():
+    """The prebuilt engine must be built with the torch the predictor runs (its manifest says
+    which): both images install the project from the same lock file in the same way."""
+
+    def build_stage(name: str) -> str:
+        text = (ROOT / "images" / name / "Dockerfile").read_text()
+        start = text.index("\nFROM ")
+        return text[start : text.index("\nFROM ", start + 1)]
+
+    assert build_stage("engine") == build_stage("serve")
 
 
 def test_the_train_image_does_not_expose_every_gpu():

@@ -343,3 +343,45 @@ def test_the_workspace_lifetime_after_a_failure_is_documented_where_retry_is(com
                 offers += 1
                 assert "secondsAfterFailure" in paragraph, (path.name, paragraph[:80])
     assert offers == 2
+
+
+def test_an_engine_key_secret_puts_a_prebuild_task_before_deploy(tmp_path):
+    """With --engine-key-secret, deploy serves the model with its engine built ahead of time by a
+    prebuild task in the engine image (a C++ compiler), with the key from the Secret only; the
+    predictor gets the same key from the same Secret. Without it, no task builds an engine."""
+    settings = ClusterSettings(engine_key_secret="invmon-engine-key")
+    path = compile_pipeline(tmp_path / "p.yaml", settings)
+    tasks = _tasks(path)
+    task, container, platform = tasks["prebuild"]
+    assert container["image"] == settings.images.image("engine")
+    keys = {"INVMON_ENGINE_KEY": "INVMON_ENGINE_KEY"}
+    assert _secret_env(platform) == [("invmon-engine-key", keys)]
+    assert platform["securityContext"]["runAsNonRoot"] is True
+    given = {k: v for k, v in container["resources"].items() if k.startswith("resource")}
+    assert given == _expected(settings.resources("data"))
+    assert task["inputs"]["artifacts"]["model"]["componentInputArtifact"].endswith("model")
+    deploy_task = tasks["deploy"][0]
+    served = deploy_task["inputs"]["artifacts"]["model"]["taskOutputArtifact"]
+    assert served == {"producerTask": "prebuild", "outputArtifactKey": "prebuilt"}
+    secret = deploy_task["inputs"]["parameters"]["engine_key_secret"]
+    assert secret["runtimeValue"]["constant"] == "invmon-engine-key"
+    # audit and register keep the trained model itself
+    register_model = tasks["register"][0]["inputs"]["artifacts"]["model"]
+    assert register_model["componentInputArtifact"].endswith("model")
+    default = _tasks(compile_pipeline(tmp_path / "q.yaml"))
+    assert "prebuild" not in default
+    assert default["deploy"][0]["inputs"]["parameters"]["engine_key_secret"]["runtimeValue"] == {
+        "constant": ""
+    }
+
+
+def test_a_gpu_predictor_gets_no_prebuild_task(tmp_path):
+    """A predictor on a GPU never serves a CPU package: building one would be minutes for
+    nothing."""
+    settings = ClusterSettings(engine_key_secret="invmon-engine-key", serving_gpus=1)
+    assert "prebuild" not in _tasks(compile_pipeline(tmp_path / "p.yaml", settings))
+
+
+def test_a_bad_engine_key_secret_is_named():
+    with pytest.raises(ValueError, match=r"--engine-key-secret 'Engine_Key' is not a Secret"):
+        ClusterSettings(engine_key_secret="Engine_Key")

@@ -41,6 +41,7 @@ def deploy(
     monitor: str,
     store_endpoint: str,
     timeout: float,
+    engine_key_secret: str,
     canary_traffic_percent: int = -1,
     workspace: str = "",
 ):
@@ -61,6 +62,7 @@ def deploy(
         node_selector=node_selector,
         tolerations=tuple(tolerations),
         monitor=monitor,
+        engine_key_secret=engine_key_secret,
         canary_traffic_percent=None if canary_traffic_percent < 0 else canary_traffic_percent,
     )
     settings = stage.DeploySettings(

@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": (".stages.evaluate:EVALUATE", "evaluate a model on the test split"),
     "deploy": (".stages.deploy:DEPLOY", "roll a model out as an InferenceService; smoke-test it"),
     "register": (".stages.register:REGISTER", "record a model's lineage in the Model Registry"),
+    "prebuild": (".stages.prebuild:PREBUILD", "build the serving engine ahead of time"),
     "serve": (".stages.serve:SERVE", "serve a model folder with KServe until stopped"),
     "monitor": (".stages.monitor:MONITOR", "watch a predictor's logged answers for drift"),
     "predict": (".stages.predict:PREDICT", "count items in images with a running predictor"),

@@ -12,7 +12,7 @@ from invmon.core.settings import Settings, setting
 
 DEFAULT_REGISTRY = "ghcr.io/inventory-monitoring"
 DEFAULT_TAG = "0.1.0"
-IMAGE_NAMES = ("data", "train", "serve")
+IMAGE_NAMES = ("data", "train", "serve", "engine")
 # CPU stages share the data image; everything that runs the model on a GPU uses the train image
 # (CUDA PyTorch); deploy needs KServe.
 STAGE_IMAGES = {
@@ -24,6 +24,8 @@ STAGE_IMAGES = {
     "evaluate": "train",
     "audit": "train",
     "deploy": "serve",
+    # Builds the serving engine: the serving image's torch, with a C++ compiler.
+    "prebuild": "engine",
     # A REST client only: the light CPU image.
     "register": "data",
 }
@@ -37,7 +39,7 @@ class ImageSet(Settings):
     tag: str = setting(DEFAULT_TAG, help="image tag")
 
     def image(self, name: str) -> str:
-        """The reference of image ``name`` (one of data, train, serve)."""
+        """The reference of image ``name`` (one of :data:`IMAGE_NAMES`)."""
         if name not in IMAGE_NAMES:
             raise ValueError(f"unknown image {name!r} (allowed: {', '.join(IMAGE_NAMES)})")
         return f"{self.registry.rstrip('/')}/invmon-{name}:{self.tag}"

@@ -25,6 +25,7 @@ from invmon.cluster.container_images import DEFAULT_IMAGES
 from invmon.cluster.placement import PodOptions, parse_toleration
 from invmon.core.settings import Settings, inherit, setting
 from invmon.serving.client import DEFAULT_MODEL_NAME
+from invmon.serving.options import ENGINE_KEY_ENV
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789-")
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_SECRET = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 # Probes of the predictor, from its measured start-up (docs/benchmarks.md, "Predictor cold
 # start"; docs/cluster.md, "Predictor start-up and probes"). It reports ready once its float
@@ -114,6 +116,12 @@ class ServiceSpec(Settings):
         "as CloudEvents (empty: no logger)",
         metavar="URL",
     )
+    engine_key_secret: str = setting(
+        "",
+        help="Secret whose INVMON_ENGINE_KEY the predictor verifies an engine prebuilt into the "
+        "model folder with (invmon prebuild; empty: the predictor never opens one)",
+        metavar="SECRET",
+    )
     # Set by deploy --from-registry: the modelregistry/* labels that tie the service to a
     # registered version.
     labels: dict[str, str] = setting(
@@ -155,12 +163,22 @@ class ServiceSpec(Settings):
                     f"--canary-traffic-percent must be between 0 and 100, "
                     f"got {self.canary_traffic_percent}"
                 )
+        check_secret_name(self.engine_key_secret, "--engine-key-secret")
         if self.monitor and not self.monitor.startswith(("http://", "https://")):
             raise ValueError(
                 f"--monitor {self.monitor!r} is not a URL KServe's logger can send to (allowed: "
                 "http://... or https://...)"
             )
         super().__post_init__()
+
+
+def check_secret_name(name: str, flag: str) -> None:
+    """Raise ValueError naming ``flag`` when ``name`` is neither empty nor a Secret's name."""
+    if name and not _SECRET.fullmatch(name):
+        raise ValueError(
+            f"{flag} {name!r} is not a Secret name (lowercase letters, digits, '-' and '.', at "
+            "most 253)"
+        )
 
 
 def render_inference_service(spec: ServiceSpec) -> dict:
@@ -220,7 +238,7 @@ def _predictor_container(spec: ServiceSpec) -> dict:
         ],
         # KServe's storage initializer downloads STORAGE_URI into /mnt/models before start,
         # with the credentials of the ServiceAccount below.
-        "env": [{"name": "STORAGE_URI", "value": spec.model_uri}],
+        "env": [{"name": "STORAGE_URI", "value": spec.model_uri}, *_engine_key(spec)],
         "ports": [{"containerPort": 8080, "protocol": "TCP"}],
         "resources": {"requests": requests, "limits": limits},
         **probes(spec.name),
@@ -230,6 +248,15 @@ def _predictor_container(spec: ServiceSpec) -> dict:
             "capabilities": {"drop": ["ALL"]},
         },
     }
+
+
+def _engine_key(spec: ServiceSpec) -> list[dict]:
+    """The predictor's key for a prebuilt engine, from its Secret (never a value in the
+    manifest); none without :attr:`ServiceSpec.engine_key_secret`."""
+    if not spec.engine_key_secret:
+        return []
+    ref = {"name": spec.engine_key_secret, "key": ENGINE_KEY_ENV}
+    return [{"name": ENGINE_KEY_ENV, "valueFrom": {"secretKeyRef": ref}}]
 
 
 def probes(name: str, port: int = 8080) -> dict:

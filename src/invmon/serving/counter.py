@@ -204,7 +204,7 @@ class LoadPlan:
         fidelity = quantize.Fidelity.from_state(calibration) if calibration is not None else None
         int8 = resolve_inference_precision(precision, torch_device, fidelity) == "int8"
         if int8 and calibration is None:
-            quantize.quantized(model, model_dir, None, 0)  # raises: says what to do
+            quantize.quantized(None, model_dir, None, 0)  # raises: says what to do
         if int8 and graph == "auto" and resolved == "compiled" and not _compile_pays(fidelity):
             resolved = "frozen"
         # An int8 model re-checks close calls with the float model, in the float precision

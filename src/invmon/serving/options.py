@@ -106,6 +106,11 @@ def largest_batch(options: ServingOptions, limits: Limits) -> int:
     return max(options.max_batch_images, limits.max_images)
 
 
+# The environment variable holding the secret that signs and verifies prebuilt engines
+# (invmon.serving.prebuilt); here, where the cluster code that passes it to pods can import it
+# without PyTorch.
+ENGINE_KEY_ENV = "INVMON_ENGINE_KEY"
+
 # The fields KServe's parser owns in the serving image, and its flag for each.
 KSERVE_FLAGS = {"port": "http_port", "name": "model_name"}
 

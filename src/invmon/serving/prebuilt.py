@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from invmon.serving.options import ENGINE_KEY_ENV
 from invmon.training.model import CONFIG_FILE, WEIGHTS_FILE, load_model
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ ENGINE_DIR = "engine"
 PACKAGE_FILE = "model.pt2"
 MANIFEST_FILE = "manifest.json"
 PRECISIONS = ("fp32",)  # what a package can be built in today
-KEY_ENV = "INVMON_ENGINE_KEY"  # the secret that signs and verifies manifests (never logged)
+KEY_ENV = ENGINE_KEY_ENV  # the secret that signs and verifies manifests (never logged)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,14 @@ def signing_key() -> bytes | None:
     """The key in :data:`KEY_ENV`, or None when it is not set."""
     value = os.environ.get(KEY_ENV, "")
     return value.encode() if value else None
+
+
+def required_key() -> bytes:
+    """The key in :data:`KEY_ENV`; ValueError saying what to set when it is not set."""
+    key = signing_key()
+    if key is None:
+        raise ValueError(f"set {KEY_ENV} to the secret predictors verify prebuilt engines with")
+    return key
 
 
 def _sha256(*paths: Path) -> str:
@@ -136,9 +145,7 @@ def build(model_dir: str | Path, largest_batch: int = 64, precision: str = "fp32
         raise ValueError(f"a prebuilt engine is built in {', '.join(PRECISIONS)}, not {precision}")
     if largest_batch < 1:
         raise ValueError(f"largest_batch must be >= 1, got {largest_batch}")
-    key = signing_key()
-    if key is None:
-        raise ValueError(f"set {KEY_ENV} to the secret predictors verify prebuilt engines with")
+    key = required_key()
     model_dir = Path(model_dir)
     model, config = load_model(model_dir, "cpu")
     model.requires_grad_(False)
@@ -254,9 +261,7 @@ def _checked(model_dir, wanted: Manifest) -> Manifest | str:
     return built
 
 
-def load(
-    model_dir, eager: Callable[[], torch.nn.Module], wanted: Manifest
-) -> PrebuiltGraph | None:
+def load(model_dir, eager: Callable[[], torch.nn.Module], wanted: Manifest) -> PrebuiltGraph | None:
     """The prebuilt engine of ``model_dir`` if it fits ``wanted`` (:func:`misfit`), else None
     with the reason logged. ``eager`` makes the eager model, for a batch larger than the package
     was built for (:class:`PrebuiltGraph`)."""
