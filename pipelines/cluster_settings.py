@@ -53,6 +53,13 @@ class ClusterSettings(Settings):
         "node selector and tolerations)",
         minimum=0,
     )
+    serving_node_selector: dict[str, str] = setting(
+        default_factory=dict,
+        help="node label the CPU predictor and the prebuild task must run on (repeatable), so "
+        "that a prebuilt engine meets the kind of CPU it was built for (empty: any node without "
+        "GPUs)",
+        metavar="KEY=VALUE",
+    )
     s3_secret: str = setting(
         KFP_OBJECT_STORE_SECRET.name,
         help="Secret whose S3 keys the tasks that read or write S3 themselves (ingest, "
@@ -139,9 +146,10 @@ class ClusterSettings(Settings):
 
     def serving(self) -> dict:
         """Where the predictor runs, as arguments of the deploy task: on the GPU pool with
-        :attr:`serving_gpus` GPUs, else on any node without GPUs."""
+        :attr:`serving_gpus` GPUs, else on the nodes of :attr:`serving_node_selector` (any node
+        without GPUs when it is empty)."""
         if not self.serving_gpus:
-            return {"gpus": 0, "node_selector": {}, "tolerations": []}
+            return {"gpus": 0, "node_selector": dict(self.serving_node_selector), "tolerations": []}
         return {"gpus": self.serving_gpus, **self.gpu.placement()}
 
     def predictor(self) -> dict:

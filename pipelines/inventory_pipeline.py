@@ -312,14 +312,17 @@ def _prebuilt(model, settings: ClusterSettings):
     """The model deploy serves: with an engine key Secret and predictors on CPUs, the model with
     its serving engine built ahead of time by a prebuild task (docs/serving.md); else ``model``.
 
-    The task runs where the predictor does (on a node without GPUs, a CPU kind the package is
-    specific to: a predictor on another kind refuses it and compiles as without one), with the
-    key from the Secret as INVMON_ENGINE_KEY, never as a parameter.
+    The task runs where the predictor does (the nodes of ``serving_node_selector``, or any node
+    without GPUs: the package is specific to the kind of CPU, and a predictor on another kind
+    refuses it and loads as without one), with the key from the Secret as INVMON_ENGINE_KEY,
+    never as a parameter.
     """
     if not settings.engine_key_secret or settings.serving_gpus:
         return model  # a predictor on a GPU never uses a CPU package
     engine = prebuild(model=model)
     _retried(_configure(engine, "prebuild", settings, "data"), settings)
+    for key, value in settings.serving_node_selector.items():
+        kubernetes.add_node_selector(engine, label_key=key, label_value=value)
     kubernetes.use_secret_as_env(
         engine,
         secret_name=settings.engine_key_secret,

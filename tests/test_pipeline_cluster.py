@@ -385,3 +385,18 @@ def test_a_gpu_predictor_gets_no_prebuild_task(tmp_path):
 def test_a_bad_engine_key_secret_is_named():
     with pytest.raises(ValueError, match=r"--engine-key-secret 'Engine_Key' is not a Secret"):
         ClusterSettings(engine_key_secret="Engine_Key")
+
+
+def test_the_prebuild_task_and_the_cpu_predictor_share_the_serving_node_selector(tmp_path):
+    """A prebuilt engine is specific to the kind of CPU: with --serving-node-selector the task
+    that builds it and the predictor that serves it run on the same labelled nodes."""
+    labels = {"node.kubernetes.io/instance-type": "c7i.2xlarge"}
+    settings = ClusterSettings(engine_key_secret="invmon-engine-key", serving_node_selector=labels)
+    tasks = _tasks(compile_pipeline(tmp_path / "p.yaml", settings))
+    assert tasks["prebuild"][2]["nodeSelector"] == {"labels": labels}
+    deploy_inputs = tasks["deploy"][0]["inputs"]["parameters"]
+    assert deploy_inputs["node_selector"]["runtimeValue"]["constant"] == labels
+    default = _tasks(compile_pipeline(tmp_path / "q.yaml"))
+    assert default["deploy"][0]["inputs"]["parameters"]["node_selector"]["runtimeValue"] == {
+        "constant": {}
+    }
