@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -72,16 +73,39 @@ def seed(url: str, bins: int) -> list[str]:
     return keys
 
 
+def _watch_peak_rss(pid: int, peak: list[int], done: threading.Event) -> None:
+    """Keep ``peak[0]`` at the process's VmHWM in MiB until it exits (``done``).
+
+    Not the rusage of ``wait4``: a child's ``ru_maxrss`` includes the pages of this Python process
+    it was forked from, before it ran its own program (every child read this process's 76-82 MiB).
+    VmHWM is the peak of the program's own memory since it started.
+    """
+    status = Path(f"/proc/{pid}/status")
+    while not done.wait(0.02):
+        try:
+            text = status.read_text()
+        except OSError:
+            return
+        for line in text.splitlines():
+            if line.startswith("VmHWM:"):
+                peak[0] = max(peak[0], int(line.split()[1]) // 1024)
+
+
 def run_child(args: list[str]) -> tuple[float, int, str]:
     """Run a command; return wall seconds, its peak RSS in MiB, and its stdout."""
     start = time.perf_counter()
     child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak, done = [0], threading.Event()
+    watcher = threading.Thread(target=_watch_peak_rss, args=(child.pid, peak, done), daemon=True)
+    watcher.start()
     out = child.stdout.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
+    child.wait()
+    seconds = time.perf_counter() - start
+    done.set()
+    watcher.join()
     if child.returncode:
         raise RuntimeError(f"{args[:4]} failed with exit code {child.returncode}")
-    return time.perf_counter() - start, usage.ru_maxrss // 1024, out
+    return seconds, peak[0], out
 
 
 ORIGINAL = """
@@ -165,18 +189,30 @@ def s5cmd_copy(url: str, out: Path, workers: int) -> tuple[float, int, int]:
 
 
 def versus_s5cmd(url: str, tmp: Path, workers: int, rounds: int, objects: int) -> list[float]:
-    """`invmon ingest` (the CLI) against s5cmd, alternating; the wall-time ratios, one a round."""
+    """`invmon ingest` (the CLI) against s5cmd; the wall-time ratios, one a round.
+
+    The order alternates (s5cmd first in odd rounds, ingest first in even ones): moto slows down
+    as it serves, run after run, so a fixed order would hand the later process a slower server
+    in every round.
+    """
     ratios = []
     for round_ in range(rounds):
-        s5_wall, s5_rss, copied = s5cmd_copy(url, tmp / f"s5-{round_}", workers)
+        runs = {}
+        order = ("s5cmd", "ingest") if round_ % 2 == 0 else ("ingest", "s5cmd")
+        for name in order:
+            if name == "s5cmd":
+                runs[name] = s5cmd_copy(url, tmp / f"s5-{round_}", workers)
+            else:
+                _, *runs[name] = invmon_ingest(url, tmp / f"cli-{round_}", workers, cli=True)
+        (s5_wall, s5_rss, copied), (cli_wall, cli_rss, _) = runs["s5cmd"], runs["ingest"]
         if copied != objects:
             raise RuntimeError(f"s5cmd copied {copied} of {objects} objects")
-        _, cli_wall, cli_rss, _ = invmon_ingest(url, tmp / f"cli-{round_}", workers, cli=True)
         ratios.append(s5_wall / cli_wall)
         print(
-            f"round {round_ + 1}: s5cmd ({workers} workers) {s5_wall:.2f}s, {objects / s5_wall:.1f}"
-            f" objects/s, peak RSS {s5_rss} MiB; `invmon ingest` ({workers} in flight) "
-            f"{cli_wall:.2f}s, {objects / cli_wall:.1f} objects/s, peak RSS {cli_rss} MiB"
+            f"round {round_ + 1} ({order[0]} first): s5cmd ({workers} workers) {s5_wall:.2f}s, "
+            f"{objects / s5_wall:.1f} objects/s, peak RSS {s5_rss} MiB; `invmon ingest` "
+            f"({workers} in flight) {cli_wall:.2f}s, {objects / cli_wall:.1f} objects/s, "
+            f"peak RSS {cli_rss} MiB"
         )
     return ratios
 
@@ -187,7 +223,7 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=20.0, help="added to each request")
     parser.add_argument("--workers", type=int, default=32, help="ingest requests in flight")
     parser.add_argument("--raw-threads", type=int, default=64, help="threads of the raw GETs")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating raw/ingest rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating rounds of each pair")
     parser.add_argument(
         "--s5cmd-workers", type=int, default=64, help="requests in flight of s5cmd and ingest"
     )
@@ -241,7 +277,7 @@ def main() -> None:
         f"ingest vs original loop: {best / original:.1f}x; "
         f"ingest vs raw parallel GETs: {100 * best / ceiling:.0f}%; "
         f"`invmon ingest` vs s5cmd (wall, start-up included): median "
-        f"{ratios[len(ratios) // 2]:.2f}x "
+        f"{statistics.median(ratios):.2f}x "
         f"(rounds {', '.join(f'{r:.2f}' for r in ratios)})"
     )
 

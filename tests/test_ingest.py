@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from invmon.data.bucket_copy import Part, read_file_list
+from invmon.data.abid import read_file_list
+from invmon.data.bucket_copy import Part
 from invmon.data.s3 import make_client
 from invmon.data.synth import synthesize
 from invmon.stages import ingest
@@ -291,3 +292,82 @@ def test_the_listing_runs_ahead_of_the_copy_and_hands_on_its_error():
     assert next(early) == 0
     early.close()  # the copy stopped: the producer stops too instead of blocking forever
     assert stopped.wait(5)
+
+
+def test_a_short_copy_lists_each_prefix_once_and_shows_the_exact_total(
+    seeded, s3, tmp_path, monkeypatch, capsys
+):
+    """The progress total came from a second listing of every image key, run at once beside the
+    copy: for a bucket of a few thousand objects that was a third more listing work for the
+    server, whose CPU the copy shares. A listing that ends within COUNT_AFTER seconds now gives
+    the exact total itself, and the images are listed once."""
+    from invmon.data.s3 import ObjectReader
+
+    listed, real_list = [], ObjectReader.list
+
+    def spy(self, prefix, start_after=""):
+        listed.append(prefix)
+        return real_list(self, prefix, start_after)
+
+    monkeypatch.setattr(ObjectReader, "list", spy)
+    ingest.run(IngestSettings(source=seeded, out=str(tmp_path), s3=s3, workers=4))
+    assert sorted(listed) == ["abid/bin-images/", "abid/metadata/"]
+    assert "ingest: 24/24 objects (100%)" in capsys.readouterr().err
+
+
+def test_a_long_listing_still_gets_an_estimated_total_early(seeded, s3, tmp_path, monkeypatch):
+    """A listing still running after COUNT_AFTER seconds (a whole ABID bucket) gets the images-only
+    count beside it, so that progress shows an ETA long before the listing ends."""
+    import threading
+
+    from invmon.core.progress import Progress
+    from invmon.data import bucket_copy
+    from invmon.data.s3 import ObjectReader, S3Uri, make_client
+
+    monkeypatch.setattr(bucket_copy, "COUNT_AFTER", 0.0)
+    uri = S3Uri.parse(seeded)
+    reader = ObjectReader(make_client(s3.endpoint_url, anonymous=True), uri.bucket)
+    progress, listed = Progress("ingest", unit="objects"), threading.Event()
+    bucket_copy._count_in_background(reader, uri, bucket_copy.WHOLE, progress, listed)
+    for _ in range(100):
+        if progress.total is not None:
+            break
+        threading.Event().wait(0.05)
+    assert progress.total == 24  # two objects per image key
+
+
+@pytest.mark.parametrize(
+    "endpoint, bucket, region",
+    [
+        ("http://127.0.0.1:9000", "abid", None),
+        ("http://minio.local:9000/", "abid-benchmark", None),
+        (None, "aft-vbi-pds", None),
+        (None, "aft-vbi-pds", "eu-west-1"),
+        (None, "my.dotted.bucket", None),
+        (None, "my.dotted.bucket", "us-west-2"),
+    ],
+)
+def test_unsigned_urls_are_the_ones_botocore_would_send(endpoint, bucket, region, monkeypatch):
+    """A public bucket is read without a boto3 client; its URLs must be the ones an unsigned boto3
+    client presigns: objects (quoted keys) and listing pages (every query parameter)."""
+    from invmon.data.s3 import ObjectReader
+
+    botocore_made = ObjectReader(make_client(endpoint, anonymous=True, region=region), bucket)
+    if region:
+        monkeypatch.setenv("AWS_DEFAULT_REGION", region)
+    made_here = ObjectReader(None, bucket, endpoint_url=endpoint)
+    for operation, params in [
+        ("get_object", {"Key": "bin-images/00001.jpg"}),
+        ("head_object", {"Key": "metadata/a b+c~.json"}),
+        ("list_objects_v2", {"Prefix": "bin-images/", "EncodingType": "url"}),
+        (
+            "list_objects_v2",
+            {"Prefix": "abid/metadata/", "EncodingType": "url", "StartAfter": "abid/x 1"},
+        ),
+        (
+            "list_objects_v2",
+            {"Prefix": "p/", "EncodingType": "url", "ContinuationToken": "1/ab+c=="},
+        ),
+    ]:
+        assert made_here._url(operation, params) == botocore_made._url(operation, params)
+    assert made_here.client is None

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import PurePosixPath
+from itertools import zip_longest
+from pathlib import Path, PurePosixPath
+
+from invmon.data.s3 import ObjectReader, S3Options, S3Uri, is_s3_uri
 
 IMAGE_DIR = "bin-images"
 METADATA_DIR = "metadata"
@@ -84,3 +87,38 @@ def expected_quantity(document: bytes | str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise MetadataError(f"EXPECTED_QUANTITY must be a non-negative integer, got {value!r}")
     return value
+
+
+def read_file_list(
+    path: str | Path, limit: int | None = None, s3: S3Options | None = None
+) -> list[str]:
+    """Return the bin ids named by the original project's ``file_list.json`` (a path or s3:// URI).
+
+    The file maps a count to metadata paths (``{"1": ["data/metadata/100313.json", ...]}``). With
+    ``limit``, ids are taken in turn from each count so that a small subset keeps every class.
+    """
+    try:
+        if is_s3_uri(str(path)):
+            uri = S3Uri.parse(str(path))
+            s3 = s3 or S3Options()
+            text = ObjectReader.open(s3, uri.bucket).get(uri.prefix)  # S3ObjectError is an OSError
+        else:
+            text = Path(path).read_text()
+        groups = json.loads(text)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"--file-list {str(path)!r} is not a readable JSON file: {err}") from err
+    if not isinstance(groups, dict) or not all(isinstance(v, list) for v in groups.values()):
+        raise ValueError(f"--file-list {str(path)!r} must map counts to lists of metadata paths")
+    ids: list[str] = []
+    seen: set[str] = set()
+    for row in zip_longest(*(groups[k] for k in sorted(groups))):
+        for entry in row:
+            if entry is None:
+                continue
+            bin_id = PurePosixPath(str(entry)).stem
+            if not is_valid_bin_id(bin_id):
+                raise ValueError(f"--file-list {str(path)!r}: entry {entry!r} is not a bin path")
+            if bin_id not in seen:
+                seen.add(bin_id)
+                ids.append(bin_id)
+    return ids[:limit] if limit else ids

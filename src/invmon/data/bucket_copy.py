@@ -22,10 +22,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from itertools import zip_longest
 from pathlib import Path, PurePosixPath
-
-from botocore.exceptions import BotoCoreError, ClientError
 
 from invmon.core.ahead import produced_ahead
 from invmon.core.progress import Progress
@@ -37,8 +34,6 @@ from invmon.data.s3 import (
     S3ObjectError,
     S3Options,
     S3Uri,
-    is_s3_uri,
-    make_client,
 )
 
 log = logging.getLogger(__name__)
@@ -183,42 +178,6 @@ def plan_outputs(plan: list[Part], unit: str = "objects", objects_per_unit: int 
     return [part.to_dict() for part in plan]
 
 
-def read_file_list(
-    path: str | Path, limit: int | None = None, s3: S3Options | None = None
-) -> list[str]:
-    """Return the bin ids named by the original project's ``file_list.json`` (a path or s3:// URI).
-
-    The file maps a count to metadata paths (``{"1": ["data/metadata/100313.json", ...]}``). With
-    ``limit``, ids are taken in turn from each count so that a small subset keeps every class.
-    """
-    try:
-        if is_s3_uri(str(path)):
-            uri = S3Uri.parse(str(path))
-            s3 = s3 or S3Options()
-            client = make_client(s3.endpoint_url, anonymous=s3.anonymous)
-            text = client.get_object(Bucket=uri.bucket, Key=uri.prefix)["Body"].read()
-        else:
-            text = Path(path).read_text()
-        groups = json.loads(text)
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError, ClientError, BotoCoreError) as err:
-        raise ValueError(f"--file-list {str(path)!r} is not a readable JSON file: {err}") from err
-    if not isinstance(groups, dict) or not all(isinstance(v, list) for v in groups.values()):
-        raise ValueError(f"--file-list {str(path)!r} must map counts to lists of metadata paths")
-    ids: list[str] = []
-    seen: set[str] = set()
-    for row in zip_longest(*(groups[k] for k in sorted(groups))):
-        for entry in row:
-            if entry is None:
-                continue
-            bin_id = PurePosixPath(str(entry)).stem
-            if not abid.is_valid_bin_id(bin_id):
-                raise ValueError(f"--file-list {str(path)!r}: entry {entry!r} is not a bin path")
-            if bin_id not in seen:
-                seen.add(bin_id)
-                ids.append(bin_id)
-    return ids[:limit] if limit else ids
-
-
 def _escapes(relative: str) -> bool:
     path = PurePosixPath(relative)
     return path.is_absolute() or ".." in path.parts or relative.startswith("/")
@@ -361,16 +320,40 @@ class _Tally:
             self.progress.advance()
 
 
-def _count_in_background(reader: ObjectReader, source: S3Uri, part: Part, progress) -> None:
+# A listing still running after this many seconds gets a second, images-only listing that
+# estimates the total for the progress ETA. A shorter one (any copy of a few thousand objects)
+# gives the exact total when it ends, and the server is spared listing every image key twice.
+COUNT_AFTER = 5.0
+
+
+def _counted(objects: Iterable[_Object], progress: Progress, listed: threading.Event):
+    """``objects``, setting ``progress.total`` to their exact number (and ``listed``) at the end."""
+    number = 0
+    for obj in objects:
+        number += 1
+        yield obj
+    progress.total = number
+    listed.set()
+
+
+def _count_in_background(
+    reader: ObjectReader, source: S3Uri, part: Part, progress, listed: threading.Event
+) -> None:
     """Estimate the objects to copy (two per image key) with a second listing of the images only,
-    so that progress can show an ETA."""
+    so that progress can show an ETA, unless the copy's own listing ends within COUNT_AFTER
+    seconds (it then gives the exact total)."""
 
     def count() -> None:
+        if listed.wait(COUNT_AFTER):
+            return
         prefix = source.key(abid.IMAGE_DIR) + "/"
         try:
-            progress.total = 2 * sum(1 for _ in _list_range(reader, prefix, part))
+            estimate = 2 * sum(1 for _ in _list_range(reader, prefix, part))
         except S3ObjectError as err:  # progress only; the copy reports listing errors
             log.debug("could not count objects for progress: %s", err)
+            return
+        if not listed.is_set():  # the exact total wins over the estimate
+            progress.total = estimate
 
     threading.Thread(target=count, name="ingest-count", daemon=True).start()
 
@@ -401,18 +384,20 @@ def copy_bins(
     uri = S3Uri.parse(source)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    client = make_client(s3.endpoint_url, anonymous=s3.anonymous, max_connections=workers)
-    reader = ObjectReader(client, uri.bucket, max_connections=workers, retry=retry)
+    reader = ObjectReader.open(s3, uri.bucket, max_connections=workers, retry=retry)
     report = IngestReport(source=str(uri), part=part.describe())
     progress = Progress("ingest", total=part.objects, unit="objects")
     if file_list:
-        ids = part.slice(read_file_list(file_list, limit, s3))
+        ids = part.slice(abid.read_file_list(file_list, limit, s3))
         objects: Iterable[_Object] = _objects_for_ids(ids)
         progress.total = 2 * len(ids)
     else:
+        listed = threading.Event()
         objects = _limited(list_objects(reader, uri, report, part), limit)
-        if progress.total is None and not limit:
-            _count_in_background(reader, uri, part, progress)
+        if progress.total is None:
+            objects = _counted(objects, progress, listed)
+            if not limit:
+                _count_in_background(reader, uri, part, progress, listed)
     start = time.monotonic()
     try:
         _run_workers(_Copier(reader, uri, out, verify), objects, workers, _Tally(report, progress))

@@ -22,7 +22,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 from xml.etree import ElementTree
 
 import urllib3
@@ -172,14 +172,47 @@ def _proxy_for(url: str) -> str | None:
     return urllib.request.getproxies().get(parts.scheme)
 
 
+# ListObjectsV2's query parameters, as botocore names them and as they go on the wire.
+_LIST_QUERY = {
+    "Prefix": "prefix",
+    "EncodingType": "encoding-type",
+    "StartAfter": "start-after",
+    "ContinuationToken": "continuation-token",
+}
+# A bucket name that can be a DNS label: virtual-hosted style (no dots, which the *.s3 wildcard
+# certificate would not cover).
+_DNS_BUCKET = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+def unsigned_bucket_url(endpoint_url: str | None, bucket: str, region: str | None = None) -> str:
+    """The URL of ``bucket`` for unsigned requests, without the trailing ``/`` that object URLs
+    add, addressed as an unsigned boto3 client addresses it.
+
+    On an S3-compatible endpoint (MinIO, moto, ...): path style, which every such server serves.
+    On AWS S3: virtual-hosted style on the global endpoint, which routes to any region; path
+    style on the region's endpoint for a bucket name with dots (the ``*.s3`` wildcard certificate
+    does not cover them).
+    """
+    if endpoint_url:
+        return f"{endpoint_url.rstrip('/')}/{quote(bucket)}"
+    if _DNS_BUCKET.match(bucket):
+        return f"https://{bucket}.s3.amazonaws.com/"
+    region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    host = "s3.amazonaws.com" if region in (None, "", "us-east-1") else f"s3.{region}.amazonaws.com"
+    return f"https://{host}/{quote(bucket)}"
+
+
 class ObjectReader:
     """Lists and GETs objects with many requests in flight, retrying what a busy S3 does to them.
 
-    Each request goes to a presigned URL (signed by the boto3 client, so every credential source
-    and addressing style keeps working) over a pooled urllib3 connection set. That costs about half
-    the CPU of a boto3 ``get_object`` call, which matters once thousands of small objects per second
-    are in flight. Retries cover 503 SlowDown and other 5xx answers, refused or dropped connections,
-    timeouts and bodies that end early; a missing object or a refused request fails at once.
+    Each request goes over a pooled urllib3 connection set to a URL that is either presigned by
+    the boto3 ``client`` (so every credential source and addressing style keeps working), or, with
+    no client (:meth:`open` for an anonymous :class:`S3Options`), unsigned: a public bucket's
+    reader (``endpoint_url`` or AWS S3) never builds a boto3 client, which costs 0.2 s of CPU at
+    start-up. A request either way costs about half the CPU of a boto3 ``get_object`` call, which
+    matters once thousands of small objects per second are in flight. Retries cover 503 SlowDown
+    and other 5xx answers, refused or dropped connections, timeouts and bodies that end early; a
+    missing object or a refused request fails at once.
 
     Presigned URLs carry signatures: they are never logged or put into error messages.
     """
@@ -191,36 +224,59 @@ class ObjectReader:
         max_connections: int = 32,
         retry: RetryPolicy | None = None,
         timeout: float = 60.0,
+        endpoint_url: str | None = None,
     ):
-        import botocore
-        from botocore.httpsession import get_cert_path
-
         self.client, self.bucket = client, bucket
         self.retry = retry or RetryPolicy()
         self.retries = 0  # retried requests, for reports
         self._lock = threading.Lock()
-        endpoint = client.meta.endpoint_url
+        self._plain_prefix = self._bucket_url = None
+        if client is None:
+            self._bucket_url = unsigned_bucket_url(endpoint_url, bucket)
+            self._plain_prefix = self._bucket_url.rstrip("/") + "/"
+        else:
+            import botocore
+
+            if client.meta.config.signature_version is botocore.UNSIGNED:
+                probe = self._url("get_object", {"Key": "probe"})
+                if probe.endswith("/probe"):
+                    self._plain_prefix = probe[: -len("probe")]
+        endpoint = self._plain_prefix or client.meta.endpoint_url
         options = {
             "maxsize": max_connections,
             "block": False,
             "retries": False,  # retries are ours, with backoff that S3 asks for
             "timeout": urllib3.Timeout(connect=10.0, read=timeout),
-            "ca_certs": os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True),
         }
-        self._plain_prefix = None
-        if client.meta.config.signature_version is botocore.UNSIGNED:
-            probe = self._url("get_object", {"Key": "probe"})
-            if probe.endswith("/probe"):
-                self._plain_prefix = probe[: -len("probe")]
+        if endpoint.startswith("https:"):
+            from botocore.httpsession import get_cert_path
+
+            options["ca_certs"] = os.environ.get("AWS_CA_BUNDLE") or get_cert_path(True)
         proxy = _proxy_for(endpoint)
         self.http = (
             urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
         )
 
+    @classmethod
+    def open(
+        cls, s3: S3Options, bucket: str, max_connections: int = 32, retry: RetryPolicy | None = None
+    ) -> ObjectReader:
+        """A reader of ``bucket`` as ``s3`` says: unsigned without a boto3 client when anonymous,
+        else presigned by a boto3 client from the standard credential chain."""
+        if s3.anonymous:
+            return cls(None, bucket, max_connections, retry, endpoint_url=s3.endpoint_url)
+        client = make_client(s3.endpoint_url, max_connections=max_connections)
+        return cls(client, bucket, max_connections, retry)
+
     def _url(self, operation: str, params: dict) -> str:
-        if self._plain_prefix is not None and operation == "get_object":
-            # Unsigned URLs differ only in the quoted key: skip botocore's 70 us per request.
-            return self._plain_prefix + quote(params["Key"], safe="/~")
+        if self._plain_prefix is not None:
+            if operation in ("get_object", "head_object"):
+                # Unsigned URLs differ only in the quoted key: skip botocore's 70 us per request.
+                return self._plain_prefix + quote(params["Key"], safe="/~")
+            if self._bucket_url is not None and operation == "list_objects_v2":
+                query = [("list-type", "2")]
+                query += [(_LIST_QUERY[name], value) for name, value in params.items()]
+                return self._bucket_url + "?" + urlencode(query, quote_via=quote)
         return self.client.generate_presigned_url(
             operation, Params={"Bucket": self.bucket, **params}, ExpiresIn=3600
         )

@@ -25,13 +25,12 @@ from invmon.data.bucket_copy import (
     IngestReport,
     Part,
     copy_bins,
-    read_file_list,
     read_report,
     show_plan,
     write_report,
 )
 from invmon.data.bucket_copy import plan_outputs as plan_outputs  # the plan task's result
-from invmon.data.s3 import ObjectReader, RetryPolicy, S3Options, S3Uri, make_client
+from invmon.data.s3 import ObjectReader, RetryPolicy, S3Options, S3Uri
 
 # A planner keeps at most this many image keys in memory to place the part boundaries.
 _PLAN_SAMPLE = 4096
@@ -153,14 +152,14 @@ def plan_parts(settings: PlanSettings) -> list[Part]:
     bin matched.
     """
     if settings.file_list:
-        ids = read_file_list(settings.file_list, settings.limit, settings.s3)
+        ids = abid.read_file_list(settings.file_list, settings.limit, settings.s3)
         if not ids:
             raise ValueError(f"--file-list {settings.file_list!r} names no bins")
         count = min(settings.parts, len(ids))
         return [Part(i, count, objects=2 * len(Part(i, count).slice(ids))) for i in range(count)]
     uri = S3Uri.parse(settings.source)
     s3, limit = settings.s3, settings.limit
-    reader = ObjectReader(make_client(s3.endpoint_url, anonymous=s3.anonymous), uri.bucket)
+    reader = ObjectReader.open(s3, uri.bucket)
     plan = cut_parts(_image_ids(reader, uri, limit), settings.parts, limit)
     if not plan:
         raise ValueError(f"no bin images matched under {uri}")
