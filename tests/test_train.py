@@ -318,6 +318,32 @@ def test_data_model_and_checkpoints_on_s3(shards_dir, s3_url, tmp_path, monkeypa
     assert "fc.3.weight" in torch.load(tmp_path / "w.pt", weights_only=True)
 
 
+def test_a_dataset_made_again_under_the_same_prefix_is_fetched_again(s3_url, tmp_path, monkeypatch):
+    """The node cache of an s3:// dataset was trusted forever once complete: a dataset made
+    again under the same prefix (same file names and sizes, as shards of one image size have)
+    trained from the stale copy. Each start now lists the prefix and compares ETags."""
+    from invmon.data.s3 import make_client
+    from invmon.data.transfer import fetch_dataset
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")  # moto accepts any signature
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("INVMON_CACHE_DIR", str(tmp_path / "cache"))
+    client = make_client(s3_url)
+    client.create_bucket(Bucket="data")
+    for name, body in [("train/0.npy", b"a" * 64), ("val/0.npy", b"b" * 32), ("old.npy", b"c")]:
+        client.put_object(Bucket="data", Key=f"shards/{name}", Body=body)
+    first = fetch_dataset("s3://data/shards", s3_url)
+    assert (first / "train" / "0.npy").read_bytes() == b"a" * 64
+
+    client.put_object(Bucket="data", Key="shards/train/0.npy", Body=b"z" * 64)  # same size
+    client.delete_object(Bucket="data", Key="shards/old.npy")
+    again = fetch_dataset("s3://data/shards", s3_url)
+    assert again == first
+    assert (again / "train" / "0.npy").read_bytes() == b"z" * 64
+    assert not (again / "old.npy").exists()
+    assert (again / "val" / "0.npy").read_bytes() == b"b" * 32
+
+
 @pytest.mark.parametrize(
     ("out", "checkpoint"),
     [

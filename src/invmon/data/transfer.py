@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -42,14 +43,15 @@ def fetch_dataset(
 
     One process per node copies (``local_rank`` 0) while the others wait at ``barrier`` (the
     training processes' own); files already copied are not fetched again, so a restarted pod
-    continues the copy.
+    continues the copy. Every start lists the prefix again (one request per 1,000 files): a file
+    whose ETag changed since the last complete copy is fetched again and one no longer under the
+    prefix is removed, so a dataset made again under the same prefix never trains from stale files.
     """
     if not is_s3_uri(str(data)):
         return Path(data)
     target = cache_dir(str(data))
-    if local_rank == 0 and not (target / COMPLETE_MARKER).is_file():
-        download_prefix(S3Uri.parse(str(data)), target, endpoint_url)
-        (target / COMPLETE_MARKER).write_text(str(data) + "\n")
+    if local_rank == 0:
+        download_prefix(S3Uri.parse(str(data)), target, endpoint_url, record=True)
     barrier()
     return target
 
@@ -60,23 +62,36 @@ def download_prefix(
     endpoint_url: str | None,
     workers: int = 16,
     expected: str = "a preprocessed dataset",
+    record: bool = False,
 ) -> int:
     """Copy every object under ``uri`` into ``target``; return the number of files fetched.
-    An empty prefix is a ValueError that says what was ``expected`` there."""
+    An empty prefix is a ValueError that says what was ``expected`` there.
+
+    A file already in ``target`` with the object's size is kept. With ``record``, the ETags of a
+    complete copy are written to ``target``/:data:`COMPLETE_MARKER`, and a later copy also fetches
+    a file whose ETag differs from the recorded one and removes recorded files no longer listed.
+    """
     client = make_client(endpoint_url, max_connections=workers)
-    keys = []
+    listed = {}
     for page in client.get_paginator("list_objects_v2").paginate(
         Bucket=uri.bucket, Prefix=uri.key("")
     ):
-        keys += [(item["Key"], item["Size"]) for item in page.get("Contents", [])]
-    if not keys:
+        listed.update(
+            {item["Key"]: (item["Size"], item["ETag"]) for item in page.get("Contents", [])}
+        )
+    if not listed:
         raise ValueError(f"{uri} holds no objects (expected {expected})")
-    todo = []
-    for key, size in keys:
+    recorded = _recorded_etags(target) if record else {}
+    todo, etags = [], {}
+    for key, (size, etag) in listed.items():
         relative = uri.relative(key)
         path = _inside(target, relative, key)
-        if not (path.is_file() and path.stat().st_size == size):
+        etags[relative] = etag
+        same = path.is_file() and path.stat().st_size == size
+        if not (same and recorded.get(relative, etag) == etag):
             todo.append((key, path))
+    for relative in recorded.keys() - etags.keys():  # gone from the prefix since the last copy
+        _inside(target, relative, relative).unlink(missing_ok=True)
 
     def fetch(item):
         key, path = item
@@ -85,10 +100,23 @@ def download_prefix(
         client.download_file(uri.bucket, key, str(partial))
         os.replace(partial, path)
 
+    (target / COMPLETE_MARKER).unlink(missing_ok=True)  # not complete until this copy is
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(fetch, todo))
-    log.info("fetched %d of %d files of %s into %s", len(todo), len(keys), uri, target)
+    if record:
+        marker = {"uri": str(uri), "etags": etags}
+        (target / COMPLETE_MARKER).write_text(json.dumps(marker, sort_keys=True) + "\n")
+    log.info("fetched %d of %d files of %s into %s", len(todo), len(listed), uri, target)
     return len(todo)
+
+
+def _recorded_etags(target: Path) -> dict[str, str]:
+    """The ETags a complete copy into ``target`` recorded; none before one (or from a version
+    that recorded only the URI), which leaves the size check alone to decide."""
+    try:
+        return dict(json.loads((target / COMPLETE_MARKER).read_text())["etags"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _inside(root: Path, relative: str, key: str) -> Path:
