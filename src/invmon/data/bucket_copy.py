@@ -287,10 +287,8 @@ def _same_content(path: Path, etag: str | None) -> bool:
     etag = (etag or "").strip('"')
     if not etag or "-" in etag:
         return True
-    digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        digest = hashlib.file_digest(handle, lambda: hashlib.md5(usedforsecurity=False))
     return digest.hexdigest() == etag
 
 
