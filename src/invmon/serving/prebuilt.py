@@ -184,7 +184,7 @@ def _load_package(path: Path):
     98 MB package of a 224 px model on 2 cores, each batch then as fast). Where this PyTorch has
     no such loader, its public function loads the package instead.
     """
-    loader_class = getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
+    loader_class = _cpp_package_loader()
     if loader_class is None:
         return torch._inductor.aoti_load_package(str(path))
     # (path, model name, run single-threaded, runners, device index: -1 for the CPU)
@@ -195,6 +195,11 @@ def _load_package(path: Path):
         return loader.boxed_run([inputs])[0]
 
     return run
+
+
+def _cpp_package_loader():
+    """PyTorch's C++ AOTInductor package loader class, or None where this PyTorch has none."""
+    return getattr(getattr(torch._C, "_aoti", None), "AOTIModelPackageLoader", None)
 
 
 class PrebuiltGraph(torch.nn.Module):
