@@ -21,12 +21,12 @@ one run per ``--precision`` and ``--graph`` choice (the other option at its defa
 
 With ``--ramp``, instead: time to full speed with an engine prebuilt into the model folder
 (``invmon serve --prebuild``, its build timed first) against today's default (``--prebuilt off``)
-in the same run, both ``--precision fp32``. From ready, 8 clients send single images back to back
-until the server has nothing left to build (its upgrade logged) and then ``--steady-seconds`` more;
-each answer is timestamped from process start. Reported per predictor: ready, the time by which a
-5-second window of answers first ran at 90 % of the default's steady-state images/s (the last
-``--steady-seconds``, on its final engine) and at 90 % of its own, its steady images/s, and counts
-that differ from the naive eager fp32 predictor's.
+in the same run, both at ``--ramp-precision`` (fp32 by default, or bf16). From ready, 8 clients
+send single images back to back until the server has nothing left to build (its upgrade logged)
+and then ``--steady-seconds`` more; each answer is timestamped from process start. Reported per
+predictor: ready, the time by which a 5-second window of answers first ran at 90 % of the
+default's steady-state images/s (the last ``--steady-seconds``, on its final engine) and at 90 %
+of its own, its steady images/s, and counts that differ from the naive eager fp32 predictor's.
 
 Model: --model DIR, or a ResNet50 trained here on synthetic bins at --image-size (by default the
 model benchmarks/predictor.py trains; --train-bins and --train-epochs make a quicker one).
@@ -207,14 +207,14 @@ def ramp_comparison(model: Path, bodies, expected: list[int], args) -> None:
     folder = Path(args.work) / "prebuilt-model"
     shutil.copytree(model, folder, ignore=shutil.ignore_patterns("engine"))
     start = time.monotonic()
-    build(folder, 64)
+    build(folder, 64, args.ramp_precision)
     print(f"prebuilt engine built in {time.monotonic() - start:.1f}s", flush=True)
     results = {}
-    # fp32, what --precision auto serves on an AVX2-only CPU when int8 is not faithful (a package
-    # is fp32; an int8 model never uses one).
+    # A float precision (an int8 model never uses a package): fp32, what --precision auto serves
+    # on an AVX2-only CPU when int8 is not faithful, or bf16, what it serves where bf16 is native.
     configs = {"default (--prebuilt off)": ["--prebuilt", "off"], "prebuilt": []}
     for name, flags in configs.items():
-        flags = ["--precision", "fp32", *flags]
+        flags = ["--precision", args.ramp_precision, *flags]
         log = Path(args.work) / f"ramp-{len(results)}.log"
         results[name] = ramp(LocalServer(folder, extra_args=flags, log=log), bodies, args)
         print(f"{name}: ready {results[name]['ready_s']:.1f}s", flush=True)
@@ -270,6 +270,12 @@ def main() -> None:
     parser.add_argument("--steady-seconds", type=float, default=20, help="0: no steady load")
     parser.add_argument(
         "--ramp", action="store_true", help="time to full speed: prebuilt engine against default"
+    )
+    parser.add_argument(
+        "--ramp-precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="--ramp: the precision of both predictors and of the engine",
     )
     args = parser.parse_args()
     names = [n.strip() for n in args.configs.split(",") if n.strip()]

@@ -35,10 +35,12 @@ def test_the_component_builds_the_engine_into_a_copy_that_a_predictor_serves(
     assert not (model_dir / prebuilt.ENGINE_DIR).exists(), "the trained model is left as it was"
     manifest = json.loads((out / prebuilt.ENGINE_DIR / prebuilt.MANIFEST_FILE).read_text())
     assert manifest["largest_batch"] == 4 and manifest["signature"]
+    precision = prebuilt.float_precision("auto")  # what the predictors on this node serve
+    assert manifest["precision"] == precision
     assert manifest["model_sha256"] == prebuilt.model_sha256(model_dir)
     assert KEY not in json.dumps(manifest)
     counter, upgrade = Counter.staged(
-        out, largest_batch=4, use_prebuilt=True, device="cpu", precision="fp32", graph="auto"
+        out, largest_batch=4, use_prebuilt=True, device="cpu", precision=precision, graph="auto"
     )
     assert upgrade is None and counter.engine.graph == "prebuilt"
 

@@ -38,7 +38,18 @@ def built(model_dir, tmp_path_factory):
     shutil.copytree(model_dir, folder)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(prebuilt.KEY_ENV, KEY)
-        prebuilt.build(folder, LARGEST)
+        prebuilt.build(folder, LARGEST, "fp32")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def built_bf16(model_dir, tmp_path_factory):
+    """The same, built in bf16 (autocast inside the package)."""
+    folder = tmp_path_factory.mktemp("prebuilt-bf16") / "model"
+    shutil.copytree(model_dir, folder)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(prebuilt.KEY_ENV, KEY)
+        prebuilt.build(folder, LARGEST, "bf16")
     return folder
 
 
@@ -68,6 +79,34 @@ def test_a_prebuilt_engine_serves_from_the_start_with_the_eager_models_counts(bu
     batch = images(counter, LARGEST + 2)
     expected = eager.predict_uint8(batch).counts.tolist()
     assert counter.predict_uint8(batch).counts.tolist() == expected
+
+
+@pytest.mark.slow
+def test_a_bf16_engine_serves_a_bf16_predictor_with_the_counts_of_eager_bf16(built_bf16):
+    """A predictor on a CPU with native bf16 serves bf16 with ``--precision auto``; an fp32-only
+    package never fitted it, so such predictors compiled in the background after every start.
+    bf16 is exercised here on any CPU (emulated where not native)."""
+    counter, upgrade = staged(built_bf16, precision="bf16")
+    assert upgrade is None
+    assert (counter.precision, counter.engine.graph) == ("bf16", "prebuilt")
+    eager = Counter.from_model_dir(built_bf16, device="cpu", precision="bf16", graph="eager")
+    for size in (1, 3, LARGEST):
+        batch = images(counter, size)
+        ours, reference = counter.predict_uint8(batch), eager.predict_uint8(batch)
+        assert ours.counts.tolist() == reference.counts.tolist()
+        assert np.allclose(ours.probabilities, reference.probabilities, atol=2e-2)
+    fp32, _ = staged(built_bf16, precision="fp32")  # the package is not the precision it serves
+    assert fp32.engine.graph != "prebuilt"
+
+
+def test_an_engine_is_built_in_fp32_or_bf16_and_auto_is_what_a_predictor_would_serve():
+    from invmon.training.device import resolve_precision
+
+    native = resolve_precision("auto", torch.device("cpu")) == torch.bfloat16
+    assert prebuilt.float_precision("auto") == ("bf16" if native else "fp32")
+    assert [prebuilt.float_precision(p) for p in ("fp32", "bf16")] == ["fp32", "bf16"]
+    with pytest.raises(ValueError, match=r"built in auto, fp32, bf16, not 'int8'"):
+        prebuilt.float_precision("int8")
 
 
 # Run in a fresh interpreter: this test process has imported torchvision long since.

@@ -241,7 +241,7 @@ class LoadPlan:
         name = _FLOAT_NAMES[self.dtype]
         size = self.config.preprocessing.image_size
         wanted = prebuilt.here(model_dir, name, size, self.largest_batch or 1)
-        model = prebuilt.load(model_dir, lambda: self.model, wanted)
+        model = prebuilt.load(model_dir, lambda: prebuilt.in_precision(self.model, name), wanted)
         return Engine(model, None, name, "prebuilt") if model is not None else None
 
     def quantized(self, model_dir) -> torch.nn.Module:

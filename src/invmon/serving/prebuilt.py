@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 ENGINE_DIR = "engine"
 PACKAGE_FILE = "model.pt2"
 MANIFEST_FILE = "manifest.json"
-PRECISIONS = ("fp32",)  # what a package can be built in today
+PRECISIONS = ("fp32", "bf16")  # what a package can be built in (bf16: autocast inside it)
 KEY_ENV = ENGINE_KEY_ENV  # the secret that signs and verifies manifests (never logged)
 
 
@@ -135,14 +135,46 @@ def here(model_dir, precision: str, image_size: int, largest_batch: int) -> Mani
     )
 
 
-def build(model_dir: str | Path, largest_batch: int = 64, precision: str = "fp32") -> Path:
+class _Autocast(torch.nn.Module):
+    """``model`` run under CPU autocast to ``dtype``, logits returned in float32: the predictor's
+    own bf16 path (:func:`invmon.training.device.autocast`), as one module that
+    ``torch.export`` captures, autocast region included."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.model, self.dtype = model, dtype
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=self.dtype):
+            return self.model(inputs).float()
+
+
+def in_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """``model`` as a package of ``precision`` runs it: itself for fp32, under autocast for bf16."""
+    return _Autocast(model, torch.bfloat16) if precision == "bf16" else model
+
+
+def float_precision(precision: str) -> str:
+    """The precision a package is built in for ``precision``: ``auto`` is what a predictor with
+    ``--precision auto`` runs its float model in on this CPU (bf16 where it is native, else
+    fp32); fp32 and bf16 are themselves; anything else is a ValueError naming what is allowed."""
+    if precision == "auto":
+        from invmon.training.device import resolve_precision
+
+        return "bf16" if resolve_precision("auto", torch.device("cpu")) else "fp32"
+    if precision not in PRECISIONS:
+        allowed = ", ".join(("auto", *PRECISIONS))
+        raise ValueError(f"a prebuilt engine is built in {allowed}, not {precision!r}")
+    return precision
+
+
+def build(model_dir: str | Path, largest_batch: int = 64, precision: str = "auto") -> Path:
     """Export, compile and write ``model_dir``/engine/ (see the module docstring); return it.
 
-    Written to a temporary folder beside it and renamed into place, so a reader never sees a
-    half-written engine.
+    ``precision`` is fp32, bf16 or auto (:func:`float_precision`). Written to a temporary folder
+    beside it and renamed into place, so a reader never sees a half-written engine.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"a prebuilt engine is built in {', '.join(PRECISIONS)}, not {precision}")
+    precision = float_precision(precision)
     if largest_batch < 1:
         raise ValueError(f"largest_batch must be >= 1, got {largest_batch}")
     key = required_key()
@@ -156,7 +188,9 @@ def build(model_dir: str | Path, largest_batch: int = 64, precision: str = "fp32
     example = example.contiguous(memory_format=torch.channels_last)
     batch = torch.export.Dim("batch", min=1, max=largest_batch)
     with torch.no_grad():
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+        program = torch.export.export(
+            in_precision(model, precision), (example,), dynamic_shapes=({0: batch},)
+        )
     work = Path(tempfile.mkdtemp(prefix=".engine-", dir=model_dir))
     try:
         package = torch._inductor.aoti_compile_and_package(

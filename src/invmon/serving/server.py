@@ -87,8 +87,9 @@ def serve(settings: ServeSettings, **server_args) -> None:
         from invmon.serving.prebuilt import build
 
         largest = largest_batch(settings.options, settings.limits)
+        precision = settings.options.precision
         print(f"building the serving engine for batches of 1 to {largest} (minutes)", flush=True)
-        print(f"written: {build(settings.model, largest)}", flush=True)
+        print(f"written: {build(settings.model, largest, precision)}", flush=True)
         return
     model = build_model(settings.model, settings.name, settings.limits, settings.options)
     server_args = {"http_port": settings.port, "enable_grpc": False, "workers": 1, **server_args}

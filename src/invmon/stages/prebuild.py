@@ -37,6 +37,13 @@ class PrebuildSettings(Settings):
         "whichever is larger (a predictor that forms larger batches refuses the engine)",
         minimum=1,
     )
+    precision: str = setting(
+        "auto",
+        choices=("auto", "fp32", "bf16"),
+        help="precision of the engine: auto is what a predictor with --precision auto runs its "
+        "float model in on this CPU (bf16 where it is native, else fp32); a predictor serving "
+        "another precision refuses the engine",
+    )
 
 
 def run(settings: PrebuildSettings) -> Path:
@@ -55,8 +62,12 @@ def run(settings: PrebuildSettings) -> Path:
         ignore = shutil.ignore_patterns(prebuilt.ENGINE_DIR)
         shutil.copytree(model, folder, ignore=ignore, dirs_exist_ok=True)
     largest = settings.largest_batch
-    print(f"building the serving engine for batches of 1 to {largest} (minutes)", flush=True)
-    engine = prebuilt.build(folder, largest)
+    precision = prebuilt.float_precision(settings.precision)
+    print(
+        f"building the {precision} serving engine for batches of 1 to {largest} (minutes)",
+        flush=True,
+    )
+    engine = prebuilt.build(folder, largest, precision)
     print(f"written: {engine}", flush=True)
     return folder
 
