@@ -31,26 +31,26 @@ def signing_key(monkeypatch):
     monkeypatch.setenv(prebuilt.KEY_ENV, KEY)
 
 
-@pytest.fixture(scope="module")
-def built(model_dir, tmp_path_factory):
-    """A copy of the tiny model folder with an engine prebuilt for batches of 1 to LARGEST."""
-    folder = tmp_path_factory.mktemp("prebuilt") / "model"
+def build_copy(model_dir, tmp_path_factory, precision: str):
+    """A copy of the tiny model folder with an engine prebuilt in ``precision`` for batches of 1
+    to LARGEST."""
+    folder = tmp_path_factory.mktemp(f"prebuilt-{precision}") / "model"
     shutil.copytree(model_dir, folder)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(prebuilt.KEY_ENV, KEY)
-        prebuilt.build(folder, LARGEST, "fp32")
+        prebuilt.build(folder, LARGEST, precision)
     return folder
+
+
+@pytest.fixture(scope="module")
+def built(model_dir, tmp_path_factory):
+    return build_copy(model_dir, tmp_path_factory, "fp32")
 
 
 @pytest.fixture(scope="module")
 def built_bf16(model_dir, tmp_path_factory):
     """The same, built in bf16 (autocast inside the package)."""
-    folder = tmp_path_factory.mktemp("prebuilt-bf16") / "model"
-    shutil.copytree(model_dir, folder)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(prebuilt.KEY_ENV, KEY)
-        prebuilt.build(folder, LARGEST, "bf16")
-    return folder
+    return build_copy(model_dir, tmp_path_factory, "bf16")
 
 
 def images(counter: Counter, count: int) -> np.ndarray:
