@@ -48,6 +48,45 @@ def test_limit_takes_whole_bins(seeded, s3, tmp_path):
     assert images == documents and len(images) == 5
 
 
+def test_each_bin_is_copied_whole_in_bin_order(seeded, s3, tmp_path, monkeypatch):
+    """The metadata folder was listed only after every image key: a copy stopped halfway held
+    images without their documents. Both folders are now listed side by side, and each bin's
+    image and metadata are taken together."""
+    from invmon.data.bucket_copy import _Copier
+
+    taken, real_copy = [], _Copier.copy
+
+    def spy(self, obj):
+        taken.append(obj.relative)
+        return real_copy(self, obj)
+
+    monkeypatch.setattr(_Copier, "copy", spy)
+    ingest.run(IngestSettings(source=seeded, out=str(tmp_path), s3=s3, workers=1))
+    ids = sorted(p.stem for p in (tmp_path / "bin-images").iterdir())
+    assert taken == [key for i in ids for key in (f"bin-images/{i}.jpg", f"metadata/{i}.json")]
+
+
+def test_a_limited_copy_stops_listing_after_its_bins(seeded, s3, tmp_path, monkeypatch):
+    """``--limit 2`` of ABID listed all 1,070,468 keys (1,071 requests) before the copy ended:
+    the metadata folder came after every image. Now the listing stops at the first bin past
+    the limit: with first pages of 3 keys, one page of each folder."""
+    from invmon.data import bucket_copy
+    from invmon.data.s3 import ObjectReader
+
+    monkeypatch.setattr(bucket_copy, "FIRST_PAGE", 3)
+    listed, real_list = [], ObjectReader.list
+
+    def spy(self, prefix, **options):
+        for item in real_list(self, prefix, **options):
+            listed.append(item.key)
+            yield item
+
+    monkeypatch.setattr(ObjectReader, "list", spy)
+    report = ingest.run(IngestSettings(source=seeded, out=str(tmp_path), s3=s3, limit=2))
+    assert (report.objects, report.copied) == (4, 4)
+    assert len(listed) <= 6  # the old copy listed all 24 keys
+
+
 def test_unpadded_and_padded_ids_stay_distinct_bins(s3_url, public_bucket, tmp_path, s3):
     client = make_client(s3_url, anonymous=True)
     for key, body in [
@@ -305,9 +344,9 @@ def test_a_short_copy_lists_each_prefix_once_and_shows_the_exact_total(
 
     listed, real_list = [], ObjectReader.list
 
-    def spy(self, prefix, start_after=""):
+    def spy(self, prefix, **options):
         listed.append(prefix)
-        return real_list(self, prefix, start_after)
+        return real_list(self, prefix, **options)
 
     monkeypatch.setattr(ObjectReader, "list", spy)
     ingest.run(IngestSettings(source=seeded, out=str(tmp_path), s3=s3, workers=4))
@@ -368,6 +407,7 @@ def test_unsigned_urls_are_the_ones_botocore_would_send(endpoint, bucket, region
             "list_objects_v2",
             {"Prefix": "p/", "EncodingType": "url", "ContinuationToken": "1/ab+c=="},
         ),
+        ("list_objects_v2", {"Prefix": "p/", "EncodingType": "url", "MaxKeys": 100}),
     ]:
         assert made_here._url(operation, params) == botocore_made._url(operation, params)
     assert made_here.client is None

@@ -15,6 +15,7 @@ parts and merges what they copied.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -183,28 +184,53 @@ def _escapes(relative: str) -> bool:
     return path.is_absolute() or ".." in path.parts or relative.startswith("/")
 
 
+# The first listing page of each folder holds at most this many keys: the copy's first GET waits
+# for it, and a short page comes back sooner (the later pages, of 1,000, come during the copy).
+FIRST_PAGE = 100
+_FOLDERS = (abid.IMAGE_DIR, abid.METADATA_DIR)
+
+
 def list_objects(reader: ObjectReader, source: S3Uri, report: IngestReport, part: Part = WHOLE):
-    """List the bin images and metadata of ``part`` under ``source``, page by page.
+    """List the bin images and metadata of ``part`` under ``source``, in bin order.
 
-    Memory stays flat however many objects there are. Keys that would land outside the output
-    folder (``..``, absolute) and keys that are not ``bin-images/<id>.jpg`` or
-    ``metadata/<id>.json`` are recorded in the report and skipped.
+    The two folders are listed side by side, page by page, and merged, so that each bin's image
+    and metadata document come together: a copy stopped halfway holds whole bins (not every image
+    and no metadata yet), and a limited copy stops listing once it has its bins. Memory stays
+    flat however many objects there are. Keys that would land outside the output folder (``..``,
+    absolute) and keys that are not ``bin-images/<id>.jpg`` or ``metadata/<id>.json`` are
+    recorded in the report and skipped.
     """
-    for folder in (abid.IMAGE_DIR, abid.METADATA_DIR):
-        for item in _list_range(reader, source.key(folder) + "/", part):
-            relative = source.relative(item.key)
-            if _escapes(relative):
-                report.refused_keys[item.key] = "key would be written outside the output"
-            elif abid.split_key(relative) is None:
-                report.refused_keys[item.key] = "not a bin image or metadata key"
-            else:
-                yield _Object(relative, item.size, item.etag)
+    folders = [_folder_objects(reader, source, folder, report, part) for folder in _FOLDERS]
+    # Within a folder S3 lists keys in order of "<id>.<suffix>", the same order for both folders
+    # (see Part), so the merge is in bin order with a bin's image (".jpg") before its ".json".
+    return heapq.merge(*folders, key=_bin_order)
 
 
-def _list_range(reader: ObjectReader, prefix: str, part: Part) -> Iterator[ListedObject]:
+def _bin_order(obj: _Object) -> str:
+    return obj.relative.partition("/")[2]
+
+
+def _folder_objects(
+    reader: ObjectReader, source: S3Uri, folder: str, report: IngestReport, part: Part
+) -> Iterator[_Object]:
+    """The valid objects of one folder of ``part``, in key order; refused keys are reported."""
+    for item in _list_range(reader, source.key(folder) + "/", part, FIRST_PAGE):
+        relative = source.relative(item.key)
+        if _escapes(relative):
+            report.refused_keys[item.key] = "key would be written outside the output"
+        elif abid.split_key(relative) is None:
+            report.refused_keys[item.key] = "not a bin image or metadata key"
+        else:
+            yield _Object(relative, item.size, item.etag)
+
+
+def _list_range(
+    reader: ObjectReader, prefix: str, part: Part, first_page: int | None = None
+) -> Iterator[ListedObject]:
     """The listing entries under ``prefix`` whose keys fall in ``part``, in key order."""
     # Every key of the range sorts after "<prefix><start>" (see Part).
-    for item in reader.list(prefix, start_after=prefix + part.start if part.start else ""):
+    start_after = prefix + part.start if part.start else ""
+    for item in reader.list(prefix, start_after=start_after, first_page=first_page):
         remainder = item.key[len(prefix) :]
         if part.past(remainder):
             return
@@ -213,14 +239,17 @@ def _list_range(reader: ObjectReader, prefix: str, part: Part) -> Iterator[Liste
 
 
 def _limited(objects: Iterable[_Object], limit: int | None) -> Iterator[_Object]:
-    """Keep the objects of the first ``limit`` bins (by image listing order)."""
+    """Keep the objects of the first ``limit`` bins (objects in bin order, a bin counted by its
+    image); stop at the first image past them, so the listing goes no further."""
     if not limit:
         yield from objects
         return
     wanted: set[str] = set()
     for obj in objects:
         kind, bin_id = abid.split_key(obj.relative)
-        if kind == "image" and len(wanted) < limit:
+        if kind == "image" and bin_id not in wanted:
+            if len(wanted) == limit:
+                return
             wanted.add(bin_id)
         if bin_id in wanted:
             yield obj
