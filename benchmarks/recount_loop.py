@@ -10,8 +10,9 @@ the associates who recount.
 - **Rounds 1..3:** recount the top K bins of the last audit (K = 5 % of the bins; the lowest
   probability of the recorded count first; bins recounted before are not recounted again) by
   reading their true count from the truth file into a recount file; arrange with every recount
-  so far (``--recounts``), preprocess, fine-tune the last model (``init_model``, 2 epochs),
-  evaluate it beside its starting model (the gate), audit again. That is one round's wall time.
+  so far (``--recounts``), preprocess, fine-tune the last model (``init_model``, 2 epochs, at a
+  tenth of the rate), evaluate it beside its starting model (the gate), audit again. That is one
+  round's wall time.
 - **Beside each round, measured on the same data in the same run:** K randomly chosen bins (the
   cycle count a warehouse does without this product) recounted the same way; the flag's
   precision and recall among the bins not yet recounted; and a **control** that fine-tunes the

@@ -249,6 +249,7 @@ def test_every_setting_round_trips_through_the_train_commands_flags():
         head_dropout=0.2,
         weights="s3://weights/resnet50.pth",
         init_model="s3://models/counter/production",
+        fine_tune_lr_scale=0.2,
         device="cuda",
         precision="bf16",
         channels_last=False,

@@ -80,6 +80,12 @@ class TrainConfig(Settings):
         "instead of training from scratch (its classes, image size and head must match; "
         "empty: none)",
     )
+    fine_tune_lr_scale: float = setting(
+        0.1,
+        help="with --init-model, the learning rate is multiplied by this: a trained model "
+        "fine-tuned at the rate it was trained from scratch with loses accuracy",
+        above=0,
+    )
     device: str = setting("auto", help="auto, cpu, cuda or cuda:N")
     precision: str = setting(
         "auto",
@@ -106,6 +112,13 @@ class TrainConfig(Settings):
     def to_dict(self) -> dict:
         """A JSON-serialisable form (what checkpoints and model folders record)."""
         return asdict(self)
+
+    @property
+    def start_lr(self) -> float:
+        """The learning rate the optimizer is built with: ``lr``, times ``fine_tune_lr_scale`` in
+        a retrain round (``init_model``). Two epochs at a searched from-scratch rate of 4.25e-3
+        took a converged model 8.6 points down; at a tenth of it, 1.4-1.7 (docs/recount.md)."""
+        return self.lr * self.fine_tune_lr_scale if self.init_model else self.lr
 
 
 # The recipe options of train and tune: TrainConfig's fields, each None unless given, so that a

@@ -14,13 +14,15 @@ from invmon.training.config import TrainConfig
 
 
 def build_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (the original), AdamW (decoupled weight decay) or SGD with Nesterov momentum."""
+    """Adam (the original), AdamW (decoupled weight decay) or SGD with Nesterov momentum, at the
+    config's :attr:`~TrainConfig.start_lr`."""
+    lr = config.start_lr
     if config.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(parameters, lr=lr, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(parameters, lr=lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
-        parameters, lr=config.lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
+        parameters, lr=lr, momentum=0.9, nesterov=True, weight_decay=config.weight_decay
     )
 
 
