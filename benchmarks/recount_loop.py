@@ -120,14 +120,23 @@ def prepare(loop: Loop, name: str, recounts: Path | None) -> Path:
     return shards
 
 
-def train(shards: Path, out: Path, epochs: int, init_model: Path | None = None) -> Path:
-    """Train as the embedded run's final training does, or fine-tune ``init_model``."""
+def train(
+    shards: Path,
+    out: Path,
+    epochs: int,
+    init_model: Path | None = None,
+    fine_tune_lr_scale: float | None = None,
+) -> Path:
+    """Train as the embedded run's final training does, or fine-tune ``init_model`` (at train's
+    default fine-tuning rate unless ``fine_tune_lr_scale`` is given)."""
     from invmon.training.config import recipe_config
     from invmon.training.loop import fit
 
     given = {"batch_size": BATCH, "epochs": epochs, "lr": LR, "seed": 0}
     if init_model is not None:
         given["init_model"] = str(init_model)
+    if fine_tune_lr_scale is not None:
+        given["fine_tune_lr_scale"] = fine_tune_lr_scale
     fit(shards, recipe_config("default", given), out=out, quiet=True)
     return out
 
@@ -192,11 +201,12 @@ def run(size: dict, root: Path, seed: int) -> dict:
         recount(loop, chosen, root / "recounts", number)
         recounted |= set(chosen)
         shards = prepare(loop, str(number), root / "recounts")
-        new = train(shards, root / f"model-{number}", size["warm_epochs"], model)
+        scale = size.get("fine_tune_lr_scale")
+        new = train(shards, root / f"model-{number}", size["warm_epochs"], model, scale)
         new_accuracy = accuracy(loop, new, shards, root / f"eval-{number}", init_model=str(model))
         next_ranked = audit(loop, new, root / f"audit-{number}")
         seconds = time.perf_counter() - start
-        control = train(shards0, root / f"control-{number}", size["warm_epochs"], model)
+        control = train(shards0, root / f"control-{number}", size["warm_epochs"], model, scale)
         control_accuracy = accuracy(loop, control, shards0, root / f"control-eval-{number}")
         rounds.append(
             {
@@ -301,8 +311,13 @@ def main() -> None:
     parser.add_argument("--out", help="working folder (default: a temporary one)")
     parser.add_argument("--plot", help="SVG file for the plot")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--fine-tune-lr-scale",
+        type=float,
+        help="the warm rounds' learning-rate scale (default: invmon train's, 0.1)",
+    )
     args = parser.parse_args()
-    size = QUICK if args.quick else FULL
+    size = {**(QUICK if args.quick else FULL), "fine_tune_lr_scale": args.fine_tune_lr_scale}
     out = Path(args.out or tempfile.mkdtemp(prefix="recount-loop-"))
     out.mkdir(parents=True, exist_ok=True)
     result = run(size, out, args.seed)
