@@ -184,8 +184,7 @@ def _escapes(relative: str) -> bool:
     return path.is_absolute() or ".." in path.parts or relative.startswith("/")
 
 
-# The first listing page of each folder holds at most this many keys: the copy's first GET waits
-# for it, and a short page comes back sooner (the later pages, of 1,000, come during the copy).
+# Keys asked for in each folder's first listing page: the first GET waits for it (later: 1,000).
 FIRST_PAGE = 100
 _FOLDERS = (abid.IMAGE_DIR, abid.METADATA_DIR)
 
@@ -193,20 +192,17 @@ _FOLDERS = (abid.IMAGE_DIR, abid.METADATA_DIR)
 def list_objects(reader: ObjectReader, source: S3Uri, report: IngestReport, part: Part = WHOLE):
     """List the bin images and metadata of ``part`` under ``source``, in bin order.
 
-    The two folders are listed side by side, page by page, and merged, so that each bin's image
-    and metadata document come together: a copy stopped halfway holds whole bins (not every image
-    and no metadata yet), and a limited copy stops listing once it has its bins. Memory stays
-    flat however many objects there are. Keys that would land outside the output folder (``..``,
-    absolute) and keys that are not ``bin-images/<id>.jpg`` or ``metadata/<id>.json`` are
-    recorded in the report and skipped.
+    The two folders are listed side by side, page by page, and merged: each bin's image and
+    metadata come together, so a copy stopped halfway holds whole bins and a limited copy stops
+    listing once it has its bins. Memory stays flat. Keys that would land outside the output
+    (``..``, absolute) or are not ``bin-images/<id>.jpg`` or ``metadata/<id>.json`` are reported.
     """
     folders = [_folder_objects(reader, source, folder, report, part) for folder in _FOLDERS]
-    # Within a folder S3 lists keys in order of "<id>.<suffix>", the same order for both folders
-    # (see Part), so the merge is in bin order with a bin's image (".jpg") before its ".json".
     return heapq.merge(*folders, key=_bin_order)
 
 
 def _bin_order(obj: _Object) -> str:
+    """``<id>.<suffix>``: S3's order in both folders (see Part); ``.jpg`` before ``.json``."""
     return obj.relative.partition("/")[2]
 
 
@@ -403,10 +399,9 @@ def copy_bins(
     ``workers`` requests are in flight at once. Objects already in ``out`` are skipped when their
     size (``verify="size"``) or also their MD5 (``"etag"``) match. A file list selects bins by id
     (nothing is listed); ``limit`` keeps the first bins. One object that cannot be copied is named
-    in the report and the copy goes on. The report is written to ``report_to`` (default ``out``),
-    so that parts copying into one shared folder keep their reports apart. Raises ValueError when
-    nothing matched or the source cannot be listed, and RuntimeError when every object failed: an
-    empty copy is never reported as a success.
+    in the report and the copy goes on. The report goes to ``report_to`` (default ``out``), so
+    that parts copying into one folder keep their reports apart. Raises ValueError when nothing
+    matched or the source cannot be listed, RuntimeError when every object failed.
     """
     uri = S3Uri.parse(source)
     out = Path(out)
@@ -458,11 +453,10 @@ LISTED_AHEAD = 2000
 def _run_workers(copier: _Copier, objects: Iterable[_Object], workers: int, tally: _Tally) -> None:
     """Copy ``objects`` on ``workers`` threads, each taking the next object when it is free.
 
-    The listing runs ahead on a thread of its own, at most :data:`LISTED_AHEAD` objects (a few
-    pages), so that no worker waits while the next page of the listing is fetched: with the
-    listing inside the workers' lock, every worker stood idle for each page's round trip. Memory
-    stays flat however long the listing, and no future is made per object. A listing that fails,
-    or a bug, stops the copy and is raised here.
+    The listing runs ahead on a thread of its own, at most :data:`LISTED_AHEAD` objects, so that
+    no worker waits for the next page (inside the workers' lock, every worker stood idle for each
+    page's round trip). No future is made per object. A listing that fails, or a bug, stops the
+    copy and is raised here.
     """
     source, take_lock = produced_ahead(objects, LISTED_AHEAD), threading.Lock()
     fatal: list[BaseException] = []
