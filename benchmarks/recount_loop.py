@@ -192,6 +192,7 @@ def run(size: dict, root: Path, seed: int) -> dict:
     rounds = [{"round": 0, "accuracy": first, "control_accuracy": first, "seconds": train_seconds}]
     recounted: set[str] = set()
     rng = np.random.default_rng(seed)
+    scale = size.get("fine_tune_lr_scale")  # None: train's default
     for number in range(1, size["rounds"] + 1):
         start = time.perf_counter()
         open_bins = {r["bin_id"] for r in ranked} - recounted
@@ -201,7 +202,6 @@ def run(size: dict, root: Path, seed: int) -> dict:
         recount(loop, chosen, root / "recounts", number)
         recounted |= set(chosen)
         shards = prepare(loop, str(number), root / "recounts")
-        scale = size.get("fine_tune_lr_scale")
         new = train(shards, root / f"model-{number}", size["warm_epochs"], model, scale)
         new_accuracy = accuracy(loop, new, shards, root / f"eval-{number}", init_model=str(model))
         next_ranked = audit(loop, new, root / f"audit-{number}")
